@@ -1,0 +1,142 @@
+"""A compact LLaMA decoder with an explicit KV cache.
+
+Written for static-graph export (paddlenlp's Llama does not export with dynamic shapes under PIR):
+no Python branches on tensor values or shapes, symbolic reshapes, and the cache passed in and out
+as two stacked tensors [layers, B, kv_heads, T, head_dim], so prefill and decode are each one
+traceable function of tensors.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from paddle_rc.models.config import LlamaConfig
+
+_NEG = -1e30  # finite so that a fully masked row (a left-pad query) softmaxes to uniform, not NaN
+
+
+class RMSNorm(nn.Layer):
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = self.create_parameter([hidden_size], default_initializer=nn.initializer.Constant(1.0))
+        self.eps = eps
+
+    def forward(self, x):
+        h = x.astype("float32")
+        h = h * paddle.rsqrt(h.pow(2).mean(axis=-1, keepdim=True) + self.eps)
+        return self.weight * h.astype(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return paddle.concat([-x[..., half:], x[..., :half]], axis=-1)
+
+
+class LlamaAttention(nn.Layer):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.num_heads = cfg.num_attention_heads
+        self.num_kv_heads = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias_attr=False)
+        self.k_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias_attr=False)
+        self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias_attr=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias_attr=False)
+
+    def forward(self, x, cos, sin, bias, past_k=None, past_v=None):
+        q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        k = self.k_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if past_k is not None:
+            k = paddle.concat([past_k, k], axis=2)
+            v = paddle.concat([past_v, v], axis=2)
+        keys, values = k, v
+        if self.num_kv_heads != self.num_heads:
+            rep = self.num_heads // self.num_kv_heads
+            keys = paddle.repeat_interleave(keys, rep, axis=1)
+            values = paddle.repeat_interleave(values, rep, axis=1)
+        scores = paddle.matmul(q, keys, transpose_y=True) * (self.head_dim ** -0.5) + bias
+        probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+        out = paddle.matmul(probs, values).transpose([0, 2, 1, 3]).reshape([0, 0, self.num_heads * self.head_dim])
+        return self.o_proj(out), k, v
+
+
+class LlamaMLP(nn.Layer):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias_attr=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias_attr=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Layer):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.self_attn = LlamaAttention(cfg)
+        self.mlp = LlamaMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, bias, past_k=None, past_v=None):
+        h, k, v = self.self_attn(self.input_layernorm(x), cos, sin, bias, past_k, past_v)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, k, v
+
+
+class LlamaModel(nn.Layer):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.LayerList([LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        inv_freq = 1.0 / (cfg.rope_theta ** (paddle.arange(0, cfg.head_dim, 2, dtype="float32") / cfg.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistable=False)
+
+    def _rope(self, position_ids, dtype):
+        freqs = position_ids.astype("float32").unsqueeze(-1) * self.inv_freq  # [B,S,d/2]
+        emb = paddle.concat([freqs, freqs], axis=-1).unsqueeze(1)  # [B,1,S,d]
+        return emb.cos().astype(dtype), emb.sin().astype(dtype)
+
+    @staticmethod
+    def attention_bias(attention_mask, query_len, dtype):
+        """Additive bias [B,1,S,T]: causal over absolute positions, padding keys hidden.
+
+        attention_mask [B,T] covers past + current tokens; the queries are the last S of them.
+        """
+        total = paddle.shape(attention_mask)[1]
+        k_pos = paddle.arange(total).unsqueeze(0)  # [1,T]
+        q_pos = (paddle.arange(query_len) + (total - query_len)).unsqueeze(1)  # [S,1]
+        causal = (k_pos <= q_pos).unsqueeze(0)  # [1,S,T]
+        keep = paddle.logical_and(causal, (attention_mask > 0).unsqueeze(1))  # [B,S,T]
+        zero = paddle.zeros([1], dtype=dtype)
+        neg = paddle.full([1], _NEG, dtype=dtype)
+        return paddle.where(keep, zero, neg).unsqueeze(1)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None):
+        """-> (hidden [B,S,H] after the final norm, k_cache, v_cache [L,B,kvH,T,d])."""
+        x = inputs_embeds
+        cos, sin = self._rope(position_ids, x.dtype)
+        bias = self.attention_bias(attention_mask, paddle.shape(x)[1], x.dtype)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            pk = past_k[i] if past_k is not None else None
+            pv = past_v[i] if past_v is not None else None
+            x, k, v = layer(x, cos, sin, bias, pk, pv)
+            ks.append(k)
+            vs.append(v)
+        return self.norm(x), paddle.stack(ks), paddle.stack(vs)
+
+
+def positions_from_mask(attention_mask):
+    """Left-padded batches: each sample's first real token is position 0."""
+    pos = paddle.cumsum(attention_mask.astype("int64"), axis=-1) - 1
+    return paddle.clip(pos, min=0)

@@ -1,0 +1,224 @@
+"""LLaVA-1.5: CLIP vision tower (hosting compression) + projector + LLaMA.
+
+Design contract 5: `model(input_ids, pixel_values, attention_mask)` returns logits [B, S-1+T, V] with
+the T visual tokens where the single image placeholder stood.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+
+from paddle_rc.models.clip import CLIPTextTower, CLIPVisionTower
+from paddle_rc.models.config import LlavaConfig
+from paddle_rc.models.generation import generate_loop
+from paddle_rc.models.llama import LlamaModel, positions_from_mask
+from paddle_rc.models.projector import MLPProjector
+
+# Which tower outputs each method reads (rc-algorithm.md §1, §8). The layer after the feature layer
+# is run only when a method needs Q, K or P.
+_NEEDS_QKP = {"cls-topk", "prumerge", "prumerge+", "rc", "rc-reference"}
+_NEEDS_TEXT = {"rc", "rc-reference"}
+_NEEDS_CLS_STATS = {"visionzip"}
+
+
+@dataclass
+class CompressionSpec:
+    method: str = "none"
+    budget: Optional[int] = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class VisualTokens:
+    embeds: paddle.Tensor  # [B, Tmax, H] projected, zero-padded
+    lengths: np.ndarray  # [B] int64
+    before: int  # patch tokens per image before compression
+    result: object = None  # paddle_rc.compression.CompressionResult, or None for `none`
+
+
+@dataclass
+class LlavaOutput:
+    logits: paddle.Tensor
+    attention_mask: paddle.Tensor
+    visual: Optional[VisualTokens] = None
+
+
+@dataclass
+class GenerateOutput:
+    tokens: np.ndarray  # [B, n] new tokens, pad after EOS
+    visual: Optional[VisualTokens]
+    timings: dict
+
+
+class LlavaForConditionalGeneration(nn.Layer):
+    def __init__(self, config: LlavaConfig):
+        super().__init__()
+        self.config = config
+        v, t, l = config.vision, config.text, config.llm
+        self.vision_tower = CLIPVisionTower(v)
+        self.visual_projection = nn.Linear(v.hidden_size, v.projection_dim, bias_attr=False)
+        self.text_tower = CLIPTextTower(t)
+        self.text_projection = nn.Linear(t.hidden_size, t.projection_dim, bias_attr=False)
+        self.projector = MLPProjector(v.hidden_size, l.hidden_size, config.projector_type)
+        self.language_model = LlamaModel(l)
+        self.lm_head = nn.Linear(l.hidden_size, l.vocab_size, bias_attr=False)
+        self.compression = CompressionSpec()
+
+    # ---- loading ---------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, directory: str, dtype: str = "float32") -> "LlavaForConditionalGeneration":
+        from paddle_rc.models.weights import load_weights
+
+        config = LlavaConfig.load(directory)
+        previous = paddle.get_default_dtype()
+        paddle.set_default_dtype(dtype)
+        try:
+            model = cls(config)
+        finally:
+            paddle.set_default_dtype(previous)
+        if config.quantization:
+            from paddle_rc.quant import QuantConfig, prepare_quantized_model
+
+            prepare_quantized_model(model, QuantConfig.from_dict(config.quantization))
+        load_weights(model, directory)
+        model.eval()
+        return model
+
+    def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
+        if method != "none":
+            from paddle_rc.compression import available_methods
+
+            if method not in available_methods():
+                from paddle_rc.errors import UserError
+
+                raise UserError(f"unknown compression method {method!r}; "
+                                f"choose from: {', '.join(available_methods())}")
+        self.compression = CompressionSpec(method, budget, dict(options))
+
+    # ---- text side ---------------------------------------------------------------------------
+    def get_text_features(self, input_ids):
+        """CLIP text embedding [B, D] (CLIPModel.get_text_features)."""
+        return self.text_projection(self.text_tower.pooled(input_ids))
+
+    def reference_text_features(self, input_ids):
+        """rc-reference (released code): the LAST position of last_hidden_state, projected."""
+        return self.text_projection(self.text_tower(input_ids)[:, -1, :])
+
+    # ---- vision side -------------------------------------------------------------------------
+    def encode_images(self, pixel_values, text_embeds=None, has_text=None) -> VisualTokens:
+        """Tower (one pass) -> compression -> projector.
+
+        text_embeds [B, D] is the question's CLIP embedding; has_text [B] bool marks samples with a
+        question (rc skips text recovery for the others).
+        """
+        spec = self.compression
+        method = spec.method
+        feats = self.vision_tower(pixel_values.astype(self.projector.linear_1.weight.dtype),
+                                  self.config.vision_feature_layer,
+                                  need_qkp=method in _NEEDS_QKP,
+                                  need_cls_stats=method in _NEEDS_CLS_STATS)
+        n = feats.F.shape[1]
+        if method == "none":
+            embeds = self.projector(feats.F)
+            return VisualTokens(embeds, np.full([embeds.shape[0]], n, dtype=np.int64), n)
+        from paddle_rc.compression import compress
+
+        extra = dict(spec.options)
+        if method in _NEEDS_CLS_STATS:
+            extra.update(cls_attn=feats.cls_attn, metric=feats.metric)
+        P = self.visual_projection(feats.P) if feats.P is not None else None
+        t = text_embeds if method in _NEEDS_TEXT else None
+        if t is not None and has_text is not None:
+            extra["has_text"] = has_text
+        result = compress(method, feats.F, feats.Q, feats.K, P=P, t=t, budget=spec.budget, **extra)
+        embeds = self.projector(result.tokens)
+        return VisualTokens(embeds, result.lengths.numpy().astype(np.int64), n, result)
+
+    # ---- splicing ----------------------------------------------------------------------------
+    def splice(self, input_ids, attention_mask=None, visual: Optional[VisualTokens] = None):
+        """Embeddings with each sample's visual tokens where its image placeholder stood.
+
+        Returns (inputs_embeds [B,L,H], attention_mask [B,L], position_ids [B,L]), left-padded so
+        that every sample's last token is at the end (what batched decoding needs).
+        """
+        ids = input_ids.numpy()
+        batch, seq = ids.shape
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.numpy().astype(bool)
+        image_id = self.config.image_token_index
+        tmax = 0 if visual is None else int(visual.embeds.shape[1])
+        rows = []
+        for b in range(batch):
+            valid = np.nonzero(mask[b])[0]
+            at = valid[ids[b, valid] == image_id]
+            if visual is None:
+                if len(at):
+                    raise ValueError("input_ids hold the image placeholder but no image was given")
+                rows.append(b * seq + valid)
+                continue
+            if len(at) != 1:
+                raise ValueError(f"sample {b}: expected the image placeholder ({image_id}) exactly once in "
+                                 f"input_ids, found {len(at)}")
+            p = at[0]
+            vis = batch * seq + b * tmax + np.arange(int(visual.lengths[b]))
+            rows.append(np.concatenate([b * seq + valid[valid < p], vis, b * seq + valid[valid > p]]))
+        length = max(len(r) for r in rows)
+        zero_row = batch * seq + batch * tmax
+        index = np.full((batch, length), zero_row, dtype=np.int64)
+        new_mask = np.zeros((batch, length), dtype=np.int64)
+        for b, r in enumerate(rows):
+            index[b, length - len(r):] = r
+            new_mask[b, length - len(r):] = 1
+        tokens = np.where((ids == image_id) | (ids < 0), 0, ids)
+        text = self.language_model.embed_tokens(paddle.to_tensor(tokens)).reshape([batch * seq, -1])
+        parts = [text]
+        if visual is not None:
+            parts.append(visual.embeds.astype(text.dtype).reshape([batch * tmax, -1]))
+        parts.append(paddle.zeros([1, text.shape[-1]], dtype=text.dtype))
+        table = paddle.concat(parts, axis=0)
+        embeds = paddle.gather(table, paddle.to_tensor(index.reshape(-1))).reshape([batch, length, -1])
+        mask_t = paddle.to_tensor(new_mask)
+        return embeds, mask_t, positions_from_mask(mask_t)
+
+    # ---- forward / generate ----------------------------------------------------------------------
+    def forward(self, input_ids, pixel_values=None, attention_mask=None, text_embeds=None, has_text=None):
+        visual = None
+        if pixel_values is not None:
+            visual = self.encode_images(pixel_values, text_embeds, has_text)
+        embeds, mask, pos = self.splice(input_ids, attention_mask, visual)
+        hidden, _, _ = self.language_model(embeds, mask, pos)
+        return LlavaOutput(self.lm_head(hidden), mask, visual)
+
+    def prefill(self, inputs_embeds, attention_mask, position_ids):
+        hidden, k, v = self.language_model(inputs_embeds, attention_mask, position_ids)
+        return self.lm_head(hidden[:, -1, :]), k, v
+
+    def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
+        embeds = self.language_model.embed_tokens(input_ids)
+        hidden, k, v = self.language_model(embeds, attention_mask, position_ids, past_k, past_v)
+        return self.lm_head(hidden[:, -1, :]), k, v
+
+    @paddle.no_grad()
+    def generate(self, input_ids, pixel_values=None, attention_mask=None, text_embeds=None, has_text=None, *,
+                 max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
+                 seed: int = 0) -> GenerateOutput:
+        t0 = time.perf_counter()
+        visual = None
+        if pixel_values is not None:
+            visual = self.encode_images(pixel_values, text_embeds, has_text)
+            _ = visual.embeds.numpy()  # finish the (asynchronous) vision work inside its own timing
+        t1 = time.perf_counter()
+        embeds, mask, pos = self.splice(input_ids, attention_mask, visual)
+        llm = self.config.llm
+        tokens, timings = generate_loop(
+            self.prefill, self.decode, embeds, mask, pos, max_new_tokens=max_new_tokens,
+            eos_token_id=llm.eos_token_id if eos_token_id is None else eos_token_id,
+            pad_token_id=llm.pad_token_id if pad_token_id is None else pad_token_id,
+            temperature=temperature, top_p=top_p, seed=seed)
+        timings["vision"] = t1 - t0
+        return GenerateOutput(tokens, visual, timings)
