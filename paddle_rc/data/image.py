@@ -94,6 +94,6 @@ def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.BICUBIC)
-    left = int(round((new_w - size) / 2.0))
-    top = int(round((new_h - size) / 2.0))
+    left = (new_w - size) // 2
+    top = (new_h - size) // 2
     return img.crop((left, top, left + size, top + size))

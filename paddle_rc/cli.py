@@ -1,0 +1,71 @@
+"""What every tools/*.py shares: `-c config.yml -o key=value` overrides and one-line user errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Callable
+
+import yaml
+
+from paddle_rc.errors import UserError
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="YAML file of option defaults (keys = long option names)")
+    parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an option, e.g. -o method=rc -o budget=64 (repeatable)")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Precedence: command-line flags > -o overrides > -c file > parser defaults."""
+    args = parser.parse_args(argv)
+    known = {a.dest: a for a in parser._actions}
+    explicit = _explicit_dests(parser, argv if argv is not None else sys.argv[1:])
+    values = {}
+    if args.config:
+        if not os.path.isfile(args.config):
+            raise UserError(f"config file not found: {args.config}")
+        with open(args.config, encoding="utf-8") as f:
+            loaded = yaml.safe_load(f) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{args.config}: expected a mapping of option names to values")
+        values.update(loaded)
+    for item in args.opt:
+        if "=" not in item:
+            raise UserError(f"-o expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        values[key.strip()] = yaml.safe_load(raw)
+    for key, value in values.items():
+        dest = key.replace("-", "_")
+        if dest not in known or dest in ("config", "opt"):
+            raise UserError(f"unknown option {key!r} in config/overrides")
+        if dest not in explicit:
+            setattr(args, dest, value)
+    return args
+
+
+def _explicit_dests(parser, argv) -> set:
+    flags = {}
+    for action in parser._actions:
+        for s in action.option_strings:
+            flags[s] = action.dest
+    out = set()
+    for tok in argv:
+        name = tok.split("=", 1)[0]
+        if name in flags:
+            out.add(flags[name])
+    return out
+
+
+def run(main: Callable[[], int]) -> None:
+    """Run a tool: user errors become one line on stderr and exit code 2, not a traceback."""
+    try:
+        code = main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

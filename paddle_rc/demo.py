@@ -1,0 +1,100 @@
+"""The built-in demo: a small random-weight LLaVA (real geometry where it matters: a 336px image in
+576 patches, so compression behaves as it would) and a generated picture. Nothing is downloaded;
+the checkpoint is written once, in this project's own format, to a cache folder."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+from PIL import Image, ImageDraw
+
+DEMO_VERSION = "demo-v1"
+SEED = 0
+
+
+def cache_root() -> str:
+    return os.environ.get("PADDLE_RC_HOME", os.path.join(os.path.expanduser("~"), ".cache", "paddle_rc"))
+
+
+def demo_config(clip_vocab_size: int, clip_bos: int, clip_eos: int, llm_vocab_size: int):
+    from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    return LlavaConfig(
+        vision=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                num_attention_heads=4, image_size=336, patch_size=14, projection_dim=32),
+        text=CLIPTextConfig(vocab_size=clip_vocab_size, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
+                            bos_token_id=clip_bos, eos_token_id=clip_eos, pad_token_id=clip_eos),
+        llm=LlamaConfig(vocab_size=llm_vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                        bos_token_id=1, eos_token_id=2, pad_token_id=0),
+        image_token_index=-200, conv_mode="vicuna_v1", source="demo", weights_dtype="float32",
+    )
+
+
+def write_demo_checkpoint(directory: str) -> None:
+    import paddle
+
+    from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.weights import save_weights
+
+    tok_dir = os.path.join(directory, "tokenizer")
+    clip_dir = os.path.join(directory, "clip_tokenizer")
+    build_tiny_sentencepiece(tok_dir)
+    build_tiny_clip_bpe(clip_dir)
+    from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+
+    llm_tok = LlamaTokenizer.from_dir(tok_dir)
+    clip_tok = CLIPTokenizer.from_dir(clip_dir)
+    config = demo_config(clip_tok.vocab_size, clip_tok.bos_id, clip_tok.eos_id, llm_tok.vocab_size)
+    paddle.seed(SEED)
+    model = LlavaForConditionalGeneration(config)
+    config.save(directory)
+    save_weights(model, directory)
+
+
+def demo_checkpoint() -> str:
+    """Path of the demo checkpoint, written on first use (atomically: a folder rename)."""
+    final = os.path.join(cache_root(), DEMO_VERSION)
+    if os.path.isfile(os.path.join(final, "config.json")):
+        return final
+    os.makedirs(cache_root(), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=DEMO_VERSION + ".", dir=cache_root())
+    try:
+        write_demo_checkpoint(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.isfile(os.path.join(final, "config.json")):
+                raise  # not a lost race with another process: a real failure
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def demo_image() -> Image.Image:
+    """A 480x360 drawn scene: sky, sun, a house, a tree and a sign (not square, to show the padding)."""
+    img = Image.new("RGB", (480, 360))
+    d = ImageDraw.Draw(img)
+    for y in range(240):
+        d.line([(0, y), (480, y)], fill=(90 + y // 4, 150 + y // 5, 235))
+    d.rectangle([0, 240, 480, 360], fill=(70, 150, 60))
+    d.ellipse([380, 30, 440, 90], fill=(250, 215, 60))
+    d.rectangle([120, 160, 250, 270], fill=(190, 60, 50))
+    d.polygon([(105, 165), (185, 100), (265, 165)], fill=(110, 40, 35))
+    d.rectangle([170, 210, 200, 270], fill=(90, 60, 30))
+    d.rectangle([135, 185, 160, 210], fill=(200, 230, 250))
+    d.rectangle([325, 180, 340, 275], fill=(100, 70, 40))
+    d.ellipse([295, 110, 370, 195], fill=(40, 110, 45))
+    d.rectangle([40, 200, 44, 290], fill=(120, 120, 120))
+    d.rectangle([18, 170, 66, 204], fill=(210, 30, 30))
+    d.text((25, 180), "STOP", fill=(255, 255, 255))
+    return img
+
+
+if __name__ == "__main__":
+    print(json.dumps({"checkpoint": demo_checkpoint()}))

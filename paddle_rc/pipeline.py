@@ -1,0 +1,187 @@
+"""One question about one image, end to end: what tools/infer.py and tools/eval.py call.
+
+    predictor = build_predictor(model_dir=None, method="rc")
+    out = predictor.answer(image, "What is on the sofa?")
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import paddle
+from PIL import Image
+
+from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, question_for_text_encoder
+from paddle_rc.data.image import ImageProcessor
+from paddle_rc.errors import UserError
+
+# rc-reference pads/truncates the text to this many CLIP tokens (the released code's max_length).
+REFERENCE_TEXT_LENGTH = 20
+
+
+class Tokenizers:
+    """The LLM tokenizer and the CLIP tokenizer stored in a checkpoint (or export) directory."""
+
+    def __init__(self, directory: str):
+        from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+        from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+
+        llm_dir = os.path.join(directory, "tokenizer")
+        clip_dir = os.path.join(directory, "clip_tokenizer")
+        for d in (llm_dir, clip_dir):
+            if not os.path.isdir(d):
+                raise UserError(f"{directory} has no {os.path.basename(d)}/ folder; convert the model "
+                                "with tools/convert.py")
+        self.llm = LlamaTokenizer.from_dir(llm_dir)
+        self.clip = CLIPTokenizer.from_dir(clip_dir)
+
+
+class Predictor:
+    """Prompt building, tokenization, the question's CLIP embedding, generation and decoding."""
+
+    def __init__(self, model, tokenizers: Tokenizers, conv_mode: Optional[str] = None,
+                 model_id: str = "paddle_rc", is_demo: bool = False):
+        self.model = model
+        self.tok = tokenizers
+        self.config = model.config
+        self.conv_mode = conv_mode or self.config.conv_mode
+        self.template = get_template(self.conv_mode)
+        self.processor = ImageProcessor.from_config(self.config)
+        self.model_id = model_id
+        self.is_demo = is_demo
+        self.last_visual = None
+
+    # ---- configuration -----------------------------------------------------------------------
+    @property
+    def method(self) -> str:
+        return self.model.compression.method
+
+    def set_method(self, method: str, budget: Optional[int] = None, **options) -> None:
+        self.model.set_compression(method, budget, **options)
+
+    # ---- inputs ------------------------------------------------------------------------------
+    def build_prompt(self, user_text: str) -> str:
+        return self.template.prompt(user_text, with_image=True)
+
+    def encode_prompts(self, prompts: Sequence[str]):
+        """Left-padded input_ids and attention_mask for full prompts holding the placeholder once."""
+        image_id = self.config.image_token_index
+        rows = [self.tok.llm.tokenize_with_image(p, image_id) for p in prompts]
+        length = max(len(r) for r in rows)
+        pad = self.config.llm.pad_token_id
+        ids = np.full((len(rows), length), pad, dtype=np.int64)
+        mask = np.zeros((len(rows), length), dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, length - len(r):] = r
+            mask[i, length - len(r):] = 1
+        return paddle.to_tensor(ids), paddle.to_tensor(mask)
+
+    def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
+        """The question's CLIP embedding per sample, and which samples have one (rc-algorithm.md §4)."""
+        method = self.method
+        if method not in ("rc", "rc-reference"):
+            return None, None
+        clip = self.tok.clip
+        if method == "rc":
+            rows = [clip.encode(q, max_length=self.config.text.max_position_embeddings) if q.strip() else []
+                    for q in questions]
+            has_text = np.array([len(r) > 0 for r in rows])
+            if not has_text.any():
+                return None, paddle.to_tensor(has_text)
+            filler = clip.encode("", max_length=self.config.text.max_position_embeddings)
+            rows = [r if r else filler for r in rows]
+            length = max(len(r) for r in rows)
+            ids = np.full((len(rows), length), self.config.text.pad_token_id, dtype=np.int64)
+            for i, r in enumerate(rows):
+                ids[i, :len(r)] = r
+            feats = self.model.get_text_features(paddle.to_tensor(ids))
+            return feats, paddle.to_tensor(has_text)
+        # rc-reference: the released code decodes the whole LLM prompt (placeholder removed), keeps
+        # the text before its first newline (the system prompt under vicuna_v1) and pools the last
+        # of a fixed 20 positions.
+        texts = []
+        for p in prompts:
+            ids = self.tok.llm.tokenize_with_image(p, self.config.image_token_index)
+            ids = [i for i in ids if i != self.config.image_token_index]
+            texts.append(self.tok.llm.decode(ids).split("\n", 1)[0])
+        rows = [clip.encode(t, max_length=REFERENCE_TEXT_LENGTH) for t in texts]
+        ids = np.full((len(rows), REFERENCE_TEXT_LENGTH), self.config.text.pad_token_id, dtype=np.int64)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = r
+        feats = self.model.reference_text_features(paddle.to_tensor(ids))
+        return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
+
+    # ---- answering ---------------------------------------------------------------------------
+    def answer_batch(self, images: Sequence[Image.Image], user_texts: Sequence[str],
+                     questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list:
+        if questions is None:
+            questions = [None] * len(user_texts)
+        questions = [question_for_text_encoder(u) if q is None else q for q, u in zip(questions, user_texts)]
+        prompts = [self.build_prompt(u) for u in user_texts]
+        t0 = time.perf_counter()
+        pixels = paddle.to_tensor(self.processor(list(images)))
+        input_ids, mask = self.encode_prompts(prompts)
+        text_embeds, has_text = self.text_embeddings(questions, prompts)
+        t_text = time.perf_counter() - t0
+        out = self.model.generate(input_ids, pixels, mask, text_embeds, has_text,
+                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                  eos_token_id=self.tok.llm.eos_id, seed=seed)
+        self.last_visual = out.visual
+        timings = {"preprocess": t_text, "vision": out.timings["vision"], "prefill": out.timings["prefill"],
+                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"]}
+        results = []
+        for b in range(len(prompts)):
+            ids = [int(i) for i in out.tokens[b] if i != self.tok.llm.eos_id]
+            stats = _stage_counts(out.visual, b)
+            results.append({
+                "text": self.tok.llm.decode(ids).strip(),
+                "prompt": prompts[b],
+                "question": questions[b],
+                "method": self.method,
+                "budget": self.model.compression.budget,
+                "visual_tokens_before": int(out.visual.before),
+                "visual_tokens": int(out.visual.lengths[b]),
+                "stage_counts": stats,
+                "timings": timings,
+            })
+        return results
+
+    def answer(self, image: Image.Image, prompt: str, question: Optional[str] = None, **kw) -> dict:
+        """`prompt` is the user turn without the placeholder; `question` what the text encoder sees
+        (derived from the prompt when None)."""
+        return self.answer_batch([image], [prompt], [question], **kw)[0]
+
+
+def _stage_counts(visual, b: int) -> dict:
+    if visual is None or visual.result is None:
+        return {"total": int(visual.lengths[b]) if visual is not None else 0}
+    stats = visual.result.stats[b]
+    return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in stats.items()}
+
+
+def build_predictor(model_dir: Optional[str] = None, deploy_dir: Optional[str] = None, method: str = "none",
+                    budget: Optional[int] = None, conv_mode: Optional[str] = None, **options) -> Predictor:
+    """A predictor over a converted checkpoint, an exported deployment, or (neither) the demo model."""
+    if deploy_dir is not None:
+        from paddle_rc.export.runner import build_deployed_predictor
+
+        return build_deployed_predictor(deploy_dir, conv_mode=conv_mode)
+    is_demo = model_dir is None
+    if is_demo:
+        from paddle_rc.demo import demo_checkpoint
+
+        model_dir = demo_checkpoint()
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    predictor = Predictor(model, Tokenizers(model_dir), conv_mode,
+                          model_id="demo-random" if is_demo else os.path.basename(os.path.normpath(model_dir)),
+                          is_demo=is_demo)
+    predictor.set_method(method, budget, **options)
+    return predictor
+
+
+__all__ = ["Predictor", "Tokenizers", "build_predictor", "IMAGE_PLACEHOLDER"]

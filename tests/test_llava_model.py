@@ -1,0 +1,111 @@
+"""The LLaVA wrapper on a tiny random model: splice positions, KV cache, batching, errors."""
+import numpy as np
+import paddle
+import pytest
+
+IMG = -200
+
+
+def _prompt(rng, before, after, vocab=96):
+    ids = list(rng.integers(3, vocab, size=before)) + [IMG] + list(rng.integers(3, vocab, size=after))
+    return [1] + ids
+
+
+def _batch(rows, pad=0):
+    length = max(len(r) for r in rows)
+    ids = np.full((len(rows), length), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, length - len(r):] = r
+        mask[i, length - len(r):] = 1
+    return paddle.to_tensor(ids), paddle.to_tensor(mask)
+
+
+def _pixels(rng, n, size=56):
+    return paddle.to_tensor(rng.standard_normal((n, 3, size, size)).astype("float32"))
+
+
+def test_logits_shape_and_visual_positions(tiny_model, rng):
+    ids = _prompt(rng, 4, 3)
+    px = _pixels(rng, 1)
+    with paddle.no_grad():
+        out = tiny_model(paddle.to_tensor([ids]), px)
+    n = tiny_model.config.vision.num_patches
+    assert out.logits.shape == [1, len(ids) - 1 + n, 96]
+    # The positions after the image equal a run where the visual tokens are given explicitly.
+    with paddle.no_grad():
+        vis = tiny_model.encode_images(px)
+        emb_text = tiny_model.language_model.embed_tokens(paddle.to_tensor([[i for i in ids if i != IMG]]))
+        p = ids.index(IMG)
+        manual = paddle.concat([emb_text[:, :p], vis.embeds, emb_text[:, p:]], axis=1)
+        mask = paddle.ones([1, manual.shape[1]], dtype="int64")
+        from paddle_rc.models.llama import positions_from_mask
+
+        hidden, _, _ = tiny_model.language_model(manual, mask, positions_from_mask(mask))
+        ref = tiny_model.lm_head(hidden)
+    np.testing.assert_allclose(out.logits.numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_kv_cache_decoding_equals_full_recomputation(tiny_model, rng):
+    ids = _prompt(rng, 5, 4)
+    px = _pixels(rng, 1)
+    gen = tiny_model.generate(paddle.to_tensor([ids]), px, max_new_tokens=8, eos_token_id=-1)
+    tokens = gen.tokens[0].tolist()
+    assert len(tokens) == 8
+    full = ids + tokens
+    with paddle.no_grad():
+        logits = tiny_model(paddle.to_tensor([full]), px).logits.numpy()[0]
+    n = tiny_model.config.vision.num_patches
+    # Logits at position j predict token j+1; the prompt occupies len(ids)-1+n positions.
+    start = len(ids) - 1 + n - 1
+    recomputed = logits[start:start + len(tokens)].argmax(-1).tolist()
+    assert recomputed == tokens
+
+
+def test_batch_of_different_lengths_equals_each_alone(tiny_model, rng):
+    rows = [_prompt(rng, 2, 3), _prompt(rng, 7, 6)]
+    px = _pixels(rng, 2)
+    ids, mask = _batch(rows)
+    with paddle.no_grad():
+        batched = tiny_model(ids, px, mask).logits.numpy()
+    gen = tiny_model.generate(ids, px, mask, max_new_tokens=6, eos_token_id=-1)
+    for b, r in enumerate(rows):
+        with paddle.no_grad():
+            alone = tiny_model(paddle.to_tensor([r]), px[b:b + 1]).logits.numpy()[0]
+        n = alone.shape[0]
+        np.testing.assert_allclose(batched[b, -n:], alone, atol=1e-4)
+        single = tiny_model.generate(paddle.to_tensor([r]), px[b:b + 1], max_new_tokens=6, eos_token_id=-1)
+        assert gen.tokens[b].tolist() == single.tokens[0].tolist()
+
+
+def test_generation_stops_at_eos_and_pads(tiny_model, rng):
+    ids = _prompt(rng, 3, 2)
+    px = _pixels(rng, 1)
+    free = tiny_model.generate(paddle.to_tensor([ids]), px, max_new_tokens=6, eos_token_id=-1).tokens[0]
+    eos = int(free[2])
+    stopped = tiny_model.generate(paddle.to_tensor([ids]), px, max_new_tokens=6, eos_token_id=eos).tokens[0]
+    first = free.tolist().index(eos)
+    assert stopped.tolist() == free.tolist()[: first + 1]
+
+
+def test_sampling_is_seeded_and_top_p_restricts(tiny_model, rng):
+    ids = paddle.to_tensor([_prompt(rng, 3, 2)])
+    px = _pixels(rng, 1)
+    a = tiny_model.generate(ids, px, max_new_tokens=5, temperature=1.0, top_p=0.9, seed=3, eos_token_id=-1)
+    b = tiny_model.generate(ids, px, max_new_tokens=5, temperature=1.0, top_p=0.9, seed=3, eos_token_id=-1)
+    assert a.tokens.tolist() == b.tokens.tolist()
+    from paddle_rc.models.generation import sample_next
+
+    logits = np.array([[5.0, 4.0, 0.0, -1.0, -2.0]])
+    picks = {int(sample_next(logits, 1.0, 0.5, np.random.default_rng(s))[0]) for s in range(50)}
+    assert picks == {0}  # token 0 alone holds > 50% of the mass
+    picks = {int(sample_next(logits, 1.0, 0.9, np.random.default_rng(s))[0]) for s in range(200)}
+    assert picks == {0, 1}
+
+
+def test_placeholder_must_appear_once(tiny_model, rng):
+    px = _pixels(rng, 1)
+    with pytest.raises(ValueError, match="exactly once"):
+        tiny_model(paddle.to_tensor([[1, 5, 6]]), px)
+    with pytest.raises(ValueError, match="exactly once"):
+        tiny_model(paddle.to_tensor([[1, IMG, 5, IMG]]), px)
