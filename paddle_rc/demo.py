@@ -18,18 +18,20 @@ def cache_root() -> str:
     return os.environ.get("PADDLE_RC_HOME", os.path.join(os.path.expanduser("~"), ".cache", "paddle_rc"))
 
 
-def demo_config(clip_vocab_size: int, clip_bos: int, clip_eos: int, llm_vocab_size: int):
+def demo_config(clip_tok, llm_tok):
     from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     return LlavaConfig(
         vision=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                 num_attention_heads=4, image_size=336, patch_size=14, projection_dim=32),
-        text=CLIPTextConfig(vocab_size=clip_vocab_size, hidden_size=32, intermediate_size=64,
+        text=CLIPTextConfig(vocab_size=clip_tok.vocab_size, hidden_size=32, intermediate_size=64,
                             num_hidden_layers=2, num_attention_heads=4, projection_dim=32,
-                            bos_token_id=clip_bos, eos_token_id=clip_eos, pad_token_id=clip_eos),
-        llm=LlamaConfig(vocab_size=llm_vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                            bos_token_id=clip_tok.bos_token_id, eos_token_id=clip_tok.eos_token_id,
+                            pad_token_id=clip_tok.pad_token_id),
+        llm=LlamaConfig(vocab_size=llm_tok.vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
-                        bos_token_id=1, eos_token_id=2, pad_token_id=0),
+                        bos_token_id=llm_tok.bos_token_id, eos_token_id=llm_tok.eos_token_id,
+                        pad_token_id=llm_tok.pad_token_id),
         image_token_index=-200, conv_mode="vicuna_v1", source="demo", weights_dtype="float32",
     )
 
@@ -50,7 +52,7 @@ def write_demo_checkpoint(directory: str) -> None:
 
     llm_tok = LlamaTokenizer.from_dir(tok_dir)
     clip_tok = CLIPTokenizer.from_dir(clip_dir)
-    config = demo_config(clip_tok.vocab_size, clip_tok.bos_id, clip_tok.eos_id, llm_tok.vocab_size)
+    config = demo_config(clip_tok, llm_tok)
     paddle.seed(SEED)
     model = LlavaForConditionalGeneration(config)
     config.save(directory)

@@ -128,13 +128,13 @@ class Predictor:
         t_text = time.perf_counter() - t0
         out = self.model.generate(input_ids, pixels, mask, text_embeds, has_text,
                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  eos_token_id=self.tok.llm.eos_id, seed=seed)
+                                  eos_token_id=self.tok.llm.eos_token_id, seed=seed)
         self.last_visual = out.visual
         timings = {"preprocess": t_text, "vision": out.timings["vision"], "prefill": out.timings["prefill"],
                    "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"]}
         results = []
         for b in range(len(prompts)):
-            ids = [int(i) for i in out.tokens[b] if i != self.tok.llm.eos_id]
+            ids = [int(i) for i in out.tokens[b] if i != self.tok.llm.eos_token_id]
             stats = _stage_counts(out.visual, b)
             results.append({
                 "text": self.tok.llm.decode(ids).strip(),

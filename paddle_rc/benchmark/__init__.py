@@ -1,0 +1,1 @@
+"""Cost model (flops.py) and timing helpers for baseline-vs-compressed comparisons."""
