@@ -1,0 +1,225 @@
+"""``tools/eval.py``: run, merge, score and report benchmarks.
+
+Settings come, lowest to highest priority, from the built-in defaults, ``-c file.yml`` (flat
+keys, or under an ``eval:`` section), ``-o key=value`` overrides (PaddleDetection style, values
+parsed as YAML) and finally the plain flags given on the command line.
+"""
+import argparse
+import json
+import os
+import sys
+
+from paddle_rc.errors import UserError
+
+from . import benchmarks as B
+from .report import write_report
+from .runner import (DEMO_NOTE, answers_path, merge_chunks, run_benchmark, run_tag,
+                     score_answers)
+
+DEFAULTS = {
+    "model": None, "deploy": None, "benchmark": None, "data_root": None, "method": "rc",
+    "budget": None, "limit": None, "conv_mode": None, "max_new_tokens": 128,
+    "out": "output/eval", "num_chunks": 1, "chunk_idx": 0, "merge": False, "score_only": False,
+    "answers": None, "progress": True,
+}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="tools/eval.py",
+        description="Evaluate LLaVA-1.5 (+ visual-token compression) on the LLaVA-1.5 "
+                    "benchmarks with the official scoring rules.")
+    p.add_argument("-c", "--config", help="YAML file with any of the settings below")
+    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. -o budget=64 -o benchmark=[pope,mme]")
+    p.add_argument("--model", help="converted checkpoint dir (default: built-in demo model)")
+    p.add_argument("--deploy", help="exported Paddle Inference dir instead of --model")
+    p.add_argument("--benchmark", help="comma list: " + ",".join(B.READERS))
+    p.add_argument("--data-root", dest="data_root",
+                   help="LLaVA's playground/data/eval layout (docs/eval-data.md)")
+    p.add_argument("--method", help="comma list of compression methods (default rc)")
+    p.add_argument("--budget", help="visual-token budget, or a comma list of budgets")
+    p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
+    p.add_argument("--conv-mode", dest="conv_mode", help="conversation template (vicuna_v1)")
+    p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
+    p.add_argument("--out", help="output dir (default output/eval)")
+    p.add_argument("--num-chunks", dest="num_chunks", type=int)
+    p.add_argument("--chunk-idx", dest="chunk_idx", type=int)
+    p.add_argument("--merge", action="store_const", const=True,
+                   help="merge the --num-chunks chunk files of each run, then score")
+    p.add_argument("--score-only", dest="score_only", action="store_const", const=True,
+                   help="score existing answer files under --out (no model)")
+    p.add_argument("--answers", help="with --score-only: score this answer file (e.g. one "
+                                     "written by LLaVA's own scripts) for a single benchmark")
+    p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    return p
+
+
+def _parse_value(text):
+    import yaml
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def resolve_config(args):
+    cfg = dict(DEFAULTS)
+    if args.config:
+        if not os.path.exists(args.config):
+            raise UserError(f"config file not found: {args.config}")
+        import yaml
+        try:
+            with open(args.config, "r", encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"cannot parse {args.config}: {e}") from None
+        if isinstance(data.get("eval"), dict):
+            data = data["eval"]
+        for k, v in data.items():
+            _set(cfg, k, v, f"{args.config}")
+    for o in args.opt:
+        if "=" not in o:
+            raise UserError(f"-o expects key=value, got {o!r}")
+        k, v = o.split("=", 1)
+        _set(cfg, k.strip(), _parse_value(v), "-o")
+    for k in DEFAULTS:
+        v = getattr(args, k, None)
+        if v is not None:
+            cfg[k] = v
+    return cfg
+
+
+def _set(cfg, key, value, where):
+    key = key.replace("-", "_")
+    if key not in DEFAULTS:
+        raise UserError(f"unknown setting {key!r} in {where}; known: {', '.join(DEFAULTS)}")
+    cfg[key] = value
+
+
+def _as_list(v):
+    if v is None:
+        return []
+    if isinstance(v, (list, tuple)):
+        out = []
+        for x in v:
+            out += _as_list(x)
+        return out
+    return [x.strip() for x in str(v).split(",") if x.strip()]
+
+
+def _budgets(v):
+    out = []
+    for x in _as_list(v):
+        if x.lower() in ("none", "null"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(x))
+        except ValueError:
+            try:
+                out.append(float(x))
+            except ValueError:
+                raise UserError(f"--budget must be numbers, got {x!r}") from None
+    return out or [None]
+
+
+def plan_runs(methods, budgets):
+    """(method, budget) pairs; ``none`` keeps all tokens so runs once whatever the budgets."""
+    runs = []
+    for m in methods:
+        for b in ([None] if m == "none" else budgets):
+            if (m, b) not in runs:
+                runs.append((m, b))
+    return runs
+
+
+def main(argv=None, predictor=None, image_loader=None):
+    """Entry point; ``predictor``/``image_loader`` let tests inject fakes. Returns exit code."""
+    try:
+        return _main(argv, predictor, image_loader)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: answers so far are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv, predictor, image_loader):
+    args = build_parser().parse_args(argv)
+    cfg = resolve_config(args)
+    names = [B.canonical_name(n) for n in _as_list(cfg["benchmark"])]
+    if not names:
+        raise UserError("--benchmark is required (comma list of " + ", ".join(B.READERS) + ")")
+    methods = _as_list(cfg["method"]) or ["rc"]
+    runs = plan_runs(methods, _budgets(cfg["budget"]))
+    out = cfg["out"]
+    limit = int(cfg["limit"]) if cfg["limit"] else None
+    nchunks, cidx = int(cfg["num_chunks"] or 1), int(cfg["chunk_idx"] or 0)
+    if cfg["answers"] and not cfg["score_only"]:
+        raise UserError("--answers is only used with --score-only")
+    if cfg["answers"] and (len(names) != 1 or len(runs) != 1):
+        raise UserError("--answers scores one file: give exactly one --benchmark and --method")
+    benches = {n: B.load_benchmark(n, cfg["data_root"]) for n in names}
+    summaries = []
+
+    if cfg["score_only"] or cfg["merge"]:
+        for n, bench in benches.items():
+            for m, b in runs:
+                tag = run_tag(m, b)
+                if cfg["merge"]:
+                    info = merge_chunks(bench, out, tag, nchunks, limit)
+                    print(f"merged {nchunks} chunks -> {info['answers']} "
+                          f"({info['n_records']} answers)", file=sys.stderr)
+                path = cfg["answers"] or answers_path(out, n, tag)
+                summary_path = None
+                if cfg["answers"]:
+                    summary_path = os.path.join(out, n, tag + ".summary.json")
+                summaries.append(score_answers(bench, path, method=m, budget=b, limit=limit,
+                                               summary_path=summary_path))
+    else:
+        demo = not cfg["model"] and not cfg["deploy"]
+        if predictor is None:
+            try:
+                from paddle_rc.pipeline import build_predictor
+            except ImportError as e:
+                raise UserError(f"the model pipeline is not available ({e}); "
+                                "--score-only works without it") from None
+            predictor = build_predictor(model_dir=cfg["model"], deploy_dir=cfg["deploy"],
+                                        method=runs[0][0], budget=runs[0][1],
+                                        conv_mode=cfg["conv_mode"])
+        if demo:
+            print("note: " + DEMO_NOTE, file=sys.stderr)
+        for n, bench in benches.items():
+            for m, b in runs:
+                info = run_benchmark(bench, predictor, m, b, out, image_loader=image_loader,
+                                     limit=limit, max_new_tokens=int(cfg["max_new_tokens"]),
+                                     num_chunks=nchunks, chunk_idx=cidx,
+                                     progress=bool(cfg["progress"]), demo=demo)
+                msg = (f"{n}/{info['tag']}: {info['n_new']} new, {info['n_resumed']} already "
+                       f"on disk, {info['n_errors']} image errors")
+                if info["torn_line_dropped"]:
+                    msg += " (dropped a torn last line from an interrupted run)"
+                print(msg, file=sys.stderr)
+                if nchunks == 1:
+                    summaries.append(score_answers(bench, info["answers"], method=m, budget=b,
+                                                   limit=limit))
+        if nchunks > 1:
+            print(f"chunk {cidx}/{nchunks} done; when all chunks are done run the same command "
+                  "with --merge", file=sys.stderr)
+            return 0
+
+    for s in summaries:
+        extra = ", ".join(f"{k}={v:.2f}" for k, v in (s.get("extra_scores") or {}).items())
+        score = "n/a" if s.get("score") is None else f"{s['score']:.2f}"
+        print(f"{s['benchmark']:14s} {s['tag']:16s} {score}" + (f"  ({extra})" if extra else "")
+              + (f"  upload: {s['upload_file']}" if s.get("upload_file") else ""))
+    paths = write_report(summaries, out)
+    print("report: " + ", ".join(paths[k] for k in sorted(paths)), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
