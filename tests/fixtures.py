@@ -45,6 +45,18 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.2 + centre)
 
 
+def _fp32_reference(model):
+    """float32 copy for reference computations. `.to(bf16/fp16)` also rounds the rotary inv_freq buffers,
+    which are computed, not stored: recompute them in float32, as a float32 run of the checkpoint would."""
+    model = model.float()
+    for module in model.modules():
+        if hasattr(module, "inv_freq") and hasattr(module, "rope_init_fn"):
+            inv_freq, _ = module.rope_init_fn(module.config, None)
+            module.inv_freq = inv_freq.float()
+            module.original_inv_freq = module.inv_freq
+    return model
+
+
 def make_clip_model(seed: int = 0) -> "transformers.CLIPModel":
     cfg = transformers.CLIPConfig(text_config=dict(CLIP_TEXT), vision_config=dict(VISION),
                                   projection_dim=PROJECTION_DIM)
@@ -146,7 +158,7 @@ def make_llava_hf_checkpoint(directory: str, seed: int = 0, new_key_spelling: bo
         with safe_open(os.path.join(directory, name), framework="pt") as f:
             for k in f.keys():
                 saved[k] = f.get_tensor(k)
-    return {"dir": directory, "model": model.float(), "config": model.config, "state_dict": saved,
+    return {"dir": directory, "model": _fp32_reference(model), "config": model.config, "state_dict": saved,
             "image_token_id": IMAGE_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID, "vocab_size": LLAVA_HF_VOCAB}
 
 
@@ -215,5 +227,5 @@ def make_llava_original_checkpoint(directory: str, seed: int = 0, shards: int = 
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     build_tiny_sentencepiece(directory, vocab_size=SP_VOCAB)
-    return {"dir": directory, "model": model.float(), "config": config, "state_dict": sd,
+    return {"dir": directory, "model": _fp32_reference(model), "config": config, "state_dict": sd,
             "image_token_id": SP_VOCAB, "vocab_size": SP_VOCAB}
