@@ -92,18 +92,32 @@ def lof_outlier_count(x, n_neighbors, valid=None):
         return paddle.zeros_like(m), m
     k_b = paddle.clip(paddle.minimum(m - 1, paddle.full_like(m, int(n_neighbors))), min=0)
 
-    eye = eye_mask(n)
-    pair_ok = paddle.logical_and(valid.unsqueeze(2), valid.unsqueeze(1))
-    pair_ok = paddle.logical_and(pair_ok, paddle.logical_not(eye))
-    diff = xd.unsqueeze(2) - xd.unsqueeze(1)
-    dist = paddle.maximum(diff, diff.transpose([0, 2, 1]))   # |xi - xj|, see _f64 on abs
-    dist = paddle.where(pair_ok, dist, paddle.full_like(dist, _FAR))
+    # In 1-D the k nearest neighbours of a point lie within k places of it in sorted order, so one
+    # sort per row and a window of 2k candidates replace the N x N distance sort (O(N k), not
+    # O(N^2 log N)). Invalid entries sort last and are never candidates.
+    key = paddle.where(valid, xd, paddle.full_like(xd, _FAR))
+    order = paddle.argsort(key, axis=1, stable=True)
+    xs = paddle.take_along_axis(key, order, axis=1)                          # [B,N] ascending
+    vs = paddle.take_along_axis(valid.astype("int64"), order, axis=1) > 0
+    offs = paddle.concat([paddle.arange(-kcap, 0, dtype="int64"), paddle.arange(1, kcap + 1, dtype="int64")])
+    pos = paddle.arange(n, dtype="int64").unsqueeze(1) + offs.unsqueeze(0)  # [N,2k] sorted positions
+    in_range = paddle.logical_and(pos >= 0, pos < n).unsqueeze(0)
+    pos = paddle.clip(pos, 0, n - 1)
+    width = 2 * kcap
+    flat_pos = pos.reshape([1, n * width]).expand([paddle.shape(xs)[0], n * width])
+    cand = paddle.take_along_axis(xs, flat_pos, axis=1).reshape([0, n, width])
+    cand_ok = paddle.take_along_axis(vs.astype("int64"), flat_pos, axis=1).reshape([0, n, width]) > 0
+    cand_ok = paddle.logical_and(paddle.logical_and(cand_ok, in_range), vs.unsqueeze(2))
+    centre = xs.unsqueeze(2)
+    dist = paddle.maximum(cand - centre, centre - cand)   # |xi - xj|, see _f64 on abs
+    dist = paddle.where(cand_ok, dist, paddle.full_like(dist, _FAR))
 
-    nbr = paddle.argsort(dist, axis=-1, stable=True)[:, :, :kcap]          # [B,N,kcap]
-    nbr_dist = paddle.take_along_axis(dist, nbr, axis=2)
+    pick = paddle.argsort(dist, axis=-1, stable=True)[:, :, :kcap]           # [B,N,kcap]
+    nbr_dist = paddle.take_along_axis(dist, pick, axis=2)
+    nbr = paddle.take_along_axis(flat_pos.reshape([0, n, width]), pick, axis=2)  # sorted positions
     kth = paddle.clip(k_b - 1, min=0).reshape([-1, 1, 1])
     kdist = paddle.take_along_axis(nbr_dist, kth.expand_as(nbr_dist[:, :, :1]), axis=2)
-    kdist = kdist.squeeze(2)                                              # [B,N]
+    kdist = kdist.squeeze(2)                                              # [B,N], sorted order
 
     col_ok = paddle.arange(kcap, dtype="int64").reshape([1, 1, -1]) < k_b.reshape([-1, 1, 1])
     flat_nbr = nbr.reshape([0, n * kcap])        # 0 keeps the (dynamic) batch dim
@@ -116,7 +130,7 @@ def lof_outlier_count(x, n_neighbors, valid=None):
     lrd_nbr = paddle.take_along_axis(lrd, flat_nbr, axis=1).reshape([0, n, kcap])
     ratio = lrd_nbr / lrd.unsqueeze(2)
     lof = paddle.where(col_ok, ratio, zero).sum(axis=2) / k_f
-    out = paddle.logical_and(lof > _f64(_LOF_THRESHOLD), valid)
+    out = paddle.logical_and(lof > _f64(_LOF_THRESHOLD), vs)
     out = paddle.logical_and(out, (k_b > 0).reshape([-1, 1]))
     return out.astype("int64").sum(axis=1), m
 
