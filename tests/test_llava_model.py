@@ -109,3 +109,39 @@ def test_placeholder_must_appear_once(tiny_model, rng):
         tiny_model(paddle.to_tensor([[1, 5, 6]]), px)
     with pytest.raises(ValueError, match="exactly once"):
         tiny_model(paddle.to_tensor([[1, IMG, 5, IMG]]), px)
+
+
+def test_zero_visual_tokens_splice_to_the_text_alone(tiny_model, rng):
+    from paddle_rc.models.llava import VisualTokens
+
+    ids = _prompt(rng, 3, 2)
+    empty = VisualTokens(paddle.zeros([1, 0, 64]), np.zeros([1], dtype=np.int64), 4)
+    embeds, mask, _ = tiny_model.splice(paddle.to_tensor([ids]), None, empty)
+    text_only = [i for i in ids if i != IMG]
+    ref = tiny_model.language_model.embed_tokens(paddle.to_tensor([text_only]))
+    assert embeds.shape == [1, len(text_only), 64]
+    np.testing.assert_array_equal(embeds.numpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("method", ["rc", "rc-reference", "prumerge+"])
+def test_compressed_batch_equals_each_alone(tiny_model, method):
+    rng = np.random.default_rng(5)
+    rows = [_prompt(rng, 2, 3), _prompt(rng, 6, 2), _prompt(rng, 4, 4)]
+    px = _pixels(rng, 3)
+    clip_ids = paddle.to_tensor(rng.integers(0, 78, size=(3, 6)).astype("int64"))
+    has_text = paddle.to_tensor([True, False, True])
+    tiny_model.set_compression(method)
+    text = tiny_model.get_text_features(clip_ids)
+    ids, mask = _batch(rows)
+    with paddle.no_grad():
+        out = tiny_model(ids, px, mask, text, has_text)
+    lengths = out.visual.lengths.tolist()
+    assert len(set(lengths)) > 1, f"the inputs should give different token counts, got {lengths}"
+    for b, r in enumerate(rows):
+        with paddle.no_grad():
+            alone = tiny_model(paddle.to_tensor([r]), px[b:b + 1], None, text[b:b + 1], has_text[b:b + 1])
+        assert alone.visual.lengths.tolist() == [lengths[b]]
+        n = alone.logits.shape[1]
+        np.testing.assert_allclose(out.logits.numpy()[b, -n:], alone.logits.numpy()[0], atol=1e-4)
+        t = lengths[b]
+        np.testing.assert_allclose(out.visual.embeds.numpy()[b, :t], alone.visual.embeds.numpy()[0, :t], atol=1e-5)
