@@ -131,8 +131,9 @@ class LlavaForConditionalGeneration(nn.Layer):
         extra = dict(spec.options)
         if method in _NEEDS_CLS_STATS:
             extra.update(cls_attn=feats.cls_attn, metric=feats.metric)
-        P = self.visual_projection(feats.P) if feats.P is not None else None
         t = text_embeds if method in _NEEDS_TEXT else None
+        # compress() takes P and t together or not at all (no question: text recovery is skipped).
+        P = self.visual_projection(feats.P) if feats.P is not None and t is not None else None
         if t is not None and has_text is not None:
             extra["has_text"] = has_text
         result = compress(method, feats.F, feats.Q, feats.K, P=P, t=t, budget=spec.budget, **extra)
@@ -176,7 +177,7 @@ class LlavaForConditionalGeneration(nn.Layer):
         tokens = np.where((ids == image_id) | (ids < 0), 0, ids)
         text = self.language_model.embed_tokens(paddle.to_tensor(tokens)).reshape([batch * seq, -1])
         parts = [text]
-        if visual is not None:
+        if visual is not None and tmax > 0:  # reshape([0, -1]) would copy dim 0, not give 0 rows
             parts.append(visual.embeds.astype(text.dtype).reshape([batch * tmax, -1]))
         parts.append(paddle.zeros([1, text.shape[-1]], dtype=text.dtype))
         table = paddle.concat(parts, axis=0)

@@ -1,0 +1,248 @@
+"""Checkpoint -> deployment directory of Paddle Inference graphs (PIR: .json + .pdiparams).
+
+    out/
+      vision.json, vision.pdiparams     pixels (+ question CLIP ids, has_text) -> image embeds, lengths[, indices]
+      prefill.json, prefill.pdiparams   inputs_embeds, attention_mask, position_ids -> last logits, k, v
+      decode.json, decode.pdiparams     input_ids [B,1], attention_mask, position_ids, past_k, past_v -> logits, k, v
+      embed_tokens.npy                  the LLM token-embedding table, for the host-side splice
+      config.json, tokenizer/, clip_tokenizer/
+      manifest.json                     what was exported, with which options, and every file's size
+
+The embedding table is a .npy rather than a fourth graph: the splice is host-side index logic
+anyway, and a row gather from a memory-mapped array costs nothing next to a predictor call.
+manifest.json is written last, so a directory without it is an interrupted export.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+from typing import Optional
+
+import numpy as np
+import paddle
+from paddle.static import InputSpec
+
+from paddle_rc.errors import UserError
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+EMBED_FILE = "embed_tokens.npy"
+GRAPHS = ("vision", "prefill", "decode")
+
+# Why a method may not be exportable; checked before tracing so the user gets a sentence, not a trace.
+# Every registered method's core is written to trace (no host round trip, static counts); this
+# table stays for methods added later that are not.
+UNTRACEABLE: dict = {}
+
+
+def _vision_inputs(config, method: str) -> list:
+    size = config.vision.image_size
+    specs = [InputSpec([None, 3, size, size], "float32", "pixel_values")]
+    from paddle_rc.export.graphs import REFERENCE_TEXT_LENGTH
+    from paddle_rc.models.llava import _NEEDS_TEXT
+
+    if method in _NEEDS_TEXT:
+        length = REFERENCE_TEXT_LENGTH if method == "rc-reference" else None
+        specs += [InputSpec([None, length], "int64", "clip_ids"), InputSpec([None], "bool", "has_text")]
+    return specs
+
+
+def _llm_inputs(config) -> tuple:
+    llm = config.llm
+    cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
+    prefill = [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
+               InputSpec([None, None], "int64", "attention_mask"),
+               InputSpec([None, None], "int64", "position_ids")]
+    decode = [InputSpec([None, 1], "int64", "input_ids"),
+              InputSpec([None, None], "int64", "attention_mask"),
+              InputSpec([None, 1], "int64", "position_ids"),
+              InputSpec(cache, "float32", "past_k"),
+              InputSpec(cache, "float32", "past_v")]
+    return prefill, decode
+
+
+def output_names(method: str) -> dict:
+    from paddle_rc.export.graphs import INDEX_OUTPUTS
+
+    vision = ["image_embeds", "lengths"] + ([] if method == "none" else list(INDEX_OUTPUTS))
+    return {"vision": vision, "prefill": ["logits", "k_cache", "v_cache"],
+            "decode": ["logits", "k_cache", "v_cache"]}
+
+
+def _spec_json(specs) -> list:
+    return [{"name": s.name, "dtype": str(s.dtype).replace("paddle.", ""),
+             "shape": [(-1 if d is None else int(d)) for d in s.shape]} for s in specs]
+
+
+def _save_graph(layer, specs, prefix: str) -> None:
+    layer.eval()
+    # full_graph=True: the AST path; the model code has no Python branches on tensor values, so
+    # the whole forward becomes one program (SOT would silently split on anything it cannot trace).
+    static = paddle.jit.to_static(layer, input_spec=specs, full_graph=True)
+    paddle.jit.save(static, prefix)
+    for ext in (".json", ".pdiparams"):
+        if not os.path.isfile(prefix + ext):
+            raise RuntimeError(f"paddle.jit.save did not write {prefix + ext}")
+
+
+def _copy_tree(src: str, dst: str, what: str) -> None:
+    if not os.path.isdir(src):
+        raise UserError(f"{os.path.dirname(src)} has no {what}/ folder; convert the model with tools/convert.py")
+    shutil.copytree(src, dst)
+
+
+def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Optional[int] = None,
+                 options: Optional[dict] = None, overwrite: bool = False, progress=None) -> dict:
+    """Export the checkpoint in `model_dir` to `out_dir`; returns the manifest.
+
+    The compression method, budget and options are fixed at export time: they decide the
+    vision graph's inputs and its traced control flow (token counts are static per method).
+    """
+    from paddle_rc.compression import available_methods, method_defaults
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.config import LlavaConfig
+
+    say = progress or (lambda msg: None)
+    if method not in available_methods():
+        raise UserError(f"unknown compression method {method!r}; choose from: {', '.join(available_methods())}")
+    if method in UNTRACEABLE:
+        raise UserError(f"method {method!r} cannot be exported: {UNTRACEABLE[method]}")
+    if budget is not None and (int(budget) != budget or budget < 1):
+        raise UserError(f"--budget must be a positive integer, got {budget!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(method_defaults(method)))
+    if unknown:
+        raise UserError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
+                        f"it takes: {', '.join(sorted(method_defaults(method))) or 'none'}")
+    config = LlavaConfig.load(model_dir)
+    if os.path.exists(out_dir) and os.listdir(out_dir):
+        if not overwrite:
+            raise UserError(f"{out_dir} exists and is not empty; pick another --out or pass --overwrite")
+        if not os.path.isfile(os.path.join(out_dir, MANIFEST)) and not _looks_like_partial_export(out_dir):
+            # Refuse to wipe a folder that is not ours: --overwrite is for re-exports.
+            raise UserError(f"{out_dir} is not an export directory (no {MANIFEST}); refusing to overwrite it")
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+
+    say(f"loading {model_dir}")
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    model.set_compression(method, budget, **options)
+    manifest = export_loaded_model(model, out_dir, method, budget, options, say)
+    _copy_tree(os.path.join(model_dir, "tokenizer"), os.path.join(out_dir, "tokenizer"), "tokenizer")
+    _copy_tree(os.path.join(model_dir, "clip_tokenizer"), os.path.join(out_dir, "clip_tokenizer"), "clip_tokenizer")
+    manifest["model_dir"] = os.path.abspath(model_dir)
+    return finish_manifest(out_dir, manifest)
+
+
+def _looks_like_partial_export(directory: str) -> bool:
+    names = set(os.listdir(directory))
+    return bool(names) and names <= ({f"{g}{e}" for g in GRAPHS for e in (".json", ".pdiparams")}
+                                     | {EMBED_FILE, "config.json", "tokenizer", "clip_tokenizer",
+                                        MANIFEST + ".tmp"})
+
+
+def export_vision(model, out_dir: str, method: str, budget=None, options=None, name: str = "vision") -> list:
+    """Trace and save the vision graph; returns its input specs."""
+    from paddle_rc.export.graphs import VisionNoText, VisionWithText
+    from paddle_rc.models.llava import _NEEDS_TEXT
+
+    specs = _vision_inputs(model.config, method)
+    cls = VisionWithText if method in _NEEDS_TEXT else VisionNoText
+    _save_graph(cls(model, method, budget, dict(options or {})), specs, os.path.join(out_dir, name))
+    return specs
+
+
+def export_llm(model, out_dir: str) -> None:
+    from paddle_rc.export.graphs import DecodeGraph, PrefillGraph
+
+    prefill_specs, decode_specs = _llm_inputs(model.config)
+    _save_graph(PrefillGraph(model), prefill_specs, os.path.join(out_dir, "prefill"))
+    _save_graph(DecodeGraph(model), decode_specs, os.path.join(out_dir, "decode"))
+
+
+def export_loaded_model(model, out_dir: str, method: str, budget, options: dict, say=None) -> dict:
+    """Trace and save the three graphs, the embedding table and the config of an in-memory model.
+
+    The caller adds tokenizers and then calls finish_manifest (split so tests can export a model
+    built in memory without writing a checkpoint first).
+    """
+    from paddle_rc.models.llava import _NEEDS_TEXT
+
+    say = say or (lambda msg: None)
+    config = model.config
+    n_patches = config.vision.num_patches
+    budget_used = None if budget is None else min(int(budget), n_patches)
+    vision_specs = _vision_inputs(config, method)
+    prefill_specs, decode_specs = _llm_inputs(config)
+
+    say(f"exporting vision graph (method {method}{'' if budget is None else f', budget {budget}'})")
+    export_vision(model, out_dir, method, budget, options)
+    say("exporting LLM prefill and decode graphs")
+    export_llm(model, out_dir)
+    table = model.language_model.embed_tokens.weight.numpy().astype(np.float32)
+    np.save(os.path.join(out_dir, EMBED_FILE), table)
+    config.save(out_dir)
+
+    names = output_names(method)
+    return {
+        "format": MANIFEST_FORMAT,
+        "kind": "paddle_rc_deploy",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"paddle": paddle.__version__, "python": platform.python_version(),
+                     "numpy": np.__version__, "paddle_rc": _package_version()},
+        "ir": "pir",
+        "dtype": "float32",
+        "compression": {"method": method, "budget": budget, "budget_applied": budget_used,
+                        "options": _jsonable(options), "n_patches": n_patches,
+                        "uses_text": method in _NEEDS_TEXT},
+        "graphs": {
+            "vision": {"inputs": _spec_json(vision_specs), "outputs": names["vision"],
+                       "notes": "image_embeds [B,Tmax,H] zero-padded after each sample's lengths[b] tokens"},
+            "prefill": {"inputs": _spec_json(prefill_specs), "outputs": names["prefill"],
+                        "notes": "logits [B,V] at the last position; caches [layers,B,kv_heads,S,head_dim]"},
+            "decode": {"inputs": _spec_json(decode_specs), "outputs": names["decode"],
+                       "notes": "attention_mask covers past + the new token; caches grow by one"},
+        },
+        "embed_tokens": {"file": EMBED_FILE, "shape": list(table.shape), "dtype": "float32"},
+        "untraceable_methods": dict(UNTRACEABLE),
+    }
+
+
+def finish_manifest(out_dir: str, manifest: dict) -> dict:
+    """Record every file's size (the runner's truncation check) and write manifest.json last."""
+    files = {}
+    for root, _, names in os.walk(out_dir):
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, out_dir).replace(os.sep, "/")
+            if rel in (MANIFEST, MANIFEST + ".tmp"):
+                continue
+            files[rel] = os.path.getsize(path)
+    manifest["files"] = dict(sorted(files.items()))
+    path = os.path.join(out_dir, MANIFEST)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return manifest
+
+
+def _jsonable(options: dict) -> dict:
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, (np.generic,)):
+            v = v.item()
+        out[k] = v
+    json.dumps(out)  # fail here, not after the export, if an option cannot be recorded
+    return out
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("paddle_rc")
+    except Exception:
+        return "source"

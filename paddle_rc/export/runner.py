@@ -1,0 +1,268 @@
+"""Run an exported deployment directory through paddle.inference.
+
+The deployed model offers the dynamic model's interface to paddle_rc.pipeline.Predictor
+(config, compression, set_compression, get_text_features, reference_text_features, generate), so
+prompt building, tokenization, splicing and the sampling loop are the very same code; only the
+three networks are Paddle Inference predictors instead of Layers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import paddle
+
+from paddle_rc.errors import UserError
+from paddle_rc.export.exporter import EMBED_FILE, GRAPHS, MANIFEST, MANIFEST_FORMAT
+
+FIX = "re-run tools/export.py"
+
+
+@dataclass
+class RunnerOptions:
+    """How the predictors run. device: "cpu" or "gpu" (needs a CUDA build of Paddle)."""
+    device: str = "cpu"
+    threads: Optional[int] = None
+    # Off by default: Paddle 3.3.0/3.3.1's oneDNN + PIR executor fails on some graphs with
+    # "ConvertPirAttribute2RuntimeAttribute not support [pir::ArrayAttribute<pir::DoubleAttribute>]"
+    # (Paddle #77340); see paddle_rc/export/README.md for what it does on ours.
+    onednn: bool = False
+    gpu_memory_mb: int = 1024
+    gpu_id: int = 0
+    ir_optim: bool = True
+
+
+# ---- validation ---------------------------------------------------------------------------------
+
+def read_manifest(directory: str) -> dict:
+    """The manifest, after checking that every file it lists is present with its recorded size."""
+    if not os.path.isdir(directory):
+        raise UserError(f"deployment directory not found: {directory} (write one with tools/export.py)")
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.isfile(path):
+        raise UserError(f"{directory} is not a complete export: {MANIFEST} is missing (it is written last, "
+                        f"so the export was interrupted or this is not an export directory); {FIX}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} is unreadable ({e}); {FIX}") from None
+    if not isinstance(manifest, dict) or manifest.get("kind") != "paddle_rc_deploy":
+        raise UserError(f"{path} is not a paddle_rc export manifest; {FIX}")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path} has export format {manifest.get('format')!r}, this version reads "
+                        f"{MANIFEST_FORMAT}; {FIX}")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise UserError(f"{path} lists no files; {FIX}")
+    required = [f"{g}{ext}" for g in GRAPHS for ext in (".json", ".pdiparams")] + [EMBED_FILE, "config.json"]
+    for name in required:
+        if name not in files:
+            raise UserError(f"{path} does not list {name}; {FIX}")
+    for name, size in files.items():
+        full = os.path.join(directory, name)
+        if not os.path.isfile(full):
+            raise UserError(f"{full} is missing; {FIX}")
+        actual = os.path.getsize(full)
+        if actual != size:
+            raise UserError(f"{full} is {actual} bytes, the export wrote {size} (truncated or replaced); {FIX}")
+    for sub in ("tokenizer", "clip_tokenizer"):
+        if not any(n.startswith(sub + "/") for n in files):
+            raise UserError(f"{directory} has no {sub}/ files in its manifest; {FIX}")
+    return manifest
+
+
+# ---- predictors -----------------------------------------------------------------------------------
+
+def make_config(prefix: str, opts: RunnerOptions):
+    cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
+    if opts.device == "gpu":
+        if not paddle.is_compiled_with_cuda():
+            raise UserError("--device gpu needs a CUDA build of Paddle (paddlepaddle-gpu); this one is CPU-only")
+        cfg.enable_use_gpu(int(opts.gpu_memory_mb), int(opts.gpu_id))
+    elif opts.device == "cpu":
+        cfg.disable_gpu()
+        cfg.set_cpu_math_library_num_threads(int(opts.threads or os.cpu_count() or 1))
+        if opts.onednn:
+            cfg.enable_mkldnn()
+        else:
+            cfg.disable_mkldnn()
+    else:
+        raise UserError(f"unknown device {opts.device!r}: use cpu or gpu")
+    cfg.switch_ir_optim(bool(opts.ir_optim))
+    cfg.disable_glog_info()
+    return cfg
+
+
+class Graph:
+    """One exported program: run(list of paddle tensors) -> list of paddle tensors, in manifest order."""
+
+    def __init__(self, directory: str, name: str, spec: dict, opts: RunnerOptions):
+        self.name = name
+        self.prefix = os.path.join(directory, name)
+        self.input_names = [i["name"] for i in spec["inputs"]]
+        self.output_names = list(spec["outputs"])
+        try:
+            self.predictor = paddle.inference.create_predictor(make_config(self.prefix, opts))
+        except UserError:
+            raise
+        except Exception as e:  # a damaged program or parameter file surfaces here as a C++ error
+            raise UserError(f"cannot load {self.prefix}.json / .pdiparams ({_first_line(e)}); {FIX}") from None
+        got = list(self.predictor.get_input_names())
+        if got != self.input_names:
+            raise UserError(f"{self.prefix}.json takes inputs {got}, the manifest says {self.input_names}; {FIX}")
+        n_out = len(self.predictor.get_output_names())
+        if n_out != len(self.output_names):
+            raise UserError(f"{self.prefix}.json has {n_out} outputs, the manifest says "
+                            f"{len(self.output_names)}; {FIX}")
+
+    def __call__(self, *inputs):
+        return self.predictor.run([x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in inputs])
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]
+
+
+# ---- the deployed model ---------------------------------------------------------------------------
+
+class ClipIds:
+    """What the deployed model's get_text_features returns: the exported vision graph embeds the
+    question itself, so the "text embedding" handed to generate() is the CLIP token ids."""
+
+    def __init__(self, ids):
+        self.ids = ids
+
+
+def _model_class():
+    from paddle_rc.models.llava import LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration
+
+
+class DeployedLlava:
+    """The dynamic model's interface over three Paddle Inference predictors."""
+
+    def __init__(self, directory: str, opts: Optional[RunnerOptions] = None):
+        from paddle_rc.models.config import LlavaConfig
+        from paddle_rc.models.llava import CompressionSpec
+
+        self.directory = directory
+        self.options = opts or RunnerOptions()
+        self.manifest = read_manifest(directory)
+        self.config = LlavaConfig.load(directory)
+        comp = self.manifest["compression"]
+        self.compression = CompressionSpec(comp["method"], comp["budget"], dict(comp["options"]))
+        self.graphs = {g: Graph(directory, g, self.manifest["graphs"][g], self.options) for g in GRAPHS}
+        table = self._load_table()
+        embed = paddle.nn.Embedding(table.shape[0], table.shape[1])
+        embed.weight.set_value(table)
+        # splice() reads self.language_model.embed_tokens: a host-side Embedding over the saved table.
+        self.language_model = paddle.nn.Layer()
+        self.language_model.embed_tokens = embed
+
+    def _load_table(self) -> np.ndarray:
+        path = os.path.join(self.directory, EMBED_FILE)
+        try:
+            table = np.load(path)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot read {path} ({_first_line(e)}); {FIX}") from None
+        want = [self.config.llm.vocab_size, self.config.llm.hidden_size]
+        if list(table.shape) != want:
+            raise UserError(f"{path} has shape {list(table.shape)}, config.json implies {want}; {FIX}")
+        return table.astype(np.float32)
+
+    # ---- what Predictor calls -----------------------------------------------------------------------
+    def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
+        """The method is baked into the vision graph: asking for another one is an error, not a switch."""
+        spec = self.compression
+        if method != spec.method or budget != spec.budget or (options and options != spec.options):
+            want = f"{method}" + ("" if budget is None else f" budget {budget}")
+            have = f"{spec.method}" + ("" if spec.budget is None else f" budget {spec.budget}")
+            raise UserError(f"{self.directory} was exported with method {have}; for {want} export again: "
+                            f"tools/export.py --method {method}" + ("" if budget is None else f" --budget {budget}"))
+
+    def get_text_features(self, input_ids):
+        return ClipIds(input_ids)
+
+    def reference_text_features(self, input_ids):
+        return ClipIds(input_ids)
+
+    def encode_images(self, pixel_values, text_embeds=None, has_text=None):
+        from paddle_rc.models.llava import VisualTokens
+
+        comp = self.manifest["compression"]
+        inputs = [pixel_values.astype("float32")]
+        if comp["uses_text"]:
+            ids, has_text = self._text_inputs(text_embeds, has_text, int(pixel_values.shape[0]))
+            inputs += [ids, has_text]
+        outs = self.graphs["vision"](*inputs)
+        embeds = outs[0]
+        lengths = outs[1].numpy().astype(np.int64)
+        n = int(comp["n_patches"])
+        if self.compression.method == "none":
+            return VisualTokens(embeds, lengths, n)
+        return VisualTokens(embeds, lengths, n, self._result(outs, has_text if comp["uses_text"] else None))
+
+    def _text_inputs(self, text_embeds, has_text, batch):
+        if isinstance(text_embeds, ClipIds):
+            ids = text_embeds.ids
+        elif text_embeds is None:
+            # No sample has a question: any ids do, has_text=False skips every text stage in the graph.
+            length = 20 if self.compression.method == "rc-reference" else 1
+            ids = paddle.full([batch, length], self.config.text.eos_token_id, dtype="int64")
+        else:
+            raise TypeError("the deployed model takes the question as CLIP token ids (get_text_features)")
+        if has_text is None:
+            has_text = paddle.full([batch], text_embeds is not None, dtype="bool")
+        return ids.astype("int64"), has_text.astype("bool")
+
+    def _result(self, outs, has_text):
+        from paddle_rc.compression import CompressionResult
+        from paddle_rc.compression.registry import get_method
+
+        comp = self.manifest["compression"]
+        spec = get_method(comp["method"])
+        notes = []
+        n = int(comp["n_patches"])
+        if comp["budget"] is not None:
+            if not spec.takes_budget:
+                notes.append(f"budget {comp['budget']} ignored: method '{comp['method']}' keeps all {n} tokens")
+            elif comp["budget_applied"] < comp["budget"]:
+                notes.append(f"budget {comp['budget']} > N={n}: clamped to {n}")
+        text_note = "text recovery skipped: empty question" if spec.uses_text else None
+        # The projected embeds stand in for the pre-projector tokens: the result only reads their shape.
+        return CompressionResult(list(outs), comp["method"], budget=comp["budget_applied"] if spec.takes_budget else None,
+                                 notes=notes, has_text=has_text, text_note=text_note)
+
+    def prefill(self, inputs_embeds, attention_mask, position_ids):
+        return tuple(self.graphs["prefill"](inputs_embeds.astype("float32"), attention_mask.astype("int64"),
+                                            position_ids.astype("int64")))
+
+    def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
+        return tuple(self.graphs["decode"](input_ids.astype("int64"), attention_mask.astype("int64"),
+                                           position_ids.astype("int64"), past_k, past_v))
+
+
+# The dynamic model's host-side code, shared rather than copied: both only touch attributes the
+# deployed model has (config, language_model.embed_tokens, encode_images, prefill, decode).
+DeployedLlava.splice = _model_class().splice
+DeployedLlava.generate = _model_class().generate
+
+
+def build_deployed_predictor(deploy_dir: str, conv_mode: Optional[str] = None, device: str = "cpu",
+                             threads: Optional[int] = None, onednn: bool = False):
+    from paddle_rc.pipeline import Predictor, Tokenizers
+
+    model = DeployedLlava(deploy_dir, RunnerOptions(device=device, threads=threads, onednn=onednn))
+    try:
+        tokenizers = Tokenizers(deploy_dir)
+    except UserError as e:
+        raise UserError(f"{e} ({FIX})") from None
+    model_id = "deploy:" + os.path.basename(os.path.normpath(deploy_dir))
+    return Predictor(model, tokenizers, conv_mode, model_id=model_id,
+                     is_demo=model.config.source == "demo")

@@ -1,0 +1,378 @@
+"""Static export (PIR .json + .pdiparams) and the Paddle Inference runner against the dynamic model."""
+import io
+import json
+import os
+import shutil
+import sys
+from contextlib import redirect_stdout
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_rc.errors import UserError
+from paddle_rc.export import exporter
+from paddle_rc.export.runner import DeployedLlava, Graph, RunnerOptions, build_deployed_predictor
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
+ALL_METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
+               "rc-reference"]
+# (method, budget, options): every method adaptively, plus budget / option cases whose traced
+# control flow differs (budget branches in rc and prumerge+, a non-default option).
+VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
+    ("rc", 9, {}), ("prumerge+", 7, {}), ("rc-reference", 12, {}), ("visionzip", 10, {}),
+    ("prumerge", None, {"topk": 3}),
+]
+
+
+def _tiny_model(image_size=56):
+    from conftest import tiny_llava_config
+
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    paddle.seed(1)
+    model = LlavaForConditionalGeneration(tiny_llava_config(image_size=image_size))
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _tiny_model()
+
+
+@pytest.fixture(scope="module")
+def vision_model():
+    """112 px (64 patches): at 56 px (16 patches) rc's LOF finds no text outliers, so the question
+    would not influence the output and a wrong text path would go unnoticed."""
+    return _tiny_model(image_size=112)
+
+
+@pytest.fixture(scope="module")
+def llm_dir(model, tmp_path_factory):
+    """An export of the tiny model's LLM graphs, shared by the generation tests."""
+    out = str(tmp_path_factory.mktemp("llm"))
+    exporter.export_llm(model, out)
+    return out
+
+
+def _predictor(prefix, onednn=False):
+    cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
+    cfg.disable_gpu()
+    cfg.disable_glog_info()
+    cfg.enable_mkldnn() if onednn else cfg.disable_mkldnn()
+    return paddle.inference.create_predictor(cfg)
+
+
+def _clip_ids(model, batch, length, rng):
+    eos = model.config.text.eos_token_id
+    ids = rng.integers(0, eos - 2, size=(batch, length))
+    # Different question lengths: each row's first EOS is where rc pools.
+    for b in range(batch):
+        ids[b, max(1, length - 1 - 3 * b):] = eos
+    return paddle.to_tensor(ids.astype(np.int64))
+
+
+def _dynamic_vision(model, method, budget, options, pixels, ids, has_text):
+    model.set_compression(method, budget, **options)
+    t = None
+    if method == "rc":
+        t = model.get_text_features(ids)
+    elif method == "rc-reference":
+        t = model.reference_text_features(ids)
+    return model.encode_images(pixels, t, has_text)
+
+
+def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
+    """One loop over methods (an export is a couple of seconds): exported outputs equal the dynamic
+    ones to 1e-5, at two batch sizes through the same program, with per-sample lengths."""
+    model = vision_model
+    rng = np.random.default_rng(0)
+    size = model.config.vision.image_size
+    checked, varied, text_used = [], False, False
+    for i, (method, budget, options) in enumerate(VISION_CASES):
+        name = f"vision{i}"
+        exporter.export_vision(model, str(tmp_path), method, budget, options, name=name)
+        pred = _predictor(os.path.join(tmp_path, name))
+        for batch in (3, 1):
+            pixels = paddle.to_tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
+            length = 20 if method == "rc-reference" else 7
+            ids = _clip_ids(model, batch, length, rng)
+            has_text = paddle.ones([batch], dtype="bool")
+            ref = _dynamic_vision(model, method, budget, options, pixels, ids, has_text)
+            inputs = [pixels] + ([ids, has_text] if method in ("rc", "rc-reference") else [])
+            outs = pred.run(inputs)
+            lengths = outs[1].numpy()
+            np.testing.assert_array_equal(lengths, ref.lengths, err_msg=f"{method} lengths")
+            varied |= len(set(lengths.tolist())) > 1
+            assert outs[0].shape[1] == lengths.max()
+            got, want = outs[0].numpy(), ref.embeds.numpy()
+            assert got.shape == want.shape, (method, got.shape, want.shape)
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=method)
+            if method == "none":
+                assert len(outs) == 2
+            else:
+                r = ref.result
+                text_used |= method.startswith("rc") and bool((r.stage.numpy() == 2).any())
+                for j, field in enumerate(("kinds", "sources", "stage", "members", "extra_members")):
+                    np.testing.assert_array_equal(outs[2 + j].numpy(), getattr(r, field).numpy(),
+                                                  err_msg=f"{method} {field}")
+        checked.append(method)
+    assert set(checked) == set(ALL_METHODS)
+    # Some adaptive method must really produce different lengths within a batch, or the padding
+    # and per-sample length path above went unexercised.
+    assert varied
+    assert text_used  # the question really steered rc here
+
+
+def test_rc_without_question_equals_dynamic_without_text(vision_model, tmp_path):
+    """has_text=False in the graph gives what the dynamic model computes with no text at all (t=None)."""
+    model = vision_model
+    exporter.export_vision(model, str(tmp_path), "rc")
+    pred = _predictor(os.path.join(tmp_path, "vision"))
+    rng = np.random.default_rng(3)
+    pixels = paddle.to_tensor(rng.standard_normal((2, 3, 112, 112)).astype(np.float32))
+    ids = _clip_ids(model, 2, 5, rng)
+    outs = pred.run([pixels, ids, paddle.zeros([2], dtype="bool")])
+    # The reference is compress() with no text at all (P and t None), as rc-algorithm.md defines it.
+    from paddle_rc.compression import compress
+
+    feats = model.vision_tower(pixels, model.config.vision_feature_layer, need_qkp=True)
+    ref = compress("rc", feats.F, feats.Q, feats.K)
+    np.testing.assert_array_equal(outs[1].numpy(), ref.lengths.numpy())
+    np.testing.assert_allclose(outs[0].numpy(), model.projector(ref.tokens).numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(outs[4].numpy(), ref.stage.numpy())
+    assert (outs[4].numpy() == 2).sum() == 0  # no patch recovered by text
+
+
+def _prompt_batch(model, rng):
+    """Two left-padded prompts of different lengths, each holding the image placeholder once."""
+    image = model.config.image_token_index
+    vocab = model.config.llm.vocab_size
+    rows = [[1] + list(rng.integers(3, vocab, 4)) + [image] + list(rng.integers(3, vocab, 6)),
+            [1, image] + list(rng.integers(3, vocab, 3))]
+    length = max(len(r) for r in rows)
+    ids = np.zeros((2, length), np.int64)
+    mask = np.zeros((2, length), np.int64)
+    for b, r in enumerate(rows):
+        ids[b, length - len(r):] = r
+        mask[b, length - len(r):] = 1
+    return paddle.to_tensor(ids), paddle.to_tensor(mask)
+
+
+@pytest.mark.parametrize("method", ["none", "rc"])
+def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, tmp_path, method):
+    out = str(tmp_path / "deploy")
+    shutil.copytree(llm_dir, out)
+    model.set_compression(method)
+    manifest = exporter.export_loaded_model(model, out, method, None, {})
+    os.makedirs(os.path.join(out, "tokenizer"))
+    os.makedirs(os.path.join(out, "clip_tokenizer"))
+    for d in ("tokenizer", "clip_tokenizer"):
+        open(os.path.join(out, d, "placeholder"), "w").close()
+    exporter.finish_manifest(out, manifest)
+    deployed = DeployedLlava(out)
+
+    rng = np.random.default_rng(5)
+    ids, mask = _prompt_batch(model, rng)
+    pixels = paddle.to_tensor(rng.standard_normal((2, 3, 56, 56)).astype(np.float32))
+    clip = _clip_ids(model, 2, 6, rng)
+    has_text = paddle.to_tensor(np.array([True, True]))
+    kw = dict(max_new_tokens=10, eos_token_id=-1, pad_token_id=0)  # eos -1: run every step
+    t_dyn = model.get_text_features(clip) if method == "rc" else None
+    want = model.generate(ids, pixels, mask, t_dyn, has_text, **kw)
+    t_dep = deployed.get_text_features(clip) if method == "rc" else None
+    got = deployed.generate(ids, pixels, mask, t_dep, has_text, **kw)
+    assert got.tokens.shape == (2, 10)
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.visual.lengths, want.visual.lengths)
+    if method == "rc":
+        assert got.visual.result.stats == want.visual.result.stats
+
+
+def test_prefill_and_decode_graphs_match_dynamic_logits_and_cache(model, llm_dir):
+    rng = np.random.default_rng(7)
+    prefill = _predictor(os.path.join(llm_dir, "prefill"))
+    decode = _predictor(os.path.join(llm_dir, "decode"))
+    embeds = paddle.to_tensor(rng.standard_normal((3, 9, 64)).astype(np.float32))
+    mask = paddle.to_tensor(np.array([[0] * 4 + [1] * 5, [1] * 9, [0, 0] + [1] * 7], np.int64))
+    from paddle_rc.models.llama import positions_from_mask
+
+    pos = positions_from_mask(mask)
+    want = model.prefill(embeds, mask, pos)
+    got = prefill.run([embeds, mask, pos])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+    ids = paddle.to_tensor(np.array([[5], [7], [9]], np.int64))
+    mask2 = paddle.concat([mask, paddle.ones([3, 1], "int64")], axis=1)
+    pos2 = pos[:, -1:] + 1
+    want = model.decode(ids, mask2, pos2, want[1], want[2])
+    got = decode.run([ids, mask2, pos2, got[1], got[2]])
+    assert got[1].shape == [2, 3, 2, 10, 16]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---- end to end through the tools, on a checkpoint with real (tiny) tokenizers ----------------------
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from conftest import tiny_llava_config
+
+    from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+    from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.weights import save_weights
+
+    d = str(tmp_path_factory.mktemp("ckpt"))
+    build_tiny_sentencepiece(os.path.join(d, "tokenizer"))
+    build_tiny_clip_bpe(os.path.join(d, "clip_tokenizer"))
+    llm_tok = LlamaTokenizer.from_dir(os.path.join(d, "tokenizer"))
+    clip_tok = CLIPTokenizer.from_dir(os.path.join(d, "clip_tokenizer"))
+    cfg = tiny_llava_config(vocab=llm_tok.vocab_size)
+    cfg.text.vocab_size = clip_tok.vocab_size
+    cfg.text.bos_token_id, cfg.text.eos_token_id = clip_tok.bos_token_id, clip_tok.eos_token_id
+    cfg.text.pad_token_id = clip_tok.pad_token_id
+    cfg.llm.bos_token_id, cfg.llm.eos_token_id = llm_tok.bos_token_id, llm_tok.eos_token_id
+    cfg.llm.pad_token_id = llm_tok.pad_token_id
+    paddle.seed(2)
+    model = LlavaForConditionalGeneration(cfg)
+    cfg.save(d)
+    save_weights(model, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def deploy_rc(checkpoint, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("deploy") / "rc")
+    # A budget: adaptive rc keeps no token at all on this 16-patch random model.
+    _tool("export", ["--model", checkpoint, "--out", out, "--method", "rc", "--budget", "6", "--json"])
+    return out
+
+
+def _tool(name, argv):
+    sys.path.insert(0, TOOLS)
+    try:
+        module = __import__(name)
+    finally:
+        sys.path.remove(TOOLS)
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert module.main(argv) == 0
+    return buf.getvalue()
+
+
+def test_export_tool_writes_the_documented_layout(deploy_rc, checkpoint):
+    manifest = json.load(open(os.path.join(deploy_rc, "manifest.json")))
+    for name in ("vision", "prefill", "decode"):
+        for ext in (".json", ".pdiparams"):
+            assert manifest["files"][name + ext] == os.path.getsize(os.path.join(deploy_rc, name + ext)) > 0
+    assert manifest["compression"]["method"] == "rc" and manifest["compression"]["budget"] == 6
+    assert [i["name"] for i in manifest["graphs"]["vision"]["inputs"]] == ["pixel_values", "clip_ids", "has_text"]
+    assert manifest["graphs"]["decode"]["outputs"] == ["logits", "k_cache", "v_cache"]
+    assert manifest["versions"]["paddle"] == paddle.__version__
+    assert "tokenizer/tokenizer.model" in manifest["files"] and "clip_tokenizer/vocab.json" in manifest["files"]
+    assert not any(n.endswith(".pdmodel") for n in manifest["files"])  # PIR, not the old IR
+
+
+def test_infer_deploy_gives_the_dynamic_answer(deploy_rc, checkpoint):
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]  # demo image
+    dyn = json.loads(_tool("infer", ["--model", checkpoint, "--method", "rc", "--budget", "6"] + args))
+    dep = json.loads(_tool("infer", ["--deploy", deploy_rc] + args))
+    for key in ("answer", "method", "visual_tokens_before", "visual_tokens_after", "stage_counts"):
+        assert dep[key] == dyn[key], key
+    assert dep["visual_tokens_after"] < dep["visual_tokens_before"]
+    assert dep["model"] == "deploy:rc"
+
+
+def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoint):
+    """The runner uses the pipeline's prompt and CLIP-text handling: in a batch where one sample has
+    no question, that sample's text stage is skipped, and both samples match the dynamic model."""
+    from paddle_rc.demo import demo_image
+    from paddle_rc.pipeline import build_predictor
+
+    images = [demo_image(), demo_image().rotate(90)]
+    args = (images, ["What is this?", "Describe it."], ["What is the red sign?", ""])
+    dep = build_deployed_predictor(deploy_rc).answer_batch(*args, max_new_tokens=4)
+    dyn = build_predictor(checkpoint, method="rc", budget=6).answer_batch(*args, max_new_tokens=4)
+    assert dep[0]["stage_counts"]["text"] > 0 and dep[1]["stage_counts"]["text"] == 0
+    for a, b in zip(dep, dyn):
+        assert a["text"] == b["text"] and a["stage_counts"] == b["stage_counts"]
+
+
+def test_deployed_method_is_fixed(deploy_rc):
+    pred = build_deployed_predictor(deploy_rc)
+    pred.set_method("rc", 6)  # the exported one: fine
+    with pytest.raises(UserError, match="exported with method rc.*--method prumerge"):
+        pred.set_method("prumerge")
+
+
+def test_export_refuses_a_foreign_non_empty_directory(checkpoint, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        exporter.export_model(checkpoint, str(tmp_path), "none")
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        exporter.export_model(checkpoint, str(tmp_path), "none", overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_export_rejects_unknown_method_and_option(checkpoint, tmp_path):
+    with pytest.raises(UserError, match="unknown compression method"):
+        exporter.export_model(checkpoint, str(tmp_path / "a"), "nope")
+    with pytest.raises(UserError, match="no option"):
+        exporter.export_model(checkpoint, str(tmp_path / "b"), "rc", options={"topkk": 3})
+
+
+# ---- damaged or partial exports ----------------------------------------------------------------------
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) // 2)
+
+
+def _scramble_same_size(path):
+    size = os.path.getsize(path)
+    with open(path, "wb") as f:
+        f.write(b"\x00garbage" * (size // 8) + b"x" * (size % 8))
+
+
+DAMAGES = {
+    "no manifest (interrupted export)": (lambda d: os.remove(os.path.join(d, "manifest.json")), "manifest.json"),
+    "manifest not JSON": (lambda d: open(os.path.join(d, "manifest.json"), "w").write("{oops"), "manifest.json"),
+    "graph program missing": (lambda d: os.remove(os.path.join(d, "decode.json")), "decode.json"),
+    "parameters truncated": (lambda d: _truncate(os.path.join(d, "prefill.pdiparams")), "prefill.pdiparams"),
+    "program corrupt, same size": (lambda d: _scramble_same_size(os.path.join(d, "vision.json")), "vision"),
+    "embedding table missing": (lambda d: os.remove(os.path.join(d, "embed_tokens.npy")), "embed_tokens.npy"),
+    "tokenizer missing": (lambda d: shutil.rmtree(os.path.join(d, "clip_tokenizer")), "clip_tokenizer"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_damaged_export_ends_in_a_clear_message(deploy_rc, tmp_path, damage):
+    d = str(tmp_path / "copy")
+    shutil.copytree(deploy_rc, d)
+    fn, names = DAMAGES[damage]
+    fn(d)
+    with pytest.raises(UserError) as err:
+        build_deployed_predictor(d)
+    msg = str(err.value)
+    assert names in msg and "re-run tools/export.py" in msg, msg
+
+
+def test_missing_deploy_dir_and_gpu_request(tmp_path, deploy_rc):
+    with pytest.raises(UserError, match="not found"):
+        build_deployed_predictor(str(tmp_path / "nothing"))
+    if not paddle.is_compiled_with_cuda():
+        with pytest.raises(UserError, match="CUDA build"):
+            build_deployed_predictor(deploy_rc, device="gpu")
+
+
+def test_onednn_switch_on_our_graphs(deploy_rc):
+    """oneDNN on: the 3.3.x PIR oneDNN bug does not fire on these graphs, and results are unchanged."""
+    from paddle_rc.demo import demo_image
+
+    off = build_deployed_predictor(deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
+    on = build_deployed_predictor(deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
+                                                                           max_new_tokens=4)
+    assert on["text"] == off["text"] and on["stage_counts"] == off["stage_counts"]
