@@ -1,6 +1,9 @@
 """Measured costs, as ratios within one run (absolute seconds depend on the machine).
 
     python tools/benchmark.py vision [--methods rc,none,...] [--repeats 5]   # tower + compression overhead
+    python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
+    python tools/benchmark.py quant [--prompts 64] [--slice-layers 2]         # int8/int4 bytes, RSS, logits error
+    python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
 """
 import argparse
 import json
@@ -27,7 +30,119 @@ def build_parser():
     v.add_argument("--heads", type=int, default=16)
     v.add_argument("--image-size", type=int, default=336)
     v.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    _add_compute_parser(sub)
+    _add_quant_parser(sub)
+    _add_deploy_parser(sub)
     return p
+
+
+def _int_list(text):
+    try:
+        return tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_compute_parser(sub):
+    c = sub.add_parser("compute", help="paper-style table: none vs rc x fp32/int8/int4, analytic FLOPs and "
+                                       "memory (7B) + measured prefill time at 7B widths")
+    c.add_argument("--layers", type=int, default=4,
+                   help="decoder layers of the measured 7B-width model (default 4: ~3.2 GB float32 + its "
+                        "int8/int4 copies, a default run takes about 8 minutes on 2 cores)")
+    c.add_argument("--visual-tokens", type=_int_list, default=(576, 58),
+                   help="NONE,RC visual token counts (default 576,58: the paper's average for rc)")
+    c.add_argument("--text-tokens", type=int, default=60, help="text tokens of the prompt (default 60)")
+    c.add_argument("--bits", type=_int_list, default=(32, 8, 4), help="weight precisions (32,16,8,4)")
+    c.add_argument("--act-bits", type=int, help="KV cache/activation bits (default: widest float in --bits)")
+    c.add_argument("--group-size", type=int, default=-1, help="-1 per-channel scales, or 64/128")
+    c.add_argument("--repeats", type=int, default=3)
+    c.add_argument("--sweep", type=_int_list, default=(576, 432, 288, 192, 128, 64, 32),
+                   help="visual token counts for the plot")
+    c.add_argument("--sweep-bits", type=_int_list, default=(32,), help="precisions timed in the sweep")
+    c.add_argument("--model", choices=["7b", "13b"], default="7b", help="analytic model shapes")
+    c.add_argument("--no-measure", action="store_true", help="analytic columns only")
+    c.add_argument("--plot", metavar="PNG", default="compute_benchmark.png")
+    c.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _add_quant_parser(sub):
+    q = sub.add_parser("quant", help="fp32/int8/int4: checkpoint bytes, resident memory, logits error")
+    q.add_argument("--prompts", type=int, default=64, help="prompts for top-1 agreement (>= 50)")
+    q.add_argument("--prompt-len", type=int, default=24)
+    q.add_argument("--slice-layers", type=int, default=2, help="layers of the 4096-wide LLM slice")
+    q.add_argument("--group-size", type=int, default=128, help="int4 scales: 128 (default) or 64 per group, -1 per channel")
+    q.add_argument("--workdir", help="where the checkpoints are written (default: a temporary folder)")
+    q.add_argument("--skip-slice", action="store_true", help="only the demo model")
+    q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _add_deploy_parser(sub):
+    d = sub.add_parser("deploy", help="dynamic model vs its exported Paddle Inference graphs "
+                                      "(vision, prefill, per-token decode)")
+    d.add_argument("--preset", default="tiny,wide", help="model sizes, comma-separated: tiny, wide")
+    d.add_argument("--method", default="rc")
+    d.add_argument("--budget", type=int)
+    d.add_argument("--prompt-len", type=int, default=48, help="text tokens around the image in the prefill")
+    d.add_argument("--decode-steps", type=int, default=16)
+    d.add_argument("--repeats", type=int, default=5)
+    d.add_argument("--threads", type=int, help="Paddle Inference CPU threads (default: all cores)")
+    d.add_argument("--onednn", action="store_true", help="enable oneDNN in the predictors")
+    d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _run_deploy(args):
+    from paddle_rc.benchmark.deploy import PRESETS, format_deploy_table, run_deploy_benchmark
+    from paddle_rc.errors import UserError
+
+    results = []
+    for preset in [p.strip() for p in args.preset.split(",") if p.strip()]:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        res = run_deploy_benchmark(preset, args.method, args.budget, prompt_len=args.prompt_len,
+                                   decode_steps=args.decode_steps, repeats=args.repeats,
+                                   threads=args.threads, onednn=args.onednn)
+        print(format_deploy_table(res) + "\n", flush=True)
+        results.append(res)
+    _write_json(args.json, results)
+
+
+def _run_compute(args):
+    from paddle_rc.benchmark.compute import (ComputeSettings, format_compute_table, plot_compute,
+                                             run_compute_benchmark)
+    from paddle_rc.benchmark.flops import LLAVA_7B, LLAVA_13B
+    from paddle_rc.errors import UserError
+
+    if len(args.visual_tokens) != 2 or min(args.visual_tokens) <= 0:
+        raise UserError(f"--visual-tokens wants NONE,RC (two positive counts), got {args.visual_tokens}")
+    bad = [b for b in tuple(args.bits) + tuple(args.sweep_bits) if b not in (32, 16, 8, 4)]
+    if bad:
+        raise UserError(f"--bits/--sweep-bits take 32, 16, 8 or 4, got {bad[0]}")
+    if args.layers < 1 or args.repeats < 1:
+        raise UserError("--layers and --repeats must be at least 1")
+    s = ComputeSettings(llm=LLAVA_13B if args.model == "13b" else LLAVA_7B, layers=args.layers,
+                        visual_tokens=tuple(args.visual_tokens), text_tokens=args.text_tokens,
+                        bits=tuple(args.bits), act_bits=args.act_bits, group_size=args.group_size,
+                        repeats=args.repeats, sweep=tuple(args.sweep), sweep_bits=tuple(args.sweep_bits),
+                        measure=not args.no_measure)
+    result = run_compute_benchmark(s, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_compute_table(result))
+    if args.plot:
+        plot_compute(result, args.plot)
+        print(f"plot: {args.plot}")
+    _write_json(args.json, result)
+
+
+def _run_quant(args):
+    from paddle_rc.benchmark.quant_eval import format_quant_report, run_quant_eval
+    from paddle_rc.errors import UserError
+
+    if args.prompts < 1:
+        raise UserError("--prompts must be at least 1")
+    result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
+                            group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
+                            progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_quant_report(result))
+    _write_json(args.json, result)
 
 
 def main(argv=None) -> int:
@@ -41,6 +156,12 @@ def main(argv=None) -> int:
                                     budget=args.budget)
         print(format_vision_table(rows))
         _write_json(args.json, rows)
+    elif args.mode == "compute":
+        _run_compute(args)
+    elif args.mode == "quant":
+        _run_quant(args)
+    elif args.mode == "deploy":
+        _run_deploy(args)
     return 0
 
 

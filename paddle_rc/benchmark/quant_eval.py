@@ -1,0 +1,261 @@
+"""fp32 vs int8 vs int4 weight-only checkpoints: bytes on disk, resident memory, logits error.
+
+Every quantized checkpoint here is written by the same code path as tools/quantize.py
+(paddle_rc.quant.checkpoint.quantize_checkpoint) and read back with from_pretrained, so what is
+measured is what a user gets.
+
+Two models:
+
+* ``demo``: the built-in demo checkpoint (paddle_rc.demo; random weights, LLM width 128).
+* ``slice``: a LLaVA checkpoint whose LLM has LLaVA-7B's widths (hidden 4096, intermediate 11008,
+  32 heads, vocab 32000) but only a few decoder layers, with tiny vision/text towers (they are
+  skipped by quantization and not used by text prompts). Its weights are random but drawn like
+  real ones: Student-t (5 degrees of freedom, heavier tails than a Gaussian, as trained weights
+  have) scaled to std 0.02, which is about what LLaMA-7B's projections have; at that scale each
+  layer's output dominates the residual stream, so quantization error is not hidden by the input.
+
+Random weights make near-ties between the top logits more common than in a trained model, so
+top-1 agreement here is a pessimistic figure for the same relative weight error.
+
+Resident memory is measured in a fresh subprocess per checkpoint (RSS after ``import`` vs after
+from_pretrained, and the peak), so the models do not pollute each other's numbers. from_pretrained
+first builds the float model and then swaps in the quantized layers, so the peak includes the
+float model for a moment; the steady-state RSS is what the quantization saves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from paddle_rc.quant.checkpoint import checkpoint_weight_bytes, quantize_checkpoint
+from paddle_rc.quant.config import QuantConfig
+
+PRECISIONS = ("fp32", "int8", "int4")
+
+
+def quant_configs(int4_group_size: int = 128) -> dict:
+    g = int4_group_size
+    return {"int8": QuantConfig(weight_bits=8),
+            "int4": QuantConfig(weight_bits=4, group_size=g,
+                                weight_quantize_type="channel_wise_abs_max" if g == -1 else "group_wise_abs_max")}
+
+
+# --------------------------------------------------------------------------------- the 7B slice
+
+def slice_config(layers: int = 2):
+    from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    return LlavaConfig(
+        vision=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=28, patch_size=14, projection_dim=16),
+        text=CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                            num_attention_heads=2, projection_dim=16, bos_token_id=62, eos_token_id=63,
+                            pad_token_id=63),
+        llm=LlamaConfig(num_hidden_layers=layers, max_position_embeddings=4096),
+        image_token_index=-200, source="random-7b-slice")
+
+
+def write_slice_checkpoint(directory: str, layers: int = 2, seed: int = 0, std: float = 0.02) -> str:
+    import paddle
+
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.weights import save_weights
+
+    cfg = slice_config(layers)
+    paddle.seed(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    rng = np.random.default_rng(seed)
+    df = 5.0
+    t_std = np.sqrt(df / (df - 2))
+    for name, p in model.language_model.named_parameters():
+        if p.ndim == 2:
+            w = rng.standard_t(df, size=p.shape).astype(np.float32) * np.float32(std / t_std)
+            p.set_value(paddle.to_tensor(w))
+    w = rng.standard_t(df, size=model.lm_head.weight.shape).astype(np.float32) * np.float32(std / t_std)
+    model.lm_head.weight.set_value(paddle.to_tensor(w))
+    cfg.save(directory)
+    save_weights(model, directory)
+    return directory
+
+
+# ---------------------------------------------------------------------------------- measurements
+
+_RSS_SCRIPT = r"""
+import gc, json, sys
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+import paddle
+from paddle_rc.models import LlavaForConditionalGeneration
+gc.collect()
+base = status("VmRSS")
+model = LlavaForConditionalGeneration.from_pretrained(sys.argv[1])
+gc.collect()
+loaded = status("VmRSS")
+peak_load = status("VmHWM")
+with paddle.no_grad():
+    model(paddle.to_tensor([[1, 5, 9, 13, 20, 30, 7, 3]], dtype="int64")).logits.numpy()
+print(json.dumps({"rss_base": base, "rss_loaded": loaded, "rss_increase": loaded - base,
+                  "peak_during_load": peak_load - base, "peak_after_forward": status("VmHWM") - base}))
+"""
+
+
+def measure_rss(directory: str) -> dict:
+    """RSS increase of loading the checkpoint, in a fresh interpreter."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, directory], capture_output=True, text=True,
+                         env=env, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"RSS probe failed for {directory}: {out.stderr.strip()[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_prompts(vocab_size: int, n: int, length: int, seed: int = 0, low: int = 3) -> np.ndarray:
+    """n random token sequences (ids >= low: skip pad/bos/eos), starting with BOS id 1."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(low, vocab_size, size=(n, length), dtype=np.int64)
+    ids[:, 0] = 1
+    return ids
+
+
+def _logits(model, ids: np.ndarray, batch: int) -> np.ndarray:
+    import paddle
+
+    outs = []
+    with paddle.no_grad():
+        for i in range(0, len(ids), batch):
+            outs.append(model(paddle.to_tensor(ids[i:i + batch])).logits.numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def logits_errors(ref: np.ndarray, out: np.ndarray) -> dict:
+    """Max abs error and top-1 agreement, at the last position (the next token of each prompt)
+    and over every position."""
+    d = np.abs(out - ref)
+    top_ref, top_out = ref.argmax(-1), out.argmax(-1)
+    top2 = np.sort(ref, axis=-1)[..., -2:]
+    gap = top2[..., 1] - top2[..., 0]
+    return {"near_ties": float((gap < d.max()).mean()),
+            "max_abs": float(d.max()), "mean_abs": float(d.mean()),
+            "max_abs_rel": float(d.max() / np.abs(ref).max()),
+            "top1_last": float((top_ref[:, -1] == top_out[:, -1]).mean()),
+            "top1_all": float((top_ref == top_out).mean()),
+            "prompts": int(ref.shape[0]), "positions": int(ref.shape[0] * ref.shape[1]),
+            # Positions whose fp32 top-1/top-2 gap is below the largest logit error: only these
+            # can flip, and random-weight models have many more of them than trained ones.
+            "fp32_gap_median": float(np.median(gap))}
+
+
+def evaluate_family(src: str, workdir: str, prompts: np.ndarray, int4_group_size: int = 128,
+                    batch: int = 16, rss: bool = True, progress=None) -> dict:
+    """Quantize ``src`` to int8 and int4 under ``workdir``; bytes, RSS and logits error of each."""
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    say = progress or (lambda m: None)
+    dirs = {"fp32": src}
+    results = {"fp32": {"checkpoint_bytes": checkpoint_weight_bytes(src)}}
+    for name, qc in quant_configs(int4_group_size).items():
+        dst = os.path.join(workdir, os.path.basename(os.path.normpath(src)) + "-" + name)
+        say(f"quantizing {src} -> {dst}")
+        r = quantize_checkpoint(src, dst, qc, overwrite=True)
+        dirs[name] = dst
+        results[name] = {"checkpoint_bytes": r.bytes_after, "quantization": qc.to_dict(),
+                         "quantized_layers": len(r.quantized), "linear_bytes_before": r.linear_bytes_before,
+                         "linear_bytes_after": r.linear_bytes_after, "linear_ratio": r.linear_ratio}
+    for name in PRECISIONS:
+        results[name]["ratio"] = results[name]["checkpoint_bytes"] / results["fp32"]["checkpoint_bytes"]
+        if rss:
+            say(f"resident memory: {name}")
+            results[name]["rss"] = measure_rss(dirs[name])
+    say("logits: fp32")
+    ref = _logits(LlavaForConditionalGeneration.from_pretrained(src), prompts, batch)
+    for name in ("int8", "int4"):
+        say(f"logits: {name}")
+        out = _logits(LlavaForConditionalGeneration.from_pretrained(dirs[name]), prompts, batch)
+        results[name]["logits"] = logits_errors(ref, out)
+    results["fp32"]["logits_abs_max"] = float(np.abs(ref).max())
+    return {"dirs": dirs, "precisions": results}
+
+
+def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
+                   workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
+                   rss: bool = True, progress=None) -> dict:
+    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.models.config import LlavaConfig
+
+    say = progress or (lambda m: None)
+    own = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="paddle_rc_quant_eval.")
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
+                            "int8": "per channel", "slice_layers": slice_layers}}
+        demo = demo_dir or demo_checkpoint()
+        vocab = LlavaConfig.load(demo).llm.vocab_size
+        out["demo"] = evaluate_family(demo, workdir, make_prompts(vocab, prompts, prompt_len),
+                                      group_size, rss=rss, progress=say)
+        out["demo"]["model"] = "demo checkpoint (random weights, LLM hidden 128, 2 layers)"
+        if slice_eval:
+            src = os.path.join(workdir, "slice7b")
+            say(f"writing the 4096-wide slice ({slice_layers} layers) to {src}")
+            if os.path.isdir(src):
+                shutil.rmtree(src)
+            write_slice_checkpoint(src, slice_layers)
+            out["slice"] = evaluate_family(src, workdir, make_prompts(32000, prompts, prompt_len, seed=1),
+                                           group_size, batch=8, rss=rss, progress=say)
+            out["slice"]["model"] = (f"LLaVA-7B-width LLM slice: {slice_layers} layers at hidden 4096 / "
+                                     "intermediate 11008 + embed/lm_head 32000, Student-t weights std 0.02")
+        return out
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def format_quant_report(result: dict) -> str:
+    mb = 1e6
+    lines = []
+    for key in ("demo", "slice"):
+        if key not in result:
+            continue
+        fam = result[key]
+        lines += [f"## {fam['model']}", "",
+                  "| weights | checkpoint MB | vs fp32 | quantized layers MB (vs fp32) | RSS increase MB "
+                  "| peak MB | logits max abs err | top-1 agree (last pos) | top-1 agree (all pos) |",
+                  "|" + "---|" * 9]
+        p = fam["precisions"]
+        for name in PRECISIONS:
+            r = p[name]
+            lin = (f"{r['linear_bytes_after'] / mb:.2f} ({100 * r['linear_ratio']:.1f}%)"
+                   if "linear_ratio" in r else
+                   f"{p['int8']['linear_bytes_before'] / mb:.2f} (100%)")
+            rs = r.get("rss")
+            rss_txt = f"{rs['rss_increase'] / mb:.0f} | {rs['peak_during_load'] / mb:.0f}" if rs else "- | -"
+            lg = r.get("logits")
+            if lg:
+                err = (f"{lg['max_abs']:.4f} ({100 * lg['max_abs_rel']:.2f}% of max) | "
+                       f"{100 * lg['top1_last']:.1f}% of {lg['prompts']} | "
+                       f"{100 * lg['top1_all']:.1f}% of {lg['positions']}")
+            else:
+                err = f"reference (max abs logit {r['logits_abs_max']:.3f}) | - | -"
+            lines.append(f"| {name} | {r['checkpoint_bytes'] / mb:.2f} | {100 * r['ratio']:.1f}% | {lin} | "
+                         f"{rss_txt} | {err} |")
+        lines.append("")
+    st = result["settings"]
+    lines.append("near ties: share of positions whose fp32 top-1/top-2 logit gap is smaller than the "
+                 "max abs error (the only ones that can flip): " + "; ".join(
+                     f"{key} {n} {100 * result[key]['precisions'][n]['logits']['near_ties']:.1f}%"
+                     for key in ("demo", "slice") if key in result for n in ("int8", "int4")))
+    lines.append(f"int8: per-channel scales; int4: {'per-channel' if st['int4_group_size'] == -1 else 'group ' + str(st['int4_group_size'])} "
+                 f"scales; lm_head and vision side stay float32 (default skip list). "
+                 f"{st['prompts']} random prompts of {st['prompt_len']} tokens.")
+    return "\n".join(lines)
