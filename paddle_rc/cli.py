@@ -17,29 +17,43 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
                         help="override an option, e.g. -o method=rc -o budget=64 (repeatable)")
 
 
-def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
-    """Precedence: command-line flags > -o overrides > -c file > parser defaults."""
-    args = parser.parse_args(argv)
-    known = {a.dest: a for a in parser._actions}
-    explicit = _explicit_dests(parser, argv if argv is not None else sys.argv[1:])
+def read_overrides(config_path, opts, section=None) -> dict:
+    """Settings from `-c file.yml` (flat keys, or under `section:`) updated by `-o key=value` pairs
+    (values parsed as YAML, so -o budget=64 is an int and -o method=[rc,none] a list)."""
     values = {}
-    if args.config:
-        if not os.path.isfile(args.config):
-            raise UserError(f"config file not found: {args.config}")
-        with open(args.config, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f) or {}
+    if config_path:
+        if not os.path.isfile(config_path):
+            raise UserError(f"config file not found: {config_path}")
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                loaded = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise UserError(f"cannot parse {config_path}: {e}") from None
         if not isinstance(loaded, dict):
-            raise UserError(f"{args.config}: expected a mapping of option names to values")
+            raise UserError(f"{config_path}: expected a mapping of option names to values")
+        if section and isinstance(loaded.get(section), dict):
+            loaded = loaded[section]
         values.update(loaded)
-    for item in args.opt:
+    for item in opts or []:
         if "=" not in item:
             raise UserError(f"-o expects KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(raw)
-    for key, value in values.items():
-        dest = key.replace("-", "_")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        values[key.strip().replace("-", "_")] = value
+    return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Precedence: command-line flags > -o overrides > -c file > parser defaults."""
+    args = parser.parse_args(argv)
+    known = {a.dest for a in parser._actions}
+    explicit = _explicit_dests(parser, argv if argv is not None else sys.argv[1:])
+    for dest, value in read_overrides(args.config, args.opt).items():
         if dest not in known or dest in ("config", "opt"):
-            raise UserError(f"unknown option {key!r} in config/overrides")
+            raise UserError(f"unknown option {dest!r} in config/overrides")
         if dest not in explicit:
             setattr(args, dest, value)
     return args

@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from paddle_rc.cli import add_config_args, read_overrides
 from paddle_rc.errors import UserError
 
 from . import benchmarks as B
@@ -29,9 +30,7 @@ def build_parser():
         prog="tools/eval.py",
         description="Evaluate LLaVA-1.5 (+ visual-token compression) on the LLaVA-1.5 "
                     "benchmarks with the official scoring rules.")
-    p.add_argument("-c", "--config", help="YAML file with any of the settings below")
-    p.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a setting, e.g. -o budget=64 -o benchmark=[pope,mme]")
+    add_config_args(p)
     p.add_argument("--model", help="converted checkpoint dir (default: built-in demo model)")
     p.add_argument("--deploy", help="exported Paddle Inference dir instead of --model")
     p.add_argument("--benchmark", help="comma list: " + ",".join(B.READERS))
@@ -55,46 +54,18 @@ def build_parser():
     return p
 
 
-def _parse_value(text):
-    import yaml
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
 def resolve_config(args):
     cfg = dict(DEFAULTS)
-    if args.config:
-        if not os.path.exists(args.config):
-            raise UserError(f"config file not found: {args.config}")
-        import yaml
-        try:
-            with open(args.config, "r", encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise UserError(f"cannot parse {args.config}: {e}") from None
-        if isinstance(data.get("eval"), dict):
-            data = data["eval"]
-        for k, v in data.items():
-            _set(cfg, k, v, f"{args.config}")
-    for o in args.opt:
-        if "=" not in o:
-            raise UserError(f"-o expects key=value, got {o!r}")
-        k, v = o.split("=", 1)
-        _set(cfg, k.strip(), _parse_value(v), "-o")
+    where = args.config or "-o"
+    for k, v in read_overrides(args.config, args.opt, section="eval").items():
+        if k not in DEFAULTS:
+            raise UserError(f"unknown setting {k!r} in {where}; known: {', '.join(DEFAULTS)}")
+        cfg[k] = v
     for k in DEFAULTS:
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
     return cfg
-
-
-def _set(cfg, key, value, where):
-    key = key.replace("-", "_")
-    if key not in DEFAULTS:
-        raise UserError(f"unknown setting {key!r} in {where}; known: {', '.join(DEFAULTS)}")
-    cfg[key] = value
 
 
 def _as_list(v):
