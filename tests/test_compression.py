@@ -554,3 +554,16 @@ def test_draw_kept_tokens(method, tmp_path):
     for p in smp.centres:                                  # centres: tinted, not the original
         got, orig = centre_px(p)
         assert np.abs(got - orig).max() > 20
+
+
+def test_count_rounding_exact_for_rc_float_for_reference():
+    from paddle_rc.compression.ops import floor_scaled, floor_scaled_float
+
+    cases = [(m, c, l) for m in (43, 576, 1024, 480, 17) for l in (43, 576, 97, 1) for c in range(0, l + 1, 3)]
+    cases.append((43, 23, 43))
+    m, c, l = (paddle.to_tensor([x[i] for x in cases], dtype="int64") for i in range(3))
+    exact = floor_scaled(m, c, l).numpy().tolist()
+    released = floor_scaled_float(m, c, l).numpy().tolist()
+    assert exact == [(a * b) // d for a, b, d in cases]
+    assert released == [int(a * (b / d)) for a, b, d in cases]
+    assert exact[-1] == 23 and released[-1] == 22  # the float product lands just below 23

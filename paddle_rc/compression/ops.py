@@ -206,3 +206,12 @@ def floor_scaled(m, count, length):
     safe = paddle.clip(length, min=1)
     val = paddle.floor_divide(m * count, safe)
     return paddle.where(length > 0, val, paddle.zeros_like(val))
+
+
+def floor_scaled_float(m, count, length):
+    """int(M * (count / length)) as the released code computes it, in float64, so rc-reference
+    lands where the release does, including just below an integer. 0 where length == 0."""
+    safe = paddle.clip(length, min=1).astype("float64")
+    ratio = paddle.divide(count.astype("float64"), safe)
+    val = paddle.floor(paddle.multiply(m.astype("float64"), ratio)).astype("int64")
+    return paddle.where(length > 0, val, paddle.zeros_like(val))

@@ -6,8 +6,8 @@ import paddle
 from paddle_rc.compression.assemble import (CENTRE, GROUP_NONE, GROUP_RANKED, GROUP_RASTER,
                                             REST, TEXT, VISUAL, assemble)
 from paddle_rc.compression.methods.common import code, full_count, knn_merge, weighted_sum
-from paddle_rc.compression.ops import (floor_scaled, lof_outlier_count, rank_desc, text_score,
-                                       topk_mask, visual_score)
+from paddle_rc.compression.ops import (floor_scaled, floor_scaled_float, lof_outlier_count, rank_desc,
+                                       text_score, topk_mask, visual_score)
 from paddle_rc.compression.registry import register
 
 RC_DEFAULTS = {
@@ -71,16 +71,18 @@ def rc_core(x, reference=False):
 
     # Adaptive counts (§5 steps 1-4).
     cnt_v, _ = lof_outlier_count(s_vis, o["n_neighbors_visual"])
-    n_v = floor_scaled(n_all, cnt_v, n_all)
+    # The release computes int(M * ratio) in floats; rc uses exact integers (see floor_scaled).
+    scaled = floor_scaled_float if reference else floor_scaled
+    n_v = scaled(n_all, cnt_v, n_all)
     vis, txt, rest, s_txt_m = _select(s_vis, s_txt, n_v, paddle.zeros_like(n_v))
     cnt_t, _ = lof_outlier_count(s_txt_m, o["n_neighbors_text"])
-    n_t = floor_scaled(n_all - n_v, cnt_t, n_all) * has_text.astype("int64")
+    n_t = scaled(n_all - n_v, cnt_t, n_all) * has_text.astype("int64")
     vis, txt, rest, s_txt_m = _select(s_vis, s_txt, n_v, n_t)
     n_rest = n_all - n_v - n_t
     cnt_a, _ = lof_outlier_count(s_vis, o["n_neighbors_merge"], valid=rest)
     if reference:
         # Released code: int(C * ratio) (the feature width, not n_rest), capped so topk works.
-        n_cent = paddle.minimum(floor_scaled(full_count(s_vis, c), cnt_a, n_rest), n_rest)
+        n_cent = paddle.minimum(scaled(full_count(s_vis, c), cnt_a, n_rest), n_rest)
     else:
         n_cent = floor_scaled(n_rest, cnt_a, n_rest)
     extra_on = n_cent > 0
