@@ -276,3 +276,21 @@ def test_tools_eval_script_user_error_exit_2(tmp_path):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "llava_pope_test.jsonl" in lines[0]
     assert "Traceback" not in p.stderr
+
+
+def test_distributed_launch_ranks_become_chunks(data_root, tmp_path, monkeypatch):
+    answers = {"Is it overcast?": "no"}
+    single, chunked = str(tmp_path / "single"), str(tmp_path / "launched")
+    base = ["--benchmark", "gqa", "--data-root", data_root, "--method", "rc", "--no-progress"]
+    assert _run(base + ["--out", single], FakePredictor(answers=answers)) == 0
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    for rank in ("0", "1"):
+        monkeypatch.setenv("PADDLE_TRAINER_ID", rank)
+        assert _run(base + ["--out", chunked], FakePredictor(answers=answers)) == 0
+    monkeypatch.delenv("PADDLE_TRAINERS_NUM")
+    monkeypatch.delenv("PADDLE_TRAINER_ID")
+    assert not os.path.exists(os.path.join(chunked, "gqa", "rc.jsonl"))
+    assert _run(base + ["--out", chunked, "--num-chunks", "2", "--merge"]) == 0
+    a = [(r["uid"], r["text"]) for r in _lines(os.path.join(single, "gqa", "rc.jsonl"))]
+    b = [(r["uid"], r["text"]) for r in _lines(os.path.join(chunked, "gqa", "rc.jsonl"))]
+    assert a == b and len(a) == len(B.load_benchmark("gqa", data_root).items)

@@ -95,6 +95,17 @@ def _budgets(v):
     return out or [None]
 
 
+def _chunks(cfg):
+    """--num-chunks/--chunk-idx; when not given, one chunk per process of paddle.distributed.launch
+    (which sets PADDLE_TRAINERS_NUM and PADDLE_TRAINER_ID), so `python -m paddle.distributed.launch
+    --gpus 0,1,2,3 tools/eval.py ...` shares a benchmark across GPUs; then run once with --merge."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+    explicit = cfg["num_chunks"] not in (None, 1) or cfg["chunk_idx"] not in (None, 0)
+    if world > 1 and not explicit and not (cfg["merge"] or cfg["score_only"]):
+        return world, int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
+    return int(cfg["num_chunks"] or 1), int(cfg["chunk_idx"] or 0)
+
+
 def plan_runs(methods, budgets):
     """(method, budget) pairs; ``none`` keeps all tokens so runs once whatever the budgets."""
     runs = []
@@ -128,7 +139,7 @@ def _main(argv, predictor, image_loader):
     runs = plan_runs(methods, _budgets(cfg["budget"]))
     out = cfg["out"]
     limit = int(cfg["limit"]) if cfg["limit"] else None
-    nchunks, cidx = int(cfg["num_chunks"] or 1), int(cfg["chunk_idx"] or 0)
+    nchunks, cidx = _chunks(cfg)
     if cfg["answers"] and not cfg["score_only"]:
         raise UserError("--answers is only used with --score-only")
     if cfg["answers"] and (len(names) != 1 or len(runs) != 1):
