@@ -376,3 +376,20 @@ def test_onednn_switch_on_our_graphs(deploy_rc):
     on = build_deployed_predictor(deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
                                                                            max_new_tokens=4)
     assert on["text"] == off["text"] and on["stage_counts"] == off["stage_counts"]
+
+
+
+@pytest.mark.parametrize("bits", ["8", "4"])
+def test_quantized_checkpoint_exports_and_serves_like_its_dynamic_model(checkpoint, deploy_rc, tmp_path, bits):
+    qdir, out = str(tmp_path / f"int{bits}"), str(tmp_path / "deploy")
+    extra = ["--group-size", "64"] if bits == "4" else []
+    _tool("quantize", ["--model", checkpoint, "--dst", qdir, "--bits", bits] + extra)
+    _tool("export", ["--model", qdir, "--out", out, "--method", "rc", "--budget", "6"])
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]
+    dyn = json.loads(_tool("infer", ["--model", qdir, "--method", "rc", "--budget", "6"] + args))
+    dep = json.loads(_tool("infer", ["--deploy", out] + args))
+    assert dep["answer"] == dyn["answer"] and dep["stage_counts"] == dyn["stage_counts"]
+    # The exported LLM keeps the integer weights (dequantized inside the graph), so it is smaller
+    # than the float export of the same model.
+    size = os.path.getsize(os.path.join(out, "prefill.pdiparams"))
+    assert size < 0.7 * os.path.getsize(os.path.join(deploy_rc, "prefill.pdiparams"))
