@@ -84,21 +84,7 @@ class JsonlAppender:
 
 
 def atomic_write_text(path, text):
-    """Write to a temporary file in the same folder, fsync, then os.replace over ``path``:
-    readers see the old or the new file, never half of one."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path, obj):
@@ -106,6 +92,8 @@ def atomic_write_json(path, obj):
 
 
 def atomic_write_bytes(path, data):
+    """Write to a temporary file in the same folder, fsync, then os.replace over ``path``:
+    readers see the old or the new file, never half of one."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)

@@ -21,6 +21,7 @@ import numpy as np
 from paddle_rc.errors import UserError
 from paddle_rc.quant.config import QuantConfig
 from paddle_rc.quant.functional import num_groups, quantize_weight
+from paddle_rc.quant.model import ByteRatios
 
 # Everything in a checkpoint directory that is not weights or config.json and must travel with it.
 COPIED_DIRS = ("tokenizer", "clip_tokenizer")
@@ -28,7 +29,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
 
 @dataclass
-class QuantizeResult:
+class QuantizeResult(ByteRatios):
     src: str
     dst: str
     config: dict
@@ -37,14 +38,6 @@ class QuantizeResult:
     bytes_after: int = 0           # weight files on disk, destination
     linear_bytes_before: int = 0   # the quantized layers' float weights, as stored in the source
     linear_bytes_after: int = 0    # their qweight + scale
-
-    @property
-    def ratio(self) -> float:
-        return self.bytes_after / self.bytes_before if self.bytes_before else 1.0
-
-    @property
-    def linear_ratio(self) -> float:
-        return self.linear_bytes_after / self.linear_bytes_before if self.linear_bytes_before else 1.0
 
     def to_dict(self) -> dict:
         return {"src": self.src, "dst": self.dst, "quantization": self.config,

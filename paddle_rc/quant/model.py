@@ -11,14 +11,8 @@ from paddle_rc.quant.config import QuantConfig
 from paddle_rc.quant.layers import WeightOnlyLinear
 
 
-@dataclass
-class QuantReport:
-    quantized: list = field(default_factory=list)   # layer names now WeightOnlyLinear
-    skipped: list = field(default_factory=list)     # Linear layers left in float by the skip list
-    bytes_before: int = 0                           # whole state dict, before the swap
-    bytes_after: int = 0                            # whole state dict, after the swap
-    linear_bytes_before: int = 0                    # just the swapped layers' weights (+bias)
-    linear_bytes_after: int = 0                     # their qweight + scale (+bias)
+class ByteRatios:
+    """Sizes after / before, for the whole model and for the quantized layers alone."""
 
     @property
     def ratio(self) -> float:
@@ -27,6 +21,16 @@ class QuantReport:
     @property
     def linear_ratio(self) -> float:
         return self.linear_bytes_after / self.linear_bytes_before if self.linear_bytes_before else 1.0
+
+
+@dataclass
+class QuantReport(ByteRatios):
+    quantized: list = field(default_factory=list)   # layer names now WeightOnlyLinear
+    skipped: list = field(default_factory=list)     # Linear layers left in float by the skip list
+    bytes_before: int = 0                           # whole state dict, before the swap
+    bytes_after: int = 0                            # whole state dict, after the swap
+    linear_bytes_before: int = 0                    # just the swapped layers' weights (+bias)
+    linear_bytes_after: int = 0                     # their qweight + scale (+bias)
 
     def to_dict(self) -> dict:
         return {"quantized": len(self.quantized), "skipped": len(self.skipped),
