@@ -393,3 +393,20 @@ def test_quantized_checkpoint_exports_and_serves_like_its_dynamic_model(checkpoi
     # than the float export of the same model.
     size = os.path.getsize(os.path.join(out, "prefill.pdiparams"))
     assert size < 0.7 * os.path.getsize(os.path.join(deploy_rc, "prefill.pdiparams"))
+
+
+def test_export_quant_option_equals_quantize_then_export(checkpoint, tmp_path):
+    qdir = str(tmp_path / "int4")
+    _tool("quantize", ["--model", checkpoint, "--dst", qdir, "--bits", "4", "--group-size", "64"])
+    two_step, one_step = str(tmp_path / "two"), str(tmp_path / "one")
+    _tool("export", ["--model", qdir, "--out", two_step, "--method", "rc", "--budget", "6"])
+    _tool("export", ["--model", checkpoint, "--out", one_step, "--method", "rc", "--budget", "6",
+                     "--quant", "int4-g64"])
+    assert json.load(open(os.path.join(one_step, "config.json")))["quantization"]["weight_bits"] == 4
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]
+    a = json.loads(_tool("infer", ["--deploy", two_step] + args))
+    b = json.loads(_tool("infer", ["--deploy", one_step] + args))
+    assert a["answer"] == b["answer"] and a["stage_counts"] == b["stage_counts"]
+    # Same integer weights either way (parameter names, and so file order, differ between exports).
+    for name in ("prefill.pdiparams", "decode.pdiparams"):
+        assert os.path.getsize(os.path.join(two_step, name)) == os.path.getsize(os.path.join(one_step, name))

@@ -2,6 +2,7 @@
 
     python tools/export.py --model ckpt/llava-1.5-7b --out deploy/llava-rc --method rc
     python tools/export.py --out deploy/demo-rc --method rc            # the built-in demo model
+    python tools/export.py --model ckpt/llava-1.5-7b --out deploy/llava-rc-int8 --quant int8
     python tools/infer.py --deploy deploy/llava-rc --image cat.jpg --question "..."
 
 The compression method, budget and options are fixed in the exported vision graph; export once per
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,6 +29,9 @@ def build_parser():
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: the method's adaptive rule)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option topk=16 (repeatable; see configs/methods/)")
+    p.add_argument("--quant", metavar="PRESET",
+                   help="quantize the LLM's weights first: int8, int4, int8-g128, int4-g64, int4-g128 "
+                        "(same as tools/quantize.py, then export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--check", action="store_true",
                    help="after exporting, load the graphs with paddle.inference and answer one demo question")
@@ -65,9 +70,17 @@ def main(argv=None) -> int:
         raise UserError(f"model directory not found: {model_dir}")
     t0 = time.perf_counter()
     quiet = args.json
-    manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                            options=_options(args.option), overwrite=args.overwrite,
-                            progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
+    with tempfile.TemporaryDirectory(prefix="paddle_rc-quant-") as scratch:
+        if args.quant:
+            from paddle_rc.quant import QuantConfig
+            from paddle_rc.quant.checkpoint import quantize_checkpoint
+
+            quantized = os.path.join(scratch, "checkpoint")
+            quantize_checkpoint(model_dir, quantized, QuantConfig.preset(args.quant))
+            model_dir = quantized
+        manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
+                                options=_options(args.option), overwrite=args.overwrite,
+                                progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
     seconds = time.perf_counter() - t0
     if args.check:
         from paddle_rc.demo import demo_image
