@@ -46,6 +46,20 @@ def read_overrides(config_path, opts, section=None) -> dict:
     return {k.replace("-", "_"): v for k, v in values.items()}
 
 
+def parse_key_values(items, flag="--option") -> dict:
+    """Repeated KEY=VALUE arguments -> dict (values parsed as YAML)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"{flag} expects KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
 def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Precedence: command-line flags > -o overrides > -c file > parser defaults."""
     args = parser.parse_args(argv)

@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
 
 def build_parser():
@@ -38,20 +38,6 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_config_args(p)
     return p
-
-
-def _options(items):
-    import yaml
-
-    from paddle_rc.errors import UserError
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--option expects KEY=VALUE, got {item!r}")
-        key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
-    return out
 
 
 def main(argv=None) -> int:
@@ -79,7 +65,7 @@ def main(argv=None) -> int:
             quantize_checkpoint(model_dir, quantized, QuantConfig.preset(args.quant))
             model_dir = quantized
         manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                                options=_options(args.option), overwrite=args.overwrite,
+                                options=parse_key_values(args.option), overwrite=args.overwrite,
                                 progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
     seconds = time.perf_counter() - t0
     if args.check:

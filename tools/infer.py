@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
 DEMO_NOTE = ("demo model with random weights: the answer is meaningless; pass --model DIR "
              "(a checkpoint written by tools/convert.py) for real answers")
@@ -26,6 +26,8 @@ def build_parser():
     p.add_argument("--conv-mode", help="vicuna_v1 | llava_v1 | llava_hf (default: the checkpoint's)")
     p.add_argument("--method", default="rc", help="compression method (none, rc, rc-reference, ...)")
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: adaptive)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --option topk=16 (repeatable; defaults in configs/methods/)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
 
         image, image_path = demo_image(), "<built-in demo image>"
     predictor = build_predictor(args.model, args.deploy, method=args.method, budget=args.budget,
-                                conv_mode=args.conv_mode)
+                                conv_mode=args.conv_mode, **parse_key_values(args.option))
     out = predictor.answer(image, args.question, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     vis_path = None

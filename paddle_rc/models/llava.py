@@ -90,14 +90,18 @@ class LlavaForConditionalGeneration(nn.Layer):
         return model
 
     def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
-        if method != "none":
-            from paddle_rc.compression import available_methods
+        from paddle_rc.compression import available_methods, method_defaults
+        from paddle_rc.errors import UserError
 
-            if method not in available_methods():
-                from paddle_rc.errors import UserError
-
-                raise UserError(f"unknown compression method {method!r}; "
-                                f"choose from: {', '.join(available_methods())}")
+        if method not in available_methods():
+            raise UserError(f"unknown compression method {method!r}; "
+                            f"choose from: {', '.join(available_methods())}")
+        unknown = sorted(set(options) - set(method_defaults(method)))
+        if unknown:
+            raise UserError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
+                            f"it takes: {', '.join(sorted(method_defaults(method))) or 'none'}")
+        if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
+            raise UserError(f"budget must be a positive number of visual tokens, got {budget!r}")
         self.compression = CompressionSpec(method, budget, dict(options))
 
     # ---- text side ---------------------------------------------------------------------------
