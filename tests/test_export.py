@@ -12,7 +12,7 @@ import pytest
 
 from paddle_rc.errors import UserError
 from paddle_rc.export import exporter
-from paddle_rc.export.runner import DeployedLlava, Graph, RunnerOptions, build_deployed_predictor
+from paddle_rc.export.runner import DeployedLlava, build_deployed_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 ALL_METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",

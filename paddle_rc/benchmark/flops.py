@@ -42,7 +42,7 @@ Memory (bytes):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 PAPER_TEXT_TOKENS = 60
 PAPER_VISUAL_TOKENS = {"none": 576, "rc": 58}
@@ -254,16 +254,6 @@ def paper_table_rows(llm: LLMSizes = LLAVA_7B, rc_visual_tokens: int = PAPER_VIS
     return rows
 
 
-def format_table(rows: list) -> str:
-    head = "| method | visual tokens | quant | TFLOPs | weights GB | KV GB | act GB | total GB |"
-    lines = [head, "|" + "---|" * 8]
-    for r in rows:
-        lines.append(f"| {r['method']} | {r['visual_tokens']} | {r['quantization']} | "
-                     f"{r['tflops']:.2f} | {r['weights_gb']:.2f} | {r['kv_cache_gb']:.3f} | "
-                     f"{r['activations_gb']:.3f} | {r['total_gb']:.2f} |")
-    return "\n".join(lines)
-
-
 def fit_text_tokens(llm: LLMSizes = LLAVA_7B, targets=None, max_text: int = 256, decimals: int = 1,
                     **flop_kwargs) -> list:
     """Text lengths t for which prefill_flops(visual+t) rounds to every target TFLOPs figure.
@@ -278,7 +268,3 @@ def fit_text_tokens(llm: LLMSizes = LLAVA_7B, targets=None, max_text: int = 256,
                for vt, want in targets.items()):
             found.append(t)
     return found
-
-
-def sizes_dict(llm: LLMSizes) -> dict:
-    return asdict(llm)

@@ -58,10 +58,6 @@ class CompressionResult:
         tmax = self.tokens.shape[1]
         return paddle.arange(tmax, dtype="int64").unsqueeze(0) < self.lengths.unsqueeze(1)
 
-    @property
-    def batch_size(self):
-        return int(self.tokens.shape[0])
-
     def _build(self):
         stage = self.stage.numpy()
         kinds = self.kinds.numpy()

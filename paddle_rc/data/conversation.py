@@ -67,8 +67,3 @@ def question_for_text_encoder(user_text: str) -> str:
             break
         text = stripped
     return " ".join(text.split())
-
-
-def reference_text(prompt: str) -> str:
-    """rc-reference: the prompt without the placeholder, up to its first newline (released code)."""
-    return prompt.replace(IMAGE_PLACEHOLDER, "").split("\n", 1)[0]

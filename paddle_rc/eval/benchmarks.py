@@ -38,10 +38,6 @@ class Item:
     question: str         # bare question for the CLIP text tower
     metadata: Dict[str, Any] = field(default_factory=dict)
 
-    def as_dict(self):
-        return {"question_id": self.question_id, "uid": self.uid, "image": self.image,
-                "prompt": self.prompt, "question": self.question, "metadata": self.metadata}
-
 
 @dataclass
 class Benchmark:

@@ -5,7 +5,6 @@ keys, or under an ``eval:`` section), ``-o key=value`` overrides (PaddleDetectio
 parsed as YAML) and finally the plain flags given on the command line.
 """
 import argparse
-import json
 import os
 import sys
 

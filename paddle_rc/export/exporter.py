@@ -117,7 +117,7 @@ def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Opt
     if unknown:
         raise UserError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
                         f"it takes: {', '.join(sorted(method_defaults(method))) or 'none'}")
-    config = LlavaConfig.load(model_dir)
+    LlavaConfig.load(model_dir)  # not a checkpoint: say so before --out is touched
     if os.path.exists(out_dir) and os.listdir(out_dir):
         if not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; pick another --out or pass --overwrite")

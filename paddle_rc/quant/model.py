@@ -4,7 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import paddle
 import paddle.nn as nn
 
 from paddle_rc.quant.config import QuantConfig
