@@ -78,7 +78,10 @@ class LlavaForConditionalGeneration(nn.Layer):
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
         try:
-            model = cls(config)
+            # No random init: every parameter is about to be overwritten (load_weights is strict, so
+            # none can stay uninitialised), and for 7B the init alone takes minutes.
+            with paddle.LazyGuard():
+                model = cls(config)
         finally:
             paddle.set_default_dtype(previous)
         if config.quantization:
