@@ -78,13 +78,13 @@ def _matching_linears(model: nn.Layer, config: QuantConfig, keys=None):
     return picked, skipped
 
 
-def quantize_model(model: nn.Layer, config: QuantConfig) -> QuantReport:
-    """Quantize, in place, every nn.Linear whose name the config does not skip."""
+def _swap_linears(model: nn.Layer, config: QuantConfig, make, keys=None) -> QuantReport:
+    """Replace every picked nn.Linear by make(linear) (a WeightOnlyLinear), keeping train/eval mode."""
     report = QuantReport(bytes_before=state_dict_bytes(model))
-    picked, skipped = _matching_linears(model, config)
+    picked, skipped = _matching_linears(model, config, keys)
     for name, linear in picked:
         report.linear_bytes_before += _layer_bytes(linear)
-        q = WeightOnlyLinear.from_linear(linear, config.weight_bits, config.group_size)
+        q = make(linear)
         q.train(linear.training)
         report.linear_bytes_after += _layer_bytes(q)
         _set_sublayer(model, name, q)
@@ -92,6 +92,12 @@ def quantize_model(model: nn.Layer, config: QuantConfig) -> QuantReport:
     report.skipped = [n for n, _ in skipped]
     report.bytes_after = state_dict_bytes(model)
     return report
+
+
+def quantize_model(model: nn.Layer, config: QuantConfig) -> QuantReport:
+    """Quantize, in place, every nn.Linear whose name the config does not skip."""
+    return _swap_linears(model, config,
+                         lambda linear: WeightOnlyLinear.from_linear(linear, config.weight_bits, config.group_size))
 
 
 def prepare_quantized_model(model: nn.Layer, config: QuantConfig,
@@ -102,22 +108,14 @@ def prepare_quantized_model(model: nn.Layer, config: QuantConfig,
     With ``state_dict_keys`` (the checkpoint's keys), exactly the layers that have a
     ``<name>.qweight`` key are swapped, whatever the skip list says; otherwise the config decides.
     """
-    keys = set(state_dict_keys) if state_dict_keys is not None else None
-    report = QuantReport(bytes_before=state_dict_bytes(model))
-    picked, skipped = _matching_linears(model, config, keys)
-    for name, linear in picked:
+    def shell(linear):
         n_in, n_out = linear.weight.shape
-        report.linear_bytes_before += _layer_bytes(linear)
-        shell = WeightOnlyLinear(n_in, n_out, config.weight_bits, config.group_size,
-                                 has_bias=linear.bias is not None,
-                                 bias_dtype=linear.bias.dtype if linear.bias is not None else "float32")
-        shell.train(linear.training)
-        report.linear_bytes_after += _layer_bytes(shell)
-        _set_sublayer(model, name, shell)
-        report.quantized.append(name)
-    report.skipped = [n for n, _ in skipped]
-    report.bytes_after = state_dict_bytes(model)
-    return report
+        bias = linear.bias
+        return WeightOnlyLinear(n_in, n_out, config.weight_bits, config.group_size, has_bias=bias is not None,
+                                bias_dtype=bias.dtype if bias is not None else "float32")
+
+    keys = set(state_dict_keys) if state_dict_keys is not None else None
+    return _swap_linears(model, config, shell, keys)
 
 
 def quantized_linear_errors(model_before_weights: dict, model: nn.Layer) -> dict:
