@@ -24,7 +24,9 @@ class RMSNorm(nn.Layer):
 
     def forward(self, x):
         h = x.astype("float32")
-        h = h * paddle.rsqrt(h.pow(2).mean(axis=-1, keepdim=True) + self.eps)
+        # h * h, not h.pow(2): Paddle's CPU pow kernel is ~18x slower than a multiply (10 ms vs 0.55 ms
+        # on a [27,65,256] tensor), which made RMSNorm the most expensive op of a small model's forward.
+        h = h * paddle.rsqrt((h * h).mean(axis=-1, keepdim=True) + self.eps)
         return self.weight * h.astype(x.dtype)
 
 
@@ -50,6 +52,8 @@ class LlamaAttention(nn.Layer):
         k = self.k_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
         v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
         q = q * cos + rotate_half(q) * sin
+        if self.num_kv_heads != self.num_heads:
+            cos, sin = cos[:, :self.num_kv_heads], sin[:, :self.num_kv_heads]
         k = k * cos + rotate_half(k) * sin
         if past_k is not None:
             k = paddle.concat([past_k, k], axis=2)
@@ -59,7 +63,8 @@ class LlamaAttention(nn.Layer):
             rep = self.num_heads // self.num_kv_heads
             keys = paddle.repeat_interleave(keys, rep, axis=1)
             values = paddle.repeat_interleave(values, rep, axis=1)
-        scores = paddle.matmul(q, keys, transpose_y=True) * (self.head_dim ** -0.5) + bias
+        # Scaling q ([B,H,S,d]) rather than the scores ([B,H,S,T]) touches d/T as many values.
+        scores = paddle.matmul(q * (self.head_dim ** -0.5), keys, transpose_y=True) + bias
         probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
         out = paddle.matmul(probs, values).transpose([0, 2, 1, 3]).reshape([0, 0, self.num_heads * self.head_dim])
         return self.o_proj(out), k, v
@@ -126,6 +131,11 @@ class LlamaModel(nn.Layer):
         x = inputs_embeds
         cos, sin = self._rope(position_ids, x.dtype)
         bias = self.attention_bias(attention_mask, paddle.shape(x)[1], x.dtype)
+        # Paddle's CPU kernels broadcast over an inner axis several times slower than they combine
+        # equal shapes (a [B,1,S,T] bias added to [B,H,S,T] scores: 4.2 ms vs 0.7 ms to expand once
+        # plus 1.0 ms per add), so the head axis is expanded here once rather than in every layer.
+        heads = [-1, self.config.num_attention_heads, -1, -1]
+        cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             pk = past_k[i] if past_k is not None else None
