@@ -93,15 +93,18 @@ def test_quant_eval_on_demo(tmp_path, monkeypatch):
     from paddle_rc.benchmark.quant_eval import format_quant_report, measure_rss, run_quant_eval
 
     monkeypatch.setenv("PADDLE_RC_HOME", str(tmp_path / "home"))
-    res = run_quant_eval(prompts=50, prompt_len=8, slice_eval=False, rss=False, workdir=str(tmp_path / "w"))
+    res = run_quant_eval(prompts=50, prompt_len=8, slice_eval=False, train_steps=0, rss=False,
+                         workdir=str(tmp_path / "w"))
+    assert "trained" not in res and "slice" not in res
     p = res["demo"]["precisions"]
     assert p["int8"]["linear_ratio"] <= 0.27 and p["int4"]["linear_ratio"] <= 0.15
     assert p["fp32"]["checkpoint_bytes"] > p["int8"]["checkpoint_bytes"] > p["int4"]["checkpoint_bytes"]
     for name in ("int8", "int4"):
-        lg = p[name]["logits"]
-        assert lg["prompts"] == 50 and 0 < lg["max_abs"] and 0 <= lg["near_ties"] <= 1
-    assert p["int8"]["logits"]["max_abs"] < p["int4"]["logits"]["max_abs"]
-    assert p["int8"]["logits"]["top1_all"] >= 0.9
-    assert "| int8 |" in format_quant_report(res)
+        lg = p[name]["logits"]["random"]
+        assert lg["prompts"] == 50 and lg["positions"] == 50 * 8
+        assert 0 < lg["max_abs"] and 0 <= lg["near_ties"] <= 1
+    assert p["int8"]["logits"]["random"]["max_abs"] < p["int4"]["logits"]["random"]["max_abs"]
+    assert p["int8"]["logits"]["random"]["top1_all"] >= 0.9
+    assert "| int8 | random (50) |" in format_quant_report(res)
     rss = measure_rss(res["demo"]["dirs"]["int8"])
     assert rss["rss_increase"] > 0 and rss["peak_during_load"] >= rss["rss_increase"]

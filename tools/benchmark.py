@@ -72,7 +72,9 @@ def _add_quant_parser(sub):
     q.add_argument("--slice-layers", type=int, default=2, help="layers of the 4096-wide LLM slice")
     q.add_argument("--group-size", type=int, default=128, help="int4 scales: 128 (default) or 64 per group, -1 per channel")
     q.add_argument("--workdir", help="where the checkpoints are written (default: a temporary folder)")
-    q.add_argument("--skip-slice", action="store_true", help="only the demo model")
+    q.add_argument("--skip-slice", action="store_true", help="leave out the 4096-wide slice")
+    q.add_argument("--train-steps", type=int, default=80,
+                   help="training steps of the trained tiny model (0: leave it out)")
     q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -138,8 +140,11 @@ def _run_quant(args):
 
     if args.prompts < 1:
         raise UserError("--prompts must be at least 1")
+    if args.train_steps < 0:
+        raise UserError("--train-steps must be 0 or more")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
                             group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
+                            train_steps=args.train_steps,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_quant_report(result))
     _write_json(args.json, result)

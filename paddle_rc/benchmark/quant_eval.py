@@ -4,9 +4,12 @@ Every quantized checkpoint here is written by the same code path as tools/quanti
 (paddle_rc.quant.checkpoint.quantize_checkpoint) and read back with from_pretrained, so what is
 measured is what a user gets.
 
-Two models:
+Three models:
 
 * ``demo``: the built-in demo checkpoint (paddle_rc.demo; random weights, LLM width 128).
+* ``trained``: the same checkpoint with its LLM trained on the tokenizer corpus
+  (paddle_rc.benchmark.tiny_lm), so that its next-token distributions are peaked as a trained
+  model's are; measured on the corpus lines and on the random prompts.
 * ``slice``: a LLaVA checkpoint whose LLM has LLaVA-7B's widths (hidden 4096, intermediate 11008,
   32 heads, vocab 32000) but only a few decoder layers, with tiny vision/text towers (they are
   skipped by quantization and not used by text prompts). Its weights are random but drawn like
@@ -14,8 +17,8 @@ Two models:
   have) scaled to std 0.02, which is about what LLaMA-7B's projections have; at that scale each
   layer's output dominates the residual stream, so quantization error is not hidden by the input.
 
-Random weights make near-ties between the top logits more common than in a trained model, so
-top-1 agreement here is a pessimistic figure for the same relative weight error.
+Random weights make near-ties between the top logits far more common than in a trained model, so
+top-1 agreement on ``demo`` and ``slice`` is a pessimistic figure for the same relative weight error.
 
 Resident memory is measured in a fresh subprocess per checkpoint (RSS after ``import`` vs after
 from_pretrained, and the peak), so the models do not pollute each other's numbers. from_pretrained
@@ -138,27 +141,34 @@ def _logits(model, ids: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def logits_errors(ref: np.ndarray, out: np.ndarray) -> dict:
-    """Max abs error and top-1 agreement, at the last position (the next token of each prompt)
-    and over every position."""
-    d = np.abs(out - ref)
-    top_ref, top_out = ref.argmax(-1), out.argmax(-1)
-    top2 = np.sort(ref, axis=-1)[..., -2:]
-    gap = top2[..., 1] - top2[..., 0]
-    return {"near_ties": float((gap < d.max()).mean()),
-            "max_abs": float(d.max()), "mean_abs": float(d.mean()),
-            "max_abs_rel": float(d.max() / np.abs(ref).max()),
-            "top1_last": float((top_ref[:, -1] == top_out[:, -1]).mean()),
-            "top1_all": float((top_ref == top_out).mean()),
-            "prompts": int(ref.shape[0]), "positions": int(ref.shape[0] * ref.shape[1]),
-            # Positions whose fp32 top-1/top-2 gap is below the largest logit error: only these
-            # can flip, and random-weight models have many more of them than trained ones.
+def logits_errors(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None = None) -> dict:
+    """Max abs error and top-1 agreement at the real positions (``mask`` [N, L], default all): over
+    all of them, and at each prompt's last one (the next token after the whole prompt)."""
+    mask = np.ones(ref.shape[:2], bool) if mask is None else mask.astype(bool)
+    if not mask[:, 0].all():
+        raise ValueError("prompts must be right-padded: every row's first position is real")
+    last = mask.sum(axis=1) - 1
+    rows = np.arange(ref.shape[0])
+    r, o = ref[mask], out[mask]  # [positions, vocab]
+    d = np.abs(o - r)
+    agree = r.argmax(-1) == o.argmax(-1)
+    top2 = np.sort(r, axis=-1)[:, -2:]
+    gap = top2[:, 1] - top2[:, 0]
+    return {"max_abs": float(d.max()), "mean_abs": float(d.mean()),
+            "max_abs_rel": float(d.max() / np.abs(r).max()),
+            "top1_last": float((ref[rows, last].argmax(-1) == out[rows, last].argmax(-1)).mean()),
+            "top1_all": float(agree.mean()),
+            "prompts": int(ref.shape[0]), "positions": int(mask.sum()),
+            # Only positions whose fp32 top-1/top-2 gap is below the largest error can flip;
+            # random-weight models have many more of them than trained ones.
+            "near_ties": float((gap < d.max()).mean()),
             "fp32_gap_median": float(np.median(gap))}
 
 
-def evaluate_family(src: str, workdir: str, prompts: np.ndarray, int4_group_size: int = 128,
+def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: int = 128,
                     batch: int = 16, rss: bool = True, progress=None) -> dict:
-    """Quantize ``src`` to int8 and int4 under ``workdir``; bytes, RSS and logits error of each."""
+    """Quantize ``src`` to int8 and int4 under ``workdir``; bytes, RSS and, for each named prompt
+    set ``{name: (ids [N, L], mask [N, L] or None)}``, the logits error against fp32."""
     from paddle_rc.models import LlavaForConditionalGeneration
 
     say = progress or (lambda m: None)
@@ -178,18 +188,24 @@ def evaluate_family(src: str, workdir: str, prompts: np.ndarray, int4_group_size
             say(f"resident memory: {name}")
             results[name]["rss"] = measure_rss(dirs[name])
     say("logits: fp32")
-    ref = _logits(LlavaForConditionalGeneration.from_pretrained(src), prompts, batch)
+    fp32 = LlavaForConditionalGeneration.from_pretrained(src)
+    refs = {k: _logits(fp32, ids, batch) for k, (ids, _) in prompt_sets.items()}
+    results["fp32"]["logits_abs_max"] = {k: float(np.abs(v).max()) for k, v in refs.items()}
     for name in ("int8", "int4"):
         say(f"logits: {name}")
-        out = _logits(LlavaForConditionalGeneration.from_pretrained(dirs[name]), prompts, batch)
-        results[name]["logits"] = logits_errors(ref, out)
-    results["fp32"]["logits_abs_max"] = float(np.abs(ref).max())
+        model = LlavaForConditionalGeneration.from_pretrained(dirs[name])
+        results[name]["logits"] = {k: logits_errors(refs[k], _logits(model, ids, batch), mask)
+                                   for k, (ids, mask) in prompt_sets.items()}
     return {"dirs": dirs, "precisions": results}
 
 
 def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
                    workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
-                   rss: bool = True, progress=None) -> dict:
+                   train_steps: int = 80, rss: bool = True, progress=None) -> dict:
+    """Families: ``demo`` (random weights), ``trained`` (the demo with its LLM trained on the
+    tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
+    from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
     from paddle_rc.demo import demo_checkpoint
     from paddle_rc.models.config import LlavaConfig
 
@@ -199,19 +215,30 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
     os.makedirs(workdir, exist_ok=True)
     try:
         out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
-                            "int8": "per channel", "slice_layers": slice_layers}}
+                            "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps}}
         demo = demo_dir or demo_checkpoint()
         vocab = LlavaConfig.load(demo).llm.vocab_size
-        out["demo"] = evaluate_family(demo, workdir, make_prompts(vocab, prompts, prompt_len),
-                                      group_size, rss=rss, progress=say)
+        random_set = {"random": (make_prompts(vocab, prompts, prompt_len), None)}
+        out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say)
         out["demo"]["model"] = "demo checkpoint (random weights, LLM hidden 128, 2 layers)"
+        if train_steps > 0:
+            trained = os.path.join(workdir, "demo-trained")
+            say(f"training the demo's LLM for {train_steps} steps -> {trained}")
+            training = write_trained_demo(trained, steps=train_steps, src=demo)
+            corpus = corpus_prompts(LlamaTokenizer.from_dir(os.path.join(trained, "tokenizer")))
+            out["trained"] = evaluate_family(trained, workdir, {"corpus": corpus, **random_set}, group_size,
+                                             rss=False, progress=say)
+            out["trained"]["training"] = training
+            out["trained"]["model"] = (f"demo with its LLM trained {train_steps} steps on the tokenizer corpus "
+                                       f"(loss {training['first_loss']:.2f} -> {training['final_loss']:.3f})")
         if slice_eval:
             src = os.path.join(workdir, "slice7b")
             say(f"writing the 4096-wide slice ({slice_layers} layers) to {src}")
             if os.path.isdir(src):
                 shutil.rmtree(src)
             write_slice_checkpoint(src, slice_layers)
-            out["slice"] = evaluate_family(src, workdir, make_prompts(32000, prompts, prompt_len, seed=1),
+            out["slice"] = evaluate_family(src, workdir,
+                                           {"random": (make_prompts(32000, prompts, prompt_len, seed=1), None)},
                                            group_size, batch=8, rss=rss, progress=say)
             out["slice"]["model"] = (f"LLaVA-7B-width LLM slice: {slice_layers} layers at hidden 4096 / "
                                      "intermediate 11008 + embed/lm_head 32000, Student-t weights std 0.02")
@@ -224,38 +251,35 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
 def format_quant_report(result: dict) -> str:
     mb = 1e6
     lines = []
-    for key in ("demo", "slice"):
+    for key in ("demo", "trained", "slice"):
         if key not in result:
             continue
         fam = result[key]
-        lines += [f"## {fam['model']}", "",
-                  "| weights | checkpoint MB | vs fp32 | quantized layers MB (vs fp32) | RSS increase MB "
-                  "| peak MB | logits max abs err | top-1 agree (last pos) | top-1 agree (all pos) |",
-                  "|" + "---|" * 9]
         p = fam["precisions"]
+        lines += [f"## {fam['model']}", "",
+                  "| weights | checkpoint MB | vs fp32 | quantized layers MB (vs fp32) | RSS increase MB | peak MB |",
+                  "|" + "---|" * 6]
         for name in PRECISIONS:
             r = p[name]
             lin = (f"{r['linear_bytes_after'] / mb:.2f} ({100 * r['linear_ratio']:.1f}%)"
-                   if "linear_ratio" in r else
-                   f"{p['int8']['linear_bytes_before'] / mb:.2f} (100%)")
+                   if "linear_ratio" in r else f"{p['int8']['linear_bytes_before'] / mb:.2f} (100%)")
             rs = r.get("rss")
             rss_txt = f"{rs['rss_increase'] / mb:.0f} | {rs['peak_during_load'] / mb:.0f}" if rs else "- | -"
-            lg = r.get("logits")
-            if lg:
-                err = (f"{lg['max_abs']:.4f} ({100 * lg['max_abs_rel']:.2f}% of max) | "
-                       f"{100 * lg['top1_last']:.1f}% of {lg['prompts']} | "
-                       f"{100 * lg['top1_all']:.1f}% of {lg['positions']}")
-            else:
-                err = f"reference (max abs logit {r['logits_abs_max']:.3f}) | - | -"
-            lines.append(f"| {name} | {r['checkpoint_bytes'] / mb:.2f} | {100 * r['ratio']:.1f}% | {lin} | "
-                         f"{rss_txt} | {err} |")
+            lines.append(f"| {name} | {r['checkpoint_bytes'] / mb:.2f} | {100 * r['ratio']:.1f}% | {lin} | {rss_txt} |")
+        lines += ["", "| weights | prompts | max abs logit error | top-1 agree (last pos) | top-1 agree (all pos) "
+                      "| near ties |", "|" + "---|" * 6]
+        for name in ("int8", "int4"):
+            for set_name, lg in p[name]["logits"].items():
+                ref_max = p["fp32"]["logits_abs_max"][set_name]
+                lines.append(f"| {name} | {set_name} ({lg['prompts']}) | {lg['max_abs']:.4f} "
+                             f"({100 * lg['max_abs'] / ref_max:.2f}% of max) | {100 * lg['top1_last']:.1f}% | "
+                             f"{100 * lg['top1_all']:.1f}% of {lg['positions']} | {100 * lg['near_ties']:.1f}% |")
         lines.append("")
     st = result["settings"]
-    lines.append("near ties: share of positions whose fp32 top-1/top-2 logit gap is smaller than the "
-                 "max abs error (the only ones that can flip): " + "; ".join(
-                     f"{key} {n} {100 * result[key]['precisions'][n]['logits']['near_ties']:.1f}%"
-                     for key in ("demo", "slice") if key in result for n in ("int8", "int4")))
-    lines.append(f"int8: per-channel scales; int4: {'per-channel' if st['int4_group_size'] == -1 else 'group ' + str(st['int4_group_size'])} "
-                 f"scales; lm_head and vision side stay float32 (default skip list). "
-                 f"{st['prompts']} random prompts of {st['prompt_len']} tokens.")
+    int4 = "per-channel" if st["int4_group_size"] == -1 else f"group {st['int4_group_size']}"
+    lines.append(f"int8: per-channel scales; int4: {int4} scales; lm_head and vision side stay float32 "
+                 f"(default skip list). random: {st['prompts']} random prompts of {st['prompt_len']} tokens; "
+                 "corpus: the lines the trained model learnt (each position that predicts a token of its "
+                 "line, EOS included). near ties: share of positions whose fp32 top-1/top-2 gap is below "
+                 "the max abs error (the only ones that can flip).")
     return "\n".join(lines)
