@@ -7,11 +7,13 @@ import os
 import pytest
 
 from paddle_rc.benchmark.compute import ComputeSettings, format_compute_table, plot_compute, run_compute_benchmark
-from paddle_rc.benchmark.flops import LLMSizes, memory_bytes, prefill_flops
+from paddle_rc.benchmark.flops import memory_bytes, prefill_flops
 from paddle_rc.errors import UserError
+from paddle_rc.models.config import LlamaConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = LLMSizes(hidden=64, intermediate=96, layers=3, heads=4, kv_heads=2, vocab=50)
+TINY = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+                   num_key_value_heads=2, vocab_size=50)
 
 
 def _bench_tool():

@@ -1,13 +1,13 @@
 import pytest
 
-from paddle_rc.benchmark.flops import (CLIP_L_336, LLAVA_7B, LLMSizes, VisionSizes,
-                                       fit_text_tokens, llm_prefill_flops, memory_bytes,
+from paddle_rc.benchmark.flops import (CLIP_L_336, LLAVA_7B, fit_text_tokens, llm_prefill_flops, memory_bytes,
                                        paper_table_rows, prefill_flops, projector_flops,
                                        vision_flops)
-from paddle_rc.models.config import LlavaConfig
+from paddle_rc.models.config import CLIPVisionConfig, LlamaConfig
 
 # Tiny LLaMA: H=8, I=16, 2 layers, 2 heads (head_dim 4), 1 KV head (GQA), vocab 10.
-TINY = LLMSizes(hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, vocab=10)
+TINY = LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, vocab_size=10)
 
 
 def test_llm_prefill_flops_hand_count():
@@ -40,7 +40,8 @@ def test_llm_prefill_flops_hand_count():
 
 def test_vision_and_projector_hand_count():
     # ViT: C=4, I=8, 1 layer, 2 heads, image 4 / patch 2 -> 4 patches + CLS = 5 tokens.
-    v = VisionSizes(hidden=4, intermediate=8, layers=1, heads=2, image_size=4, patch_size=2)
+    v = CLIPVisionConfig(hidden_size=4, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         image_size=4, patch_size=2)
     # Patch conv: 4 patches * (3*2*2) * 4 MACs = 192 -> 384.
     # Layer linears: (4*16 + 2*32) = 128 MACs/token * 5 * 2 = 1280.
     # Attention: QK and AV 5*5*4 MACs each -> 2 * 200 = 400.
@@ -74,14 +75,6 @@ def test_memory_hand_count():
     # down has in=16 -> 4 rows x out 8. fp32, 2 layers.
     assert q4["weights_linear"] == 576
     assert q4["weights_scales"] == 2 * (2 * 56 + 4 * 8) * 4
-
-
-def test_sizes_from_llava_config():
-    cfg = LlavaConfig()
-    assert LLMSizes.from_config(cfg) == LLAVA_7B
-    assert VisionSizes.from_config(cfg) == CLIP_L_336
-    assert LLMSizes.from_config({"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 2,
-                                 "num_attention_heads": 2, "vocab_size": 10}).kv_heads == 2
 
 
 def test_llava_7b_matches_paper_within_5_percent():

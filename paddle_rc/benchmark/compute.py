@@ -21,14 +21,16 @@ reports what this machine does.
 """
 from __future__ import annotations
 
+
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from paddle_rc.benchmark.flops import LLAVA_7B, PAPER_TEXT_TOKENS, LLMSizes, memory_bytes, prefill_flops
+from paddle_rc.benchmark.flops import LLAVA_7B, PAPER_TEXT_TOKENS, memory_bytes, prefill_flops
+from paddle_rc.models.config import LlamaConfig
 
 SWEEP_VISUAL_TOKENS = (576, 432, 288, 192, 128, 64, 32)
 BITS_LABEL = {32: "fp32", 16: "fp16", 8: "int8", 4: "int4"}
@@ -38,7 +40,7 @@ DEFAULT_LAYERS = 4
 
 @dataclass
 class ComputeSettings:
-    llm: LLMSizes = field(default_factory=lambda: LLAVA_7B)   # analytic model
+    llm: LlamaConfig = field(default_factory=lambda: LLAVA_7B)   # analytic model
     layers: int = DEFAULT_LAYERS          # measured model: llm's widths, this many layers
     visual_tokens: tuple = (576, 58)      # none, rc
     text_tokens: int = PAPER_TEXT_TOKENS
@@ -83,15 +85,12 @@ class _Prefill:
     def __init__(self, s: ComputeSettings, bits_needed):
         import paddle
 
-        from paddle_rc.models.config import LlamaConfig
         from paddle_rc.models.llama import LlamaModel
         from paddle_rc.quant import QuantConfig, quantize_model
 
         m = s.llm
         # vocab 16: forward never reads embed_tokens (it is fed embeddings), so keep it tiny.
-        cfg = LlamaConfig(vocab_size=16, hidden_size=m.hidden, intermediate_size=m.intermediate,
-                          num_hidden_layers=s.layers, num_attention_heads=m.heads,
-                          num_key_value_heads=m.kv_heads, max_position_embeddings=4096)
+        cfg = replace(m, vocab_size=16, num_hidden_layers=s.layers, max_position_embeddings=4096)
         self.models = {}
         for bits in sorted(set(bits_needed), reverse=True):
             # Same seed for every precision: the quantized models are quantized copies of the float one.
@@ -109,8 +108,8 @@ class _Prefill:
             self.models[bits] = model
         paddle.seed(s.seed + 1)
         # The LM head is skipped by quantization, so one float32 head serves every precision.
-        self.lm_head = paddle.nn.Linear(m.hidden, m.vocab, bias_attr=False)
-        self.hidden = m.hidden
+        self.lm_head = paddle.nn.Linear(m.hidden_size, m.vocab_size, bias_attr=False)
+        self.hidden = m.hidden_size
         self.rng = np.random.default_rng(s.seed)
         self._inputs = {}
 
@@ -227,8 +226,9 @@ def format_compute_table(result: dict) -> str:
             line += f" {r['prefill_s']:.2f} | {r['speedup_vs_none']:.2f}x | {vf} |"
         lines.append(line)
     m = st["analytic_model"]
-    notes = [f"analytic: hidden {m['hidden']}, intermediate {m['intermediate']}, {m['layers']} layers, "
-             f"{m['heads']} heads, vocab {m['vocab']}; + {st['text_tokens']} text tokens; "
+    notes = [f"analytic: hidden {m['hidden_size']}, intermediate {m['intermediate_size']}, "
+             f"{m['num_hidden_layers']} layers, {m['num_attention_heads']} heads, vocab {m['vocab_size']}; "
+             f"+ {st['text_tokens']} text tokens; "
              f"KV/activations/unquantized weights at {st['float_bits']} bits; "
              f"scales: {'per channel' if st['group_size'] == -1 else 'group ' + str(st['group_size'])}"]
     if measured:

@@ -42,78 +42,33 @@ Memory (bytes):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from paddle_rc.models.config import CLIPVisionConfig, LlamaConfig
 
 PAPER_TEXT_TOKENS = 60
 PAPER_VISUAL_TOKENS = {"none": 576, "rc": 58}
 PAPER_TFLOPS = {"none": 8.5, "rc": 1.5}
 
 
-@dataclass
-class LLMSizes:
-    hidden: int = 4096
-    intermediate: int = 11008
-    layers: int = 32
-    heads: int = 32
-    kv_heads: int = 32
-    vocab: int = 32000
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden // self.heads
-
-    @classmethod
-    def from_config(cls, cfg) -> "LLMSizes":
-        """From paddle_rc.models.config.LlamaConfig / LlavaConfig (uses .llm) or a dict."""
-        cfg = getattr(cfg, "llm", cfg)
-        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-        heads = get("num_attention_heads")
-        return cls(hidden=get("hidden_size"), intermediate=get("intermediate_size"),
-                   layers=get("num_hidden_layers"), heads=heads,
-                   kv_heads=get("num_key_value_heads", heads) or heads, vocab=get("vocab_size"))
-
-
-@dataclass
-class VisionSizes:
-    hidden: int = 1024
-    intermediate: int = 4096
-    layers: int = 24          # layers actually run (RC needs the last layer's Q/K and output)
-    heads: int = 16
-    image_size: int = 336
-    patch_size: int = 14
-    channels: int = 3
-
-    @property
-    def num_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @classmethod
-    def from_config(cls, cfg) -> "VisionSizes":
-        cfg = getattr(cfg, "vision", cfg)
-        get = cfg.get if isinstance(cfg, dict) else (lambda k, d=None: getattr(cfg, k, d))
-        return cls(hidden=get("hidden_size"), intermediate=get("intermediate_size"),
-                   layers=get("num_hidden_layers"), heads=get("num_attention_heads"),
-                   image_size=get("image_size"), patch_size=get("patch_size"),
-                   channels=get("num_channels", 3))
-
-
-LLAVA_7B = LLMSizes()
-LLAVA_13B = LLMSizes(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40)
-CLIP_L_336 = VisionSizes()
+# The model's own config classes describe the shapes; their defaults are LLaVA-1.5-7B's.
+LLAVA_7B = LlamaConfig()
+LLAVA_13B = LlamaConfig(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                        num_attention_heads=40, num_key_value_heads=40)
+CLIP_L_336 = CLIPVisionConfig()
 
 
 def _attn_pairs(s: int, causal: bool) -> int:
     return s * (s + 1) // 2 if causal else s * s
 
 
-def _linear_macs_per_token(m: LLMSizes) -> dict:
-    kv = m.kv_heads * m.head_dim
-    return {"q_proj": m.hidden * m.hidden, "k_proj": m.hidden * kv, "v_proj": m.hidden * kv,
-            "o_proj": m.hidden * m.hidden, "gate_proj": m.hidden * m.intermediate,
-            "up_proj": m.hidden * m.intermediate, "down_proj": m.intermediate * m.hidden}
+def _linear_macs_per_token(m: LlamaConfig) -> dict:
+    kv = m.num_key_value_heads * m.head_dim
+    return {"q_proj": m.hidden_size * m.hidden_size, "k_proj": m.hidden_size * kv, "v_proj": m.hidden_size * kv,
+            "o_proj": m.hidden_size * m.hidden_size, "gate_proj": m.hidden_size * m.intermediate_size,
+            "up_proj": m.hidden_size * m.intermediate_size, "down_proj": m.intermediate_size * m.hidden_size}
 
 
-def llm_prefill_flops(m: LLMSizes, seq_len: int, batch: int = 1, lm_head: str = "last",
+def llm_prefill_flops(m: LlamaConfig, seq_len: int, batch: int = 1, lm_head: str = "last",
                       elementwise: bool = True, causal: bool = False) -> dict:
     """FLOPs of one LLaMA prefill over ``seq_len`` tokens (see module docstring)."""
     if lm_head not in ("last", "all", "none"):
@@ -121,41 +76,41 @@ def llm_prefill_flops(m: LLMSizes, seq_len: int, batch: int = 1, lm_head: str = 
     s, b = int(seq_len), int(batch)
     pairs = _attn_pairs(s, causal)
     linear = 2 * b * s * sum(_linear_macs_per_token(m).values())
-    qk = 2 * b * pairs * m.head_dim * m.heads
-    av = 2 * b * pairs * m.head_dim * m.heads
+    qk = 2 * b * pairs * m.head_dim * m.num_attention_heads
+    av = 2 * b * pairs * m.head_dim * m.num_attention_heads
     softmax = norm = residual = act = 0
     if elementwise:
-        softmax = 5 * b * m.heads * pairs
-        norm = 2 * 7 * b * s * m.hidden
-        residual = 2 * b * s * m.hidden
-        act = 2 * b * s * m.intermediate
+        softmax = 5 * b * m.num_attention_heads * pairs
+        norm = 2 * 7 * b * s * m.hidden_size
+        residual = 2 * b * s * m.hidden_size
+        act = 2 * b * s * m.intermediate_size
     per_layer = {"linear": linear, "attn_qk": qk, "attn_av": av, "softmax": softmax,
                  "norm": norm, "residual": residual, "act": act}
     layer_total = sum(per_layer.values())
-    final_norm = 7 * b * s * m.hidden if elementwise else 0
+    final_norm = 7 * b * s * m.hidden_size if elementwise else 0
     head_positions = {"last": 1, "all": s, "none": 0}[lm_head]
-    head = 2 * b * head_positions * m.hidden * m.vocab
-    out = {f"{k}": v * m.layers for k, v in per_layer.items()}
+    head = 2 * b * head_positions * m.hidden_size * m.vocab_size
+    out = {f"{k}": v * m.num_hidden_layers for k, v in per_layer.items()}
     out.update(per_layer_total=layer_total, final_norm=final_norm, lm_head=head,
-               total=layer_total * m.layers + final_norm + head, seq_len=s, batch=b)
+               total=layer_total * m.num_hidden_layers + final_norm + head, seq_len=s, batch=b)
     return out
 
 
-def vision_flops(v: VisionSizes, batch: int = 1, elementwise: bool = True) -> dict:
-    """CLIP ViT forward (patch embedding, pre-norm, ``v.layers`` encoder layers) on one image."""
+def vision_flops(v: CLIPVisionConfig, batch: int = 1, elementwise: bool = True) -> dict:
+    """CLIP ViT forward (patch embedding, pre-norm, ``v.num_hidden_layers`` encoder layers) on one image."""
     b, n = int(batch), v.num_patches
     s = n + 1  # CLS
-    patch = 2 * b * n * v.channels * v.patch_size ** 2 * v.hidden
-    linear = 2 * b * s * (4 * v.hidden * v.hidden + 2 * v.hidden * v.intermediate)
-    attn = 2 * 2 * b * s * s * v.hidden
+    patch = 2 * b * n * v.num_channels * v.patch_size ** 2 * v.hidden_size
+    linear = 2 * b * s * (4 * v.hidden_size * v.hidden_size + 2 * v.hidden_size * v.intermediate_size)
+    attn = 2 * 2 * b * s * s * v.hidden_size
     elem = 0
     if elementwise:
-        elem = (5 * b * v.heads * s * s + 2 * 7 * b * s * v.hidden + 2 * b * s * v.hidden
-                + 2 * b * s * v.intermediate)
-    pre_norm = 7 * b * s * v.hidden if elementwise else 0
-    total = patch + pre_norm + v.layers * (linear + attn + elem)
-    return {"patch_embed": patch, "linear": linear * v.layers, "attention": attn * v.layers,
-            "elementwise": elem * v.layers + pre_norm, "total": total}
+        elem = (5 * b * v.num_attention_heads * s * s + 2 * 7 * b * s * v.hidden_size + 2 * b * s * v.hidden_size
+                + 2 * b * s * v.intermediate_size)
+    pre_norm = 7 * b * s * v.hidden_size if elementwise else 0
+    total = patch + pre_norm + v.num_hidden_layers * (linear + attn + elem)
+    return {"patch_embed": patch, "linear": linear * v.num_hidden_layers, "attention": attn * v.num_hidden_layers,
+            "elementwise": elem * v.num_hidden_layers + pre_norm, "total": total}
 
 
 def projector_flops(vision_hidden: int, llm_hidden: int, tokens: int, batch: int = 1,
@@ -167,9 +122,9 @@ def projector_flops(vision_hidden: int, llm_hidden: int, tokens: int, batch: int
     return {"linear": linear, "act": act, "total": linear + act}
 
 
-def prefill_flops(llm: LLMSizes = LLAVA_7B, visual_tokens: int = 576, text_tokens: int = PAPER_TEXT_TOKENS,
+def prefill_flops(llm: LlamaConfig = LLAVA_7B, visual_tokens: int = 576, text_tokens: int = PAPER_TEXT_TOKENS,
                   batch: int = 1, lm_head: str = "last", elementwise: bool = True,
-                  causal: bool = False, vision: VisionSizes | None = None,
+                  causal: bool = False, vision: CLIPVisionConfig | None = None,
                   include_projector: bool = False) -> dict:
     """LLaVA prefill FLOPs: LLM over visual+text tokens, optionally + CLIP tower and projector.
 
@@ -181,8 +136,8 @@ def prefill_flops(llm: LLMSizes = LLAVA_7B, visual_tokens: int = 576, text_token
     if vision is not None:
         out["vision"] = vision_flops(vision, batch, elementwise)["total"]
     if include_projector:
-        vh = vision.hidden if vision is not None else CLIP_L_336.hidden
-        out["projector"] = projector_flops(vh, llm.hidden, visual_tokens, batch, elementwise)["total"]
+        vh = vision.hidden_size if vision is not None else CLIP_L_336.hidden_size
+        out["projector"] = projector_flops(vh, llm.hidden_size, visual_tokens, batch, elementwise)["total"]
     out["total"] = out["llm"] + out["vision"] + out["projector"]
     out["tflops"] = out["total"] / 1e12
     return out
@@ -192,7 +147,7 @@ def _scale_rows(n_in: int, group_size: int) -> int:
     return 1 if group_size == -1 else math.ceil(n_in / group_size)
 
 
-def memory_bytes(llm: LLMSizes = LLAVA_7B, seq_len: int = 576 + PAPER_TEXT_TOKENS, weight_bits: int = 16,
+def memory_bytes(llm: LlamaConfig = LLAVA_7B, seq_len: int = 576 + PAPER_TEXT_TOKENS, weight_bits: int = 16,
                  batch: int = 1, kv_bits: int = 16, act_bits: int = 16, group_size: int = -1,
                  float_bits: int = 16, causal: bool = False) -> dict:
     """Weight, KV-cache and prefill-activation memory of the LLM (see module docstring)."""
@@ -200,31 +155,31 @@ def memory_bytes(llm: LLMSizes = LLAVA_7B, seq_len: int = 576 + PAPER_TEXT_TOKEN
         raise ValueError(f"weight_bits must be 16, 8 or 4, got {weight_bits}")
     s, b = int(seq_len), int(batch)
     macs = _linear_macs_per_token(llm)
-    n_linear = sum(macs.values()) * llm.layers
+    n_linear = sum(macs.values()) * llm.num_hidden_layers
     w_linear = n_linear * weight_bits / 8
     scales = 0
     if weight_bits < 16:
-        in_dims = {"q_proj": llm.hidden, "k_proj": llm.hidden, "v_proj": llm.hidden,
-                   "o_proj": llm.hidden, "gate_proj": llm.hidden, "up_proj": llm.hidden,
-                   "down_proj": llm.intermediate}
+        in_dims = {"q_proj": llm.hidden_size, "k_proj": llm.hidden_size, "v_proj": llm.hidden_size,
+                   "o_proj": llm.hidden_size, "gate_proj": llm.hidden_size, "up_proj": llm.hidden_size,
+                   "down_proj": llm.intermediate_size}
         for name, n in macs.items():
             n_out = n // in_dims[name]
             scales += _scale_rows(in_dims[name], group_size) * n_out * 4
-        scales *= llm.layers
-    other = (2 * llm.vocab * llm.hidden + (2 * llm.layers + 1) * llm.hidden) * float_bits / 8
-    kv_dim = llm.kv_heads * llm.head_dim
-    kv = 2 * llm.layers * b * s * kv_dim * kv_bits / 8
+        scales *= llm.num_hidden_layers
+    other = (2 * llm.vocab_size * llm.hidden_size + (2 * llm.num_hidden_layers + 1) * llm.hidden_size) * float_bits / 8
+    kv_dim = llm.num_key_value_heads * llm.head_dim
+    kv = 2 * llm.num_hidden_layers * b * s * kv_dim * kv_bits / 8
     pairs = _attn_pairs(s, causal)
     a = act_bits / 8
-    act_elems = b * (s * llm.hidden                       # q_proj
-                     + 2 * llm.heads * pairs              # scores, probabilities
-                     + s * llm.hidden                     # attention output (AV)
-                     + s * llm.hidden                     # o_proj
-                     + 2 * s * llm.intermediate           # gate, up
-                     + s * llm.intermediate               # act(gate) * up
-                     + s * llm.hidden                     # down_proj
-                     + 2 * s * llm.hidden                 # two norms
-                     + 2 * s * llm.hidden)                # two residual adds
+    act_elems = b * (s * llm.hidden_size                       # q_proj
+                     + 2 * llm.num_attention_heads * pairs              # scores, probabilities
+                     + s * llm.hidden_size                     # attention output (AV)
+                     + s * llm.hidden_size                     # o_proj
+                     + 2 * s * llm.intermediate_size           # gate, up
+                     + s * llm.intermediate_size               # act(gate) * up
+                     + s * llm.hidden_size                     # down_proj
+                     + 2 * s * llm.hidden_size                 # two norms
+                     + 2 * s * llm.hidden_size)                # two residual adds
     act = act_elems * a
     weights = w_linear + scales + other
     return {"weights": weights, "weights_linear": w_linear, "weights_scales": scales,
@@ -236,7 +191,7 @@ def memory_bytes(llm: LLMSizes = LLAVA_7B, seq_len: int = 576 + PAPER_TEXT_TOKEN
 BITS_NAMES = {16: "FP16", 8: "INT8", 4: "INT4"}
 
 
-def paper_table_rows(llm: LLMSizes = LLAVA_7B, rc_visual_tokens: int = PAPER_VISUAL_TOKENS["rc"],
+def paper_table_rows(llm: LlamaConfig = LLAVA_7B, rc_visual_tokens: int = PAPER_VISUAL_TOKENS["rc"],
                      text_tokens: int = PAPER_TEXT_TOKENS, full_visual_tokens: int = 576,
                      bits=(16, 8, 4), lm_head: str = "last", group_size: int = -1) -> list:
     """Rows of the paper-style cost table: (none, rc at T tokens) x (FP16, INT8, INT4)."""
@@ -254,7 +209,7 @@ def paper_table_rows(llm: LLMSizes = LLAVA_7B, rc_visual_tokens: int = PAPER_VIS
     return rows
 
 
-def fit_text_tokens(llm: LLMSizes = LLAVA_7B, targets=None, max_text: int = 256, decimals: int = 1,
+def fit_text_tokens(llm: LlamaConfig = LLAVA_7B, targets=None, max_text: int = 256, decimals: int = 1,
                     **flop_kwargs) -> list:
     """Text lengths t for which prefill_flops(visual+t) rounds to every target TFLOPs figure.
 
