@@ -4,7 +4,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-from paddle_rc.quant.functional import dequantize_tensor, num_groups, quantize_weight
+from paddle_rc.quant.functional import dequantize_tensor, num_groups, quantize_weight, unpack_int4_tensor
 
 
 class WeightOnlyLinear(nn.Layer):
@@ -14,7 +14,8 @@ class WeightOnlyLinear(nn.Layer):
     ``bias`` (unchanged). Layout as in paddle_rc.quant.functional.
 
     CPU (and anything traced by paddle.jit.to_static): the weight is dequantized inside forward
-    with elementwise/bitwise ops and a plain matmul follows, so the layer exports to a static
+    with elementwise/bitwise ops and a plain matmul follows (per-channel scales are applied to the
+    output instead, which is cheaper), so the layer exports to a static
     graph and the stored int8 bytes are what gets loaded. The saving is storage and load
     bandwidth, not arithmetic: the matmul itself runs in x's float dtype.
 
@@ -83,8 +84,13 @@ class WeightOnlyLinear(nn.Layer):
                 return self._gpu_forward(x)
             except Exception:  # pragma: no cover - GPU only; keep serving on the portable path
                 self._gpu_failed = True
-        w = self.dequantized_weight(x.dtype)
-        y = paddle.matmul(x, w)
+        if self.group_size == -1:
+            # One scale per output column commutes with the matmul: scaling the [.., out] result
+            # instead of the [in, out] weight skips a full-weight multiply and its allocation.
+            q = unpack_int4_tensor(self.qweight, self.in_features) if self.weight_bits == 4 else self.qweight
+            y = paddle.matmul(x, q.astype(x.dtype)) * self.scale.astype(x.dtype)
+        else:
+            y = paddle.matmul(x, self.dequantized_weight(x.dtype))
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
