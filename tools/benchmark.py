@@ -2,7 +2,7 @@
 
     python tools/benchmark.py vision [--methods rc,none,...] [--repeats 5]   # tower + compression overhead
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
-    python tools/benchmark.py quant [--prompts 64] [--slice-layers 2]         # int8/int4 bytes, RSS, logits error
+    python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
 """
 import argparse
