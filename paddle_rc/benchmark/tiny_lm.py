@@ -7,7 +7,7 @@ model whose next-token distributions are peaked, as trained ones are. This modul
 model's LLM (embeddings, decoder layers, lm_head; the vision side is untouched) on the text the
 demo tokenizer was built from, full batch with AdamW, from the demo's own random weights. It
 learns that corpus nearly by heart: a small, honest stand-in for a trained model, not a good
-language model.
+language model. (The demo itself stays random: its weights are meant to be cheap and reproducible.)
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import shutil
 import tempfile
 
 import numpy as np
+
 
 def corpus_batch(tokenizer) -> tuple:
     """(ids, mask), int64 [lines, longest]: each corpus line as BOS + tokens + EOS, right-padded
