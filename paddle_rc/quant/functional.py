@@ -120,15 +120,30 @@ def unpack_int4(packed, in_features: int | None = None) -> np.ndarray:
 # Paddle versions used inside WeightOnlyLinear.forward (static-graph friendly).
 
 
+def int4_halves_tensor(packed: paddle.Tensor, dtype) -> tuple:
+    """The signed nibbles of packed int4 bytes as ``dtype`` [rows, out]: (low, high), i.e. the even
+    and the odd input rows.
+
+    Decoded by gathering from 256-entry tables indexed by the byte value: on CPU each pass over a
+    weight-sized tensor costs about the same whatever it computes, and this takes four passes (cast,
+    offset, two gathers) where a bitwise decode takes eight or more."""
+    v = paddle.arange(256, dtype="float32") - paddle.full([1], 128.0, "float32")
+    sixteen = paddle.full([1], 16.0, "float32")
+    high = paddle.floor(v / sixteen)
+    low = v - sixteen * high  # the low nibble as an unsigned 0..15
+    low = paddle.where(low >= paddle.full([1], 8.0, "float32"), low - sixteen, low)
+    index = (packed.astype("int32") + paddle.full([1], 128, "int32")).reshape([-1])
+    shape = packed.shape
+    return (paddle.gather(low.astype(dtype), index).reshape(shape),
+            paddle.gather(high.astype(dtype), index).reshape(shape))
+
+
 def unpack_int4_tensor(packed: paddle.Tensor, in_features: int) -> paddle.Tensor:
     """Paddle version of unpack_int4, returning int32 [in_features, out]."""
-    p = packed.astype("int32")
-    lo = paddle.bitwise_xor(paddle.bitwise_and(p, paddle.full_like(p, 15)), paddle.full_like(p, 8))
-    lo = lo - paddle.full_like(p, 8)
-    hi = paddle.bitwise_right_shift(p, paddle.full_like(p, 4))
+    low, high = int4_halves_tensor(packed, "float32")
     rows, cols = packed.shape[0], packed.shape[1]
-    # Interleave: [rows, 2, out] -> [2*rows, out] puts lo of byte r at 2r and hi at 2r+1.
-    both = paddle.stack([lo, hi], axis=1).reshape([2 * rows, cols])
+    # Interleave: [rows, 2, out] -> [2*rows, out] puts the low nibble of byte r at 2r, the high at 2r+1.
+    both = paddle.stack([low, high], axis=1).reshape([2 * rows, cols]).astype("int32")
     return both[:in_features] if 2 * rows != in_features else both
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-from paddle_rc.quant.functional import dequantize_tensor, num_groups, quantize_weight, unpack_int4_tensor
+from paddle_rc.quant.functional import dequantize_tensor, int4_halves_tensor, num_groups, quantize_weight
 
 
 class WeightOnlyLinear(nn.Layer):
@@ -84,16 +84,32 @@ class WeightOnlyLinear(nn.Layer):
                 return self._gpu_forward(x)
             except Exception:  # pragma: no cover - GPU only; keep serving on the portable path
                 self._gpu_failed = True
-        if self.group_size == -1:
+        if self.weight_bits == 4 and (self.group_size == -1 or self.group_size % 2 == 0):
+            y = self._int4_matmul(x)
+        elif self.group_size == -1:
             # One scale per output column commutes with the matmul: scaling the [.., out] result
             # instead of the [in, out] weight skips a full-weight multiply and its allocation.
-            q = unpack_int4_tensor(self.qweight, self.in_features) if self.weight_bits == 4 else self.qweight
-            y = paddle.matmul(x, q.astype(x.dtype)) * self.scale.astype(x.dtype)
+            y = paddle.matmul(x, self.qweight.astype(x.dtype)) * self.scale.astype(x.dtype)
         else:
             y = paddle.matmul(x, self.dequantized_weight(x.dtype))
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
+
+    def _int4_matmul(self, x):
+        """x @ W without interleaving the nibbles: byte r holds input rows 2r (low) and 2r+1 (high),
+        so x's even features meet the low nibbles and its odd features the high ones. Groups are
+        even-sized, so both rows of a byte share a group's scale."""
+        low, high = int4_halves_tensor(self.qweight, x.dtype)
+        n_odd = self.in_features // 2
+        if high.shape[0] != n_odd:  # odd in_features: the last byte's high nibble is padding
+            high = high[:n_odd]
+        if self.group_size != -1:
+            s = paddle.repeat_interleave(self.scale.astype(x.dtype), self.group_size // 2, axis=0)
+            low = low * (s if s.shape[0] == low.shape[0] else s[:low.shape[0]])
+            high = high * (s if s.shape[0] == n_odd else s[:n_odd])
+        y = paddle.matmul(x[..., 0::2], low) + paddle.matmul(x[..., 1::2], high)
+        return y * self.scale.astype(x.dtype) if self.group_size == -1 else y
 
     # --- GPU path (not exercised on CPU machines) -------------------------------------------
     def _gpu_eligible(self, x) -> bool:
