@@ -85,6 +85,8 @@ def test_compute_cli_analytic_7b(tmp_path, capsys):
     (["compute", "--visual-tokens", "576"], "NONE,RC"),
     (["compute", "--bits", "32,2"], "32, 16, 8 or 4"),
     (["compute", "--layers", "0"], "at least 1"),
+    (["quant", "--prompts", "0"], "at least 1"),
+    (["quant", "--train-steps", "-1"], "0 or more"),
 ])
 def test_compute_cli_errors(argv, msg):
     with pytest.raises(UserError, match=msg):
