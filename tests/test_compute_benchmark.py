@@ -110,5 +110,11 @@ def test_quant_eval_on_demo(tmp_path, monkeypatch):
     assert p["int8"]["logits"]["random"]["max_abs"] < p["int4"]["logits"]["random"]["max_abs"]
     assert p["int8"]["logits"]["random"]["top1_all"] >= 0.9
     assert "| int8 | random (50) |" in format_quant_report(res)
+    we = {(r["scheme"], r["clip_search"]): r["relative_error"] for r in res["demo"]["weight_errors"]}
+    assert len(we) == 6
+    for scheme in ("int8", "int4-g128", "int4"):
+        assert 0 < we[(scheme, True)] <= we[(scheme, False)] * (1 + 1e-6)
+    assert we[("int8", False)] < we[("int4", False)] / 10
+    assert "| int4-g128 |" in format_quant_report(res)
     rss = measure_rss(res["demo"]["dirs"]["int8"])
     assert rss["rss_increase"] > 0 and rss["peak_during_load"] >= rss["rss_increase"]

@@ -124,6 +124,44 @@ def test_weight_only_linear_forward_equals_dequantized_matmul(bits, g, bias):
 
 # --- config ------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("bits,g", [(8, -1), (4, -1), (4, 64)])
+def test_clip_search_picks_the_least_error_ratio_per_column(bits, g):
+    from paddle_rc.quant.functional import CLIP_RATIOS
+
+    rng = np.random.default_rng(3)
+    n_in, n_out = 150, 7
+    w = (rng.standard_t(3, size=(n_in, n_out)) * 0.02).astype(np.float32)  # heavy tails
+    w[:, 6] = 0.0  # an all-zero column stays exact
+    q0, s0 = quantize_weight(w, bits, g)
+    q1, s1 = quantize_weight(w, bits, g, clip_search=True)
+    assert s1.shape == s0.shape and q1.shape == q0.shape
+    rows = n_in if g == -1 else g
+    groups = 1 if g == -1 else s0.shape[0]
+    err0 = np.square(dequantize_weight(q0, s0, bits, g, n_in) - w)
+    err1 = np.square(dequantize_weight(q1, s1, bits, g, n_in) - w)
+    s0_, s1_ = s0.reshape(groups, n_out), s1.reshape(groups, n_out)
+    for k in range(groups):
+        blk = slice(k * rows, (k + 1) * rows)
+        for c in range(n_out):
+            if c == 6:
+                assert err1[blk, c].max() == 0.0
+                continue
+            ratio = s1_[k, c] / s0_[k, c]
+            assert min(abs(ratio - r) for r in CLIP_RATIOS) < 1e-5
+            # Brute force over the same ratios: the search's pick has the least error.
+            col = w[blk, c]
+            errs = [np.square(np.clip(np.rint(col / (s0_[k, c] * r)), -QMAX[bits], QMAX[bits]) * (s0_[k, c] * r)
+                              - col).sum() for r in CLIP_RATIOS]
+            assert err1[blk, c].sum() <= min(errs) * (1 + 1e-5) + 1e-12
+            assert err1[blk, c].sum() <= err0[blk, c].sum() * (1 + 1e-5) + 1e-12
+    if bits == 4:
+        assert err1.sum() < 0.9 * err0.sum()  # heavy tails: int4 gains clearly
+    # The grid's end points are still exact grid values: what the GPU path's re-quantization needs.
+    ints = q1 if bits == 8 else unpack_int4(q1, n_in)
+    for k in range(groups):
+        assert np.all(np.abs(ints[k * rows:(k + 1) * rows, :6]).max(axis=0) == QMAX[bits])
+
+
 def test_quant_config_dict_round_trip_and_validation():
     c = QuantConfig(weight_bits=4, weight_quantize_type="group_wise_abs_max", group_size=128,
                     skip=["lm_head", "foo.*"], quantize_vision=True)
@@ -140,6 +178,10 @@ def test_quant_config_dict_round_trip_and_validation():
         QuantConfig.from_dict({"format": "other"})
     assert QuantConfig.preset("int4-g128").group_size == 128
     assert QuantConfig.preset("INT8").weight_bits == 8
+    clip = QuantConfig.preset("int4-g64-clip")
+    assert (clip.weight_bits, clip.group_size, clip.clip_search) == (4, 64, True)
+    assert QuantConfig.from_dict(clip.to_dict()) == clip
+    assert not QuantConfig.preset("int8").clip_search
     with pytest.raises(UserError):
         QuantConfig.preset("int3")
 

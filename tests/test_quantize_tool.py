@@ -58,6 +58,7 @@ def _logits(model, ids, pixels):
 @pytest.mark.parametrize("argv,bits,group,max_linear_ratio", [
     (["--bits", "8"], 8, -1, 0.27),
     (["--bits", "4", "--group-size", "64"], 4, 64, 0.15),
+    (["--bits", "4", "--clip-search"], 4, -1, 0.15),
 ])
 def test_quantize_tool_end_to_end(float_ckpt, tmp_path, capsys, argv, bits, group, max_linear_ratio):
     from paddle_rc.benchmark.quant_eval import logits_errors
@@ -75,6 +76,7 @@ def test_quantize_tool_end_to_end(float_ckpt, tmp_path, capsys, argv, bits, grou
     with open(os.path.join(dst, "config.json"), encoding="utf-8") as f:
         q = json.load(f)["quantization"]
     assert (q["weight_bits"], q["group_size"]) == (bits, group)
+    assert q["clip_search"] == ("--clip-search" in argv)
     for sub in ("tokenizer", "clip_tokenizer"):
         cmp = filecmp.dircmp(os.path.join(float_ckpt, sub), os.path.join(dst, sub))
         assert cmp.left_list == cmp.right_list and not cmp.diff_files

@@ -73,6 +73,7 @@ def _add_quant_parser(sub):
     q.add_argument("--group-size", type=int, default=128, help="int4 scales: 128 (default) or 64 per group, -1 per channel")
     q.add_argument("--workdir", help="where the checkpoints are written (default: a temporary folder)")
     q.add_argument("--skip-slice", action="store_true", help="leave out the 4096-wide slice")
+    q.add_argument("--clip-search", action="store_true", help="quantize with the clip search")
     q.add_argument("--train-steps", type=int, default=80,
                    help="training steps of the trained tiny model (0: leave it out)")
     q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
@@ -144,7 +145,7 @@ def _run_quant(args):
         raise UserError("--train-steps must be 0 or more")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
                             group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
-                            train_steps=args.train_steps,
+                            train_steps=args.train_steps, clip_search=args.clip_search,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_quant_report(result))
     _write_json(args.json, result)

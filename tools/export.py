@@ -30,8 +30,8 @@ def build_parser():
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option topk=16 (repeatable; see configs/methods/)")
     p.add_argument("--quant", metavar="PRESET",
-                   help="quantize the LLM's weights first: int8, int4, int8-g128, int4-g64, int4-g128 "
-                        "(same as tools/quantize.py, then export)")
+                   help="quantize the LLM's weights first: int8, int4, int8-g128, int4-g64, int4-g128, each "
+                        "optionally with -clip (same as tools/quantize.py, then export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--check", action="store_true",
                    help="after exporting, load the graphs with paddle.inference and answer one demo question")

@@ -1,7 +1,7 @@
 """Write a weight-only int8 / int4 copy of a converted checkpoint, loadable by from_pretrained.
 
     python tools/quantize.py --model ckpt/llava7b --dst ckpt/llava7b-int8 --bits 8
-    python tools/quantize.py --model ckpt/llava7b --dst ckpt/llava7b-int4 --bits 4 --group-size 128
+    python tools/quantize.py --model ckpt/llava7b --dst ckpt/llava7b-int4 --bits 4 --group-size 128 [--clip-search]
 
 The LLM's Linear layers are quantized; lm_head and the vision side stay float unless
 --quantize-vision (see paddle_rc.quant.config for why).
@@ -27,6 +27,9 @@ def build_parser():
                    help="64 or 128 for group-wise scales; -1 (default) = one scale per output channel")
     p.add_argument("--quantize-vision", action="store_true",
                    help="also quantize the CLIP towers, projections and the projector")
+    p.add_argument("--clip-search", action="store_true",
+                   help="per column/group, search the clipping ratio with the least rounding error "
+                        "(helps int4; a few times slower to quantize)")
     p.add_argument("--shard-size", default="2GB", help="maximum bytes per output file (default 2GB)")
     p.add_argument("--overwrite", action="store_true", help="replace --dst if it is a checkpoint")
     p.add_argument("--json", metavar="PATH", help="also write the byte counts as JSON")
@@ -46,7 +49,8 @@ def main(argv=None) -> int:
                         f"{args.group_size!r}") from None
     qc = QuantConfig(weight_bits=bits,
                      weight_quantize_type="channel_wise_abs_max" if group == -1 else "group_wise_abs_max",
-                     group_size=group, quantize_vision=bool(args.quantize_vision))
+                     group_size=group, quantize_vision=bool(args.quantize_vision),
+                     clip_search=bool(args.clip_search))
     result = quantize_checkpoint(args.model, args.dst, qc, shard_size=args.shard_size,
                                  overwrite=bool(args.overwrite))
     print(result.summary())

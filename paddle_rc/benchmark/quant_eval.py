@@ -42,10 +42,10 @@ from paddle_rc.quant.config import QuantConfig
 PRECISIONS = ("fp32", "int8", "int4")
 
 
-def quant_configs(int4_group_size: int = 128) -> dict:
+def quant_configs(int4_group_size: int = 128, clip_search: bool = False) -> dict:
     g = int4_group_size
-    return {"int8": QuantConfig(weight_bits=8),
-            "int4": QuantConfig(weight_bits=4, group_size=g,
+    return {"int8": QuantConfig(weight_bits=8, clip_search=clip_search),
+            "int4": QuantConfig(weight_bits=4, group_size=g, clip_search=clip_search,
                                 weight_quantize_type="channel_wise_abs_max" if g == -1 else "group_wise_abs_max")}
 
 
@@ -165,8 +165,41 @@ def logits_errors(ref: np.ndarray, out: np.ndarray, mask: np.ndarray | None = No
             "fp32_gap_median": float(np.median(gap))}
 
 
+WEIGHT_SCHEMES = (("int8", 8, -1), ("int4-g128", 4, 128), ("int4", 4, -1))
+
+
+def weight_errors(src: str, layer: int = 0) -> list:
+    """Relative weight error ||dequant(quant(W)) - W|| / ||W|| over one decoder layer's seven
+    Linear weights, and the time to quantize them, per scheme with and without the clip search."""
+    import time
+
+    from safetensors import safe_open
+
+    from paddle_rc.models.weights import weight_files
+    from paddle_rc.quant.functional import dequantize_weight, quantize_weight
+
+    prefix = f"language_model.layers.{layer}."
+    files = weight_files(src)
+    weights = []
+    for key in sorted(k for k in files if k.startswith(prefix) and k.endswith("_proj.weight")):
+        with safe_open(files[key], framework="np") as f:
+            weights.append(f.get_tensor(key).astype(np.float32))
+    rows = []
+    for name, bits, group in WEIGHT_SCHEMES:
+        for clip in (False, True):
+            t0 = time.perf_counter()
+            packed = [quantize_weight(w, bits, group, clip) for w in weights]
+            seconds = time.perf_counter() - t0
+            err = sum(float(np.square(dequantize_weight(q, s, bits, group, w.shape[0]) - w).sum())
+                      for (q, s), w in zip(packed, weights))
+            ref = sum(float(np.square(w).sum()) for w in weights)
+            rows.append({"scheme": name, "clip_search": clip, "relative_error": (err / ref) ** 0.5,
+                         "quantize_seconds": seconds, "matrices": len(weights)})
+    return rows
+
+
 def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: int = 128,
-                    batch: int = 16, rss: bool = True, progress=None) -> dict:
+                    batch: int = 16, rss: bool = True, progress=None, clip_search: bool = False) -> dict:
     """Quantize ``src`` to int8 and int4 under ``workdir``; bytes, RSS and, for each named prompt
     set ``{name: (ids [N, L], mask [N, L] or None)}``, the logits error against fp32."""
     from paddle_rc.models import LlavaForConditionalGeneration
@@ -174,7 +207,7 @@ def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: 
     say = progress or (lambda m: None)
     dirs = {"fp32": src}
     results = {"fp32": {"checkpoint_bytes": checkpoint_weight_bytes(src)}}
-    for name, qc in quant_configs(int4_group_size).items():
+    for name, qc in quant_configs(int4_group_size, clip_search).items():
         dst = os.path.join(workdir, os.path.basename(os.path.normpath(src)) + "-" + name)
         say(f"quantizing {src} -> {dst}")
         r = quantize_checkpoint(src, dst, qc, overwrite=True)
@@ -201,7 +234,7 @@ def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: 
 
 def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
                    workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
-                   train_steps: int = 80, rss: bool = True, progress=None) -> dict:
+                   train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None) -> dict:
     """Families: ``demo`` (random weights), ``trained`` (the demo with its LLM trained on the
     tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
     from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
@@ -215,19 +248,22 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
     os.makedirs(workdir, exist_ok=True)
     try:
         out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
-                            "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps}}
+                            "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps,
+                            "clip_search": clip_search}}
         demo = demo_dir or demo_checkpoint()
         vocab = LlavaConfig.load(demo).llm.vocab_size
         random_set = {"random": (make_prompts(vocab, prompts, prompt_len), None)}
-        out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say)
+        out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say,
+                                      clip_search=clip_search)
         out["demo"]["model"] = "demo checkpoint (random weights, LLM hidden 128, 2 layers)"
+        out["demo"]["weight_errors"] = weight_errors(demo)
         if train_steps > 0:
             trained = os.path.join(workdir, "demo-trained")
             say(f"training the demo's LLM for {train_steps} steps -> {trained}")
             training = write_trained_demo(trained, steps=train_steps, src=demo)
             corpus = corpus_prompts(LlamaTokenizer.from_dir(os.path.join(trained, "tokenizer")))
             out["trained"] = evaluate_family(trained, workdir, {"corpus": corpus, **random_set}, group_size,
-                                             rss=False, progress=say)
+                                             rss=False, progress=say, clip_search=clip_search)
             out["trained"]["training"] = training
             out["trained"]["model"] = (f"demo with its LLM trained {train_steps} steps on the tokenizer corpus "
                                        f"(loss {training['first_loss']:.2f} -> {training['final_loss']:.3f})")
@@ -239,7 +275,9 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
             write_slice_checkpoint(src, slice_layers)
             out["slice"] = evaluate_family(src, workdir,
                                            {"random": (make_prompts(32000, prompts, prompt_len, seed=1), None)},
-                                           group_size, batch=8, rss=rss, progress=say)
+                                           group_size, batch=8, rss=rss, progress=say, clip_search=clip_search)
+            say("weight errors of the slice's first layer")
+            out["slice"]["weight_errors"] = weight_errors(src)
             out["slice"]["model"] = (f"LLaVA-7B-width LLM slice: {slice_layers} layers at hidden 4096 / "
                                      "intermediate 11008 + embed/lm_head 32000, Student-t weights std 0.02")
         return out
@@ -274,10 +312,19 @@ def format_quant_report(result: dict) -> str:
                 lines.append(f"| {name} | {set_name} ({lg['prompts']}) | {lg['max_abs']:.4f} "
                              f"({100 * lg['max_abs'] / ref_max:.2f}% of max) | {100 * lg['top1_last']:.1f}% | "
                              f"{100 * lg['top1_all']:.1f}% of {lg['positions']} | {100 * lg['near_ties']:.1f}% |")
+        if fam.get("weight_errors"):
+            lines += ["", "| scheme | relative weight error (absmax) | with clip search | quantize s (absmax / clip) |",
+                      "|---|---|---|---|"]
+            by = {(r["scheme"], r["clip_search"]): r for r in fam["weight_errors"]}
+            for name, _, _ in WEIGHT_SCHEMES:
+                a, c = by[(name, False)], by[(name, True)]
+                lines.append(f"| {name} | {a['relative_error']:.4f} | {c['relative_error']:.4f} | "
+                             f"{a['quantize_seconds']:.2f} / {c['quantize_seconds']:.2f} |")
         lines.append("")
     st = result["settings"]
     int4 = "per-channel" if st["int4_group_size"] == -1 else f"group {st['int4_group_size']}"
-    lines.append(f"int8: per-channel scales; int4: {int4} scales; lm_head and vision side stay float32 "
+    clip = " (both with the clip search)" if st.get("clip_search") else ""
+    lines.append(f"int8: per-channel scales; int4: {int4} scales{clip}; lm_head and vision side stay float32 "
                  f"(default skip list). random: {st['prompts']} random prompts of {st['prompt_len']} tokens; "
                  "corpus: the lines the trained model learnt (each position that predicts a token of its "
                  "line, EOS included). near ties: share of positions whose fp32 top-1/top-2 gap is below "

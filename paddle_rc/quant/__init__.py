@@ -7,10 +7,9 @@ from paddle_rc.quant.config import DEFAULT_SKIP, VISION_SKIP, QuantConfig
 from paddle_rc.quant.functional import (dequantize_tensor, dequantize_weight, pack_int4,
                                         quantize_weight, unpack_int4, unpack_int4_tensor)
 from paddle_rc.quant.layers import WeightOnlyLinear
-from paddle_rc.quant.model import (QuantReport, prepare_quantized_model, quantize_model,
-                                   quantized_linear_errors, state_dict_bytes)
+from paddle_rc.quant.model import QuantReport, prepare_quantized_model, quantize_model, state_dict_bytes
 
 __all__ = ["QuantConfig", "DEFAULT_SKIP", "VISION_SKIP", "WeightOnlyLinear", "QuantReport",
            "quantize_model", "prepare_quantized_model", "state_dict_bytes",
-           "quantized_linear_errors", "quantize_weight", "dequantize_weight", "pack_int4",
+           "quantize_weight", "dequantize_weight", "pack_int4",
            "unpack_int4", "unpack_int4_tensor", "dequantize_tensor"]

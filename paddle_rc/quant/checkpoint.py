@@ -94,7 +94,7 @@ class _OneLayerCache:
 
             key = name + ".weight"
             w = to_float(self.reader.raw(key), self.reader.info(key).dtype).astype(np.float32)
-            self.value = quantize_weight(w, self.qc.weight_bits, self.qc.group_size)
+            self.value = quantize_weight(w, self.qc.weight_bits, self.qc.group_size, self.qc.clip_search)
             self.name = name
         return self.value
 

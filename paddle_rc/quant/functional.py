@@ -50,33 +50,62 @@ def num_groups(in_features: int, group_size: int) -> int:
     return 1 if group_size == -1 else math.ceil(in_features / group_size)
 
 
-def quantize_weight(w, bits: int = 8, group_size: int = -1):
-    """Quantize a [in, out] weight. Returns (q, scale) as numpy arrays (see module docstring)."""
+# Clipping ratios tried by the clip search, largest first (1.0 = plain absmax, kept on ties).
+CLIP_RATIOS = tuple(float(r) for r in np.round(np.linspace(1.0, 0.5, 11), 2))
+
+
+def quantize_weight(w, bits: int = 8, group_size: int = -1, clip_search: bool = False):
+    """Quantize a [in, out] weight. Returns (q, scale) as numpy arrays (see module docstring).
+
+    ``clip_search``: instead of mapping each column's (group's) absmax onto the grid, pick per
+    column (group) the scale ``ratio * absmax / qmax``, ratio in CLIP_RATIOS, with the least squared
+    rounding error. Heavy-tailed weights gain most: a few large values no longer stretch the grid
+    that every other value is rounded to. Costs len(CLIP_RATIOS) quantization passes."""
     qmax = _qmax(bits)
     w = _to_numpy(w).astype(np.float32)
     if w.ndim != 2:
         raise ValueError(f"expected a 2-D [in, out] weight, got shape {w.shape}")
     n_in, n_out = w.shape
     if group_size == -1:
-        absmax = np.abs(w).max(axis=0)
-        scale = absmax / qmax
-        expanded = scale[None, :]
+        grouped = w[None]
     else:
         if group_size <= 0:
             raise ValueError(f"group_size must be -1 or positive, got {group_size}")
         g = num_groups(n_in, group_size)
         padded = np.zeros((g * group_size, n_out), np.float32)
         padded[:n_in] = w
-        absmax = np.abs(padded.reshape(g, group_size, n_out)).max(axis=1)
-        scale = absmax / qmax
-        expanded = np.repeat(scale, group_size, axis=0)[:n_in]
+        grouped = padded.reshape(g, group_size, n_out)
+    scale = np.abs(grouped).max(axis=1) / qmax  # [groups, out]
+    if clip_search:
+        scale = _search_scale(grouped, scale, qmax)
+    expanded = scale if group_size == -1 else np.repeat(scale, group_size, axis=0)[:n_in]
     # An all-zero column/group quantizes to zeros whatever the scale; 1.0 avoids 0/0.
     safe = np.where(expanded > 0, expanded, np.float32(1.0))
     q = np.clip(np.rint(w / safe), -qmax, qmax).astype(np.int8)
     scale = np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+    if group_size == -1:
+        scale = scale[0]
     if bits == 4:
         q = pack_int4(q)
     return q, scale
+
+
+def _search_scale(grouped: np.ndarray, scale: np.ndarray, qmax: int, block: int = 1024) -> np.ndarray:
+    """Per (group, column) the CLIP_RATIOS scale with the least squared error; blocks of columns
+    bound the temporaries."""
+    best = scale.copy()
+    for c in range(0, grouped.shape[2], block):
+        cols = grouped[:, :, c:c + block]
+        base = scale[:, c:c + block]
+        best_err = np.full(base.shape, np.inf, np.float64)
+        for ratio in CLIP_RATIOS:
+            s = (base * np.float32(ratio)).astype(np.float32)
+            safe = np.where(s > 0, s, np.float32(1.0))[:, None, :]
+            err = np.square(np.clip(np.rint(cols / safe), -qmax, qmax) * safe - cols).sum(axis=1, dtype=np.float64)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best[:, c:c + block] = np.where(better, s, best[:, c:c + block])
+    return best
 
 
 def dequantize_weight(q, scale, bits: int, group_size: int, in_features: int) -> np.ndarray:

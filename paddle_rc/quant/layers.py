@@ -50,19 +50,19 @@ class WeightOnlyLinear(nn.Layer):
         self._gpu_failed = False
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, weight_bits: int = 8,
-                    group_size: int = -1) -> "WeightOnlyLinear":
+    def from_linear(cls, linear: nn.Linear, weight_bits: int = 8, group_size: int = -1,
+                    clip_search: bool = False) -> "WeightOnlyLinear":
         n_in, n_out = linear.weight.shape
         bias = linear.bias
         layer = cls(n_in, n_out, weight_bits, group_size, has_bias=bias is not None,
                     bias_dtype=bias.dtype if bias is not None else "float32")
-        layer.load_float_weight(linear.weight)
+        layer.load_float_weight(linear.weight, clip_search)
         if bias is not None:
             layer.bias.set_value(bias.detach())
         return layer
 
-    def load_float_weight(self, weight) -> None:
-        q, s = quantize_weight(weight, self.weight_bits, self.group_size)
+    def load_float_weight(self, weight, clip_search: bool = False) -> None:
+        q, s = quantize_weight(weight, self.weight_bits, self.group_size, clip_search)
         self.qweight.set_value(paddle.to_tensor(q))
         self.scale.set_value(paddle.to_tensor(s))
         self._gpu_cache = None

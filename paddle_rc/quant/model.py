@@ -97,7 +97,8 @@ def _swap_linears(model: nn.Layer, config: QuantConfig, make, keys=None) -> Quan
 def quantize_model(model: nn.Layer, config: QuantConfig) -> QuantReport:
     """Quantize, in place, every nn.Linear whose name the config does not skip."""
     return _swap_linears(model, config,
-                         lambda linear: WeightOnlyLinear.from_linear(linear, config.weight_bits, config.group_size))
+                         lambda linear: WeightOnlyLinear.from_linear(linear, config.weight_bits, config.group_size,
+                                                                config.clip_search))
 
 
 def prepare_quantized_model(model: nn.Layer, config: QuantConfig,
@@ -116,15 +117,3 @@ def prepare_quantized_model(model: nn.Layer, config: QuantConfig,
 
     keys = set(state_dict_keys) if state_dict_keys is not None else None
     return _swap_linears(model, config, shell, keys)
-
-
-def quantized_linear_errors(model_before_weights: dict, model: nn.Layer) -> dict:
-    """Per quantized layer, max and mean |W - dequant(W)| against the given float weights
-    ({layer_name: [in, out] array}); for reports."""
-    out = {}
-    for name, layer in model.named_sublayers():
-        if isinstance(layer, WeightOnlyLinear) and name in model_before_weights:
-            w = np.asarray(model_before_weights[name], np.float32)
-            d = np.abs(layer.dequantized_weight("float32").numpy() - w)
-            out[name] = {"max_abs": float(d.max()), "mean_abs": float(d.mean())}
-    return out
