@@ -15,6 +15,7 @@ from PIL import Image
 
 from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, question_for_text_encoder
 from paddle_rc.data.image import ImageProcessor
+from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 
 # rc-reference pads/truncates the text to this many CLIP tokens (the released code's max_length).
@@ -69,13 +70,7 @@ class Predictor:
         """Left-padded input_ids and attention_mask for full prompts holding the placeholder once."""
         image_id = self.config.image_token_index
         rows = [self.tok.llm.tokenize_with_image(p, image_id) for p in prompts]
-        length = max(len(r) for r in rows)
-        pad = self.config.llm.pad_token_id
-        ids = np.full((len(rows), length), pad, dtype=np.int64)
-        mask = np.zeros((len(rows), length), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, length - len(r):] = r
-            mask[i, length - len(r):] = 1
+        ids, mask = left_pad(rows, self.config.llm.pad_token_id)
         return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):

@@ -10,6 +10,7 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 from paddle_rc.export import exporter
 from paddle_rc.export.runner import DeployedLlava, build_deployed_predictor
@@ -151,12 +152,7 @@ def _prompt_batch(model, rng):
     vocab = model.config.llm.vocab_size
     rows = [[1] + list(rng.integers(3, vocab, 4)) + [image] + list(rng.integers(3, vocab, 6)),
             [1, image] + list(rng.integers(3, vocab, 3))]
-    length = max(len(r) for r in rows)
-    ids = np.zeros((2, length), np.int64)
-    mask = np.zeros((2, length), np.int64)
-    for b, r in enumerate(rows):
-        ids[b, length - len(r):] = r
-        mask[b, length - len(r):] = 1
+    ids, mask = left_pad(rows, 0)
     return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
 

@@ -3,6 +3,8 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_rc.data.padding import left_pad
+
 IMG = -200
 
 
@@ -12,12 +14,7 @@ def _prompt(rng, before, after, vocab=96):
 
 
 def _batch(rows, pad=0):
-    length = max(len(r) for r in rows)
-    ids = np.full((len(rows), length), pad, dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=np.int64)
-    for i, r in enumerate(rows):
-        ids[i, length - len(r):] = r
-        mask[i, length - len(r):] = 1
+    ids, mask = left_pad(rows, pad)
     return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
 
@@ -145,3 +142,10 @@ def test_compressed_batch_equals_each_alone(tiny_model, method):
         np.testing.assert_allclose(out.logits.numpy()[b, -n:], alone.logits.numpy()[0], atol=1e-4)
         t = lengths[b]
         np.testing.assert_allclose(out.visual.embeds.numpy()[b, :t], alone.visual.embeds.numpy()[0, :t], atol=1e-5)
+
+
+def test_left_pad_right_aligns_rows():
+    ids, mask = left_pad([[5, 6, 7], [8], []], pad=-1)
+    assert ids.tolist() == [[5, 6, 7], [-1, -1, 8], [-1, -1, -1]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
+    assert ids.dtype == mask.dtype == np.int64

@@ -85,19 +85,18 @@ class VisionWithText(VisionGraph):
         return self._compress(pixel_values, clip_ids, has_text)
 
 
-class PrefillGraph(nn.Layer):
+class _LLMGraph(nn.Layer):
+    """The LLM and lm_head only, so that tracing one of the model's LLM steps saves nothing else."""
+
     def __init__(self, model):
         super().__init__()
         self.language_model = model.language_model
         self.lm_head = model.lm_head
 
+
+class PrefillGraph(_LLMGraph):
     forward = LlavaForConditionalGeneration.prefill
 
 
-class DecodeGraph(nn.Layer):
-    def __init__(self, model):
-        super().__init__()
-        self.language_model = model.language_model
-        self.lm_head = model.lm_head
-
+class DecodeGraph(_LLMGraph):
     forward = LlavaForConditionalGeneration.decode

@@ -13,6 +13,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from paddle_rc.data.padding import left_pad
 from paddle_rc.models.clip import CLIPTextTower, CLIPVisionTower
 from paddle_rc.models.config import LlavaConfig
 from paddle_rc.models.generation import generate_loop
@@ -174,13 +175,9 @@ class LlavaForConditionalGeneration(nn.Layer):
             p = at[0]
             vis = batch * seq + b * tmax + np.arange(int(visual.lengths[b]))
             rows.append(np.concatenate([b * seq + valid[valid < p], vis, b * seq + valid[valid > p]]))
-        length = max(len(r) for r in rows)
         zero_row = batch * seq + batch * tmax
-        index = np.full((batch, length), zero_row, dtype=np.int64)
-        new_mask = np.zeros((batch, length), dtype=np.int64)
-        for b, r in enumerate(rows):
-            index[b, length - len(r):] = r
-            new_mask[b, length - len(r):] = 1
+        index, new_mask = left_pad(rows, zero_row)
+        length = index.shape[1]
         tokens = np.where((ids == image_id) | (ids < 0), 0, ids)
         text = self.language_model.embed_tokens(paddle.to_tensor(tokens)).reshape([batch * seq, -1])
         parts = [text]
