@@ -11,7 +11,21 @@ import yaml
 from paddle_rc.errors import UserError
 
 
+def add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU math threads (default: OMP_NUM_THREADS if set, else all physical cores)")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set the math thread count a tool was asked for (paddle_rc's import already applied the default)."""
+    from paddle_rc import runtime
+
+    if getattr(args, "threads", None) is not None:
+        runtime.configure(args.threads)
+
+
 def add_config_args(parser: argparse.ArgumentParser) -> None:
+    add_threads_arg(parser)
     parser.add_argument("-c", "--config", help="YAML file of option defaults (keys = long option names)")
     parser.add_argument("-o", "--opt", action="append", default=[], metavar="KEY=VALUE",
                         help="override an option, e.g. -o method=rc -o budget=64 (repeatable)")
@@ -70,6 +84,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
             raise UserError(f"unknown option {dest!r} in config/overrides")
         if dest not in explicit:
             setattr(args, dest, value)
+    apply_threads(args)
     return args
 
 

@@ -12,13 +12,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import run  # noqa: E402
+from paddle_rc.cli import add_threads_arg, apply_threads, run  # noqa: E402
 
 ALL_METHODS = "none,random,cls-topk,prumerge,prumerge+,visionzip,divprune,rc,rc-reference"
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_threads_arg(p)
     sub = p.add_subparsers(dest="mode", required=True)
     v = sub.add_parser("vision", help="vision tower time with each compression method vs without")
     v.add_argument("--methods", default=ALL_METHODS)
@@ -88,7 +89,6 @@ def _add_deploy_parser(sub):
     d.add_argument("--prompt-len", type=int, default=48, help="text tokens around the image in the prefill")
     d.add_argument("--decode-steps", type=int, default=16)
     d.add_argument("--repeats", type=int, default=5)
-    d.add_argument("--threads", type=int, help="Paddle Inference CPU threads (default: all cores)")
     d.add_argument("--onednn", action="store_true", help="enable oneDNN in the predictors")
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
@@ -153,6 +153,7 @@ def _run_quant(args):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    apply_threads(args)
     if args.mode == "vision":
         from paddle_rc.benchmark.vision import format_vision_table, run_vision_benchmark
 

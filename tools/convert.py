@@ -11,6 +11,7 @@ try:
 except ImportError:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from paddle_rc.cli import add_threads_arg, apply_threads  # noqa: E402
 from paddle_rc.errors import UserError  # noqa: E402
 
 
@@ -23,7 +24,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", default="2GB", help="maximum bytes per output file (default 2GB)")
     ap.add_argument("--dtype", default="keep", choices=["keep", "float16", "float32", "bfloat16"],
                     help="stored dtype; keep = the LLaVA checkpoint's dtype")
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
+    apply_threads(args)
 
     from tqdm import tqdm
 

@@ -9,13 +9,14 @@ Reported as medians of interleaved repeats and the ratio exported / dynamic (< 1
 """
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
 
 import numpy as np
 import paddle
+
+from paddle_rc.runtime import default_threads
 
 PRESETS = {
     # The test suite's tiny model (56 px image, 16 patches, 2-layer 64-wide LLM).
@@ -66,7 +67,7 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
     model.set_compression(method, budget)
     cfg = model.config
     rng = np.random.default_rng(seed)
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     with tempfile.TemporaryDirectory(prefix="paddle_rc_bench_") as out:
         t0 = time.perf_counter()
         manifest = exporter.export_loaded_model(model, out, method, budget, {})

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from paddle_rc.cli import add_config_args, read_overrides
+from paddle_rc.cli import add_config_args, apply_threads, read_overrides
 from paddle_rc.errors import UserError
 
 from . import benchmarks as B
@@ -130,6 +130,7 @@ def main(argv=None, predictor=None, image_loader=None):
 
 def _main(argv, predictor, image_loader):
     args = build_parser().parse_args(argv)
+    apply_threads(args)
     cfg = resolve_config(args)
     names = [B.canonical_name(n) for n in _as_list(cfg["benchmark"])]
     if not names:

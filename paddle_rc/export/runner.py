@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 
 from paddle_rc.errors import UserError
+from paddle_rc.runtime import default_threads
 from paddle_rc.export.exporter import EMBED_FILE, GRAPHS, MANIFEST, MANIFEST_FORMAT
 
 FIX = "re-run tools/export.py"
@@ -85,7 +86,7 @@ def make_config(prefix: str, opts: RunnerOptions):
         cfg.enable_use_gpu(int(opts.gpu_memory_mb), int(opts.gpu_id))
     elif opts.device == "cpu":
         cfg.disable_gpu()
-        cfg.set_cpu_math_library_num_threads(int(opts.threads or os.cpu_count() or 1))
+        cfg.set_cpu_math_library_num_threads(int(opts.threads or default_threads()))
         if opts.onednn:
             cfg.enable_mkldnn()
         else:

@@ -1,0 +1,95 @@
+"""CPU math settings applied before Paddle computes anything, so every entry point runs at full speed.
+
+Two of Paddle 3.3's CPU defaults cost a factor of 2-5 on a matmul-bound model:
+- dynamic mode computes with one math thread unless OMP_NUM_THREADS is set;
+- the bundled MKL takes a generic slow path on AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 is set (it is read
+  when MKL first runs, so setting it after `import paddle` but before the first op still works).
+A value the user set is never overridden. On Intel CPUs the MKL variable would only pin MKL to its
+AVX2 path, so it is left alone there. PADDLE_RC_NO_TUNING=1 turns all of this off (then Paddle's
+own defaults apply).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Optional
+
+_configured_threads: Optional[int] = None
+# OMP_NUM_THREADS as the user left it: Paddle's import overwrites an unset value with "1".
+_user_env_threads = None if "paddle" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(base + "physical_package_id") as f:
+                pkg = f.read().strip()
+            with open(base + "core_id") as f:
+                core = f.read().strip()
+        except OSError:
+            return len(cpus) or 1
+        cores.add((pkg, core))
+    return max(1, len(cores))
+
+
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or ""
+
+
+def is_amd() -> bool:
+    return "AMD" in cpu_vendor().upper()
+
+
+def default_threads() -> int:
+    """The thread count in force: --threads, else the user's OMP_NUM_THREADS, else all physical cores."""
+    if _configured_threads:
+        return _configured_threads
+    if os.environ.get("PADDLE_RC_NO_TUNING") == "1":
+        return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
+    if _user_env_threads and _user_env_threads.isdigit() and int(_user_env_threads) > 0:
+        return int(_user_env_threads)
+    return physical_cores()
+
+
+def configure(threads: Optional[int] = None) -> dict:
+    """Apply the settings; `threads` (a tool's --threads) wins over OMP_NUM_THREADS and the default.
+    Imports Paddle (the thread count is set through it). Returns what is in force, for reports."""
+    global _configured_threads
+    if threads is not None:
+        if int(threads) < 1:
+            from paddle_rc.errors import UserError
+
+            raise UserError(f"--threads must be at least 1, got {threads}")
+        _configured_threads = int(threads)
+    elif os.environ.get("PADDLE_RC_NO_TUNING") == "1":
+        return settings()
+    if os.environ.get("PADDLE_RC_NO_TUNING") != "1" and "MKL_DEBUG_CPU_TYPE" not in os.environ and is_amd():
+        os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+    # Not through OMP_NUM_THREADS: Paddle's import prints a warning for any value above 1, and reads
+    # the variable only once. Its own setter covers OpenMP and MKL alike.
+    import paddle  # noqa: F401
+    from paddle.base import core
+
+    core.set_num_threads(default_threads())
+    return settings()
+
+
+def settings() -> dict:
+    return {"threads": default_threads(), "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
+            "cpu_vendor": cpu_vendor()}
