@@ -66,6 +66,9 @@ def main(argv=None) -> int:
         max_image_bytes = _size(args.max_image_bytes)
     except ValueError:
         raise UserError(f"--max-image-bytes: expected a size like 20MB, got {args.max_image_bytes!r}") from None
+    for flag, path in (("--model", args.model), ("--deploy", args.deploy)):
+        if path and not os.path.isdir(path):
+            raise UserError(f"{flag}: directory not found: {path}")
     if args.allow_local_files and not os.path.isdir(args.allow_local_files):
         raise UserError(f"--allow-local-files: directory not found: {args.allow_local_files}")
     try:
@@ -79,8 +82,12 @@ def main(argv=None) -> int:
 
     sock = _listen(args.host, args.port)  # before loading the model: a taken port fails fast
     method = args.method if args.method or args.deploy else "rc"
-    predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
-                                conv_mode=args.conv_mode, threads=args.threads, **parse_key_values(args.option))
+    try:
+        predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
+                                    conv_mode=args.conv_mode, threads=args.threads, **parse_key_values(args.option))
+    except BaseException:
+        sock.close()
+        raise
     app = create_app(predictor, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                      batch_window=args.batch_window_ms / 1000, default_max_tokens=args.max_tokens,
                      limits=Limits(max_image_bytes, args.max_image_pixels, args.allow_local_files),
