@@ -280,12 +280,13 @@ def test_mme_from_folders(data_root):
     cats = sorted({it.metadata["category"] for it in b.items})
     assert cats == ["artwork", "code_reasoning", "existence"]
     it = [i for i in b.items if i.metadata["category"] == "existence"][0]
-    assert it.prompt == "Is there a train in this image? Please answer yes or no.\n" + SUFFIX
+    # as in LLaVA's llava_mme.jsonl: the yes/no request is left to the short-answer suffix
+    assert it.prompt == "Is there a train in this image?\n" + SUFFIX
     assert it.question == "Is there a train in this image?"
     assert it.image.endswith(os.path.join("existence", "000000006040.jpg"))
     # two questions per image share a question id; uids differ
-    same = [i.uid for i in b.items if i.question_id == "artwork/10002.jpg"]
-    assert same == ["artwork/10002.jpg#0", "artwork/10002.jpg#1"]
+    same = [i.uid for i in b.items if i.question_id == "artwork/images/10002.jpg"]
+    assert same == ["artwork/images/10002.jpg#0", "artwork/images/10002.jpg#1"]
     # the double space before "Please answer" in the GT file still matches
     assert len(b.ground_truth) == 8
 

@@ -64,6 +64,9 @@ class Benchmark:
     # several answer-file layouts (MMBench: one record per tsv row, or --all-rounds).
     layout_for: Optional[Callable] = None
     layout: str = ""
+    # (record) -> uid for answer files written by LLaVA's scripts, where the benchmark knows a
+    # better key than question_id + prompt (MME: subtask, image and question).
+    match_record: Optional[Callable] = None
 
     def subset(self, uids):
         keep = set(uids)
@@ -71,7 +74,7 @@ class Benchmark:
         gt = {k: v for k, v in self.ground_truth.items() if k in keep}
         return Benchmark(self.name, items, gt, self.score_fn, self.headline, self.headline_label,
                          dict(self.extra_headlines), self.submission_fn, list(self.notes),
-                         self.uses_prompts, {}, None, self.layout)
+                         self.uses_prompts, {}, None, self.layout, self.match_record)
 
     def score(self, predictions, prompts=None):
         """``predictions``: {uid: answer text} in answer-file order; ``prompts``: {uid: the
@@ -392,43 +395,57 @@ def read_mme(root):
         rows = _load_jsonl(jsonl)
         source = "llava_mme.jsonl"
     else:
-        # Same content LLaVA's llava_mme.jsonl holds: every question of every subtask, the
-        # short-answer suffix appended, question_id = "<subtask>/<image file>".
+        # What LLaVA's llava_mme.jsonl holds: every question of every subtask without its
+        # "Please answer yes or no." (the short-answer suffix asks for the same),
+        # question_id = the image path under MME_Benchmark_release_version.
         rows = []
         for (cat, stem), qa in sorted(pairs.items()):
             if (cat, stem) not in images:
                 raise UserError(f"MME image for {cat}/{stem}.txt not found under {mme_dir}")
-            img = images[(cat, stem)]
+            img = images[(cat, stem)].replace(os.sep, "/")
             for q, _ in qa:
-                rows.append({"question_id": f"{cat}/{os.path.basename(img)}", "image": img,
-                             "text": q + "\n" + SUFFIX, "category": cat})
+                bare = q.replace("Please answer yes or no.", "").strip()
+                rows.append({"question_id": img, "image": img, "text": bare + "\n" + SUFFIX,
+                             "category": cat})
         source = "MME_Benchmark_release_version folders"
     items = _llava_items(rows, mme_dir, "mme")
     gt_lookup = {(cat, stem, _mme_norm(q)): a for (cat, stem), qa in pairs.items() for q, a in qa}
-    gt, unmatched = {}, 0
+    gt, unmatched, by_key = {}, 0, {}
     for r, it in zip(rows, items):
-        qid = str(r["question_id"])
-        cat = qid.split("/")[0]
-        stem = os.path.splitext(qid.split("/")[-1])[0]
-        q = _strip_suffix(r["text"])
-        if "Please answer yes or no." not in q:
-            q = q + " Please answer yes or no."
-        ans = gt_lookup.get((cat, stem, _mme_norm(q)))
-        it.question = q.replace("Please answer yes or no.", "").strip()
-        it.metadata.update({"category": cat, "split": "perception" if cat in
+        key = _mme_key(r["question_id"], r["text"])
+        ans = gt_lookup.get(key)
+        it.question = key[2].replace("Please answer yes or no.", "").strip()
+        it.metadata.update({"category": key[0], "split": "perception" if key[0] in
                             scorers.MME_PERCEPTION else "cognition"})
+        by_key[key] = it.uid
         if ans is None:
             unmatched += 1
             continue
-        gt[it.uid] = {"answer": ans, "category": cat, "image": f"{cat}/{stem}"}
+        gt[it.uid] = {"answer": ans, "category": key[0], "image": f"{key[0]}/{key[1]}"}
     notes = [f"questions read from {source}"]
     if unmatched:
         notes.append(f"{unmatched} questions had no ground truth and are not scored")
-    return Benchmark("mme", items, gt, scorers.score_mme, "perception",
-                     "MME perception (sum of acc + acc+ over the 10 subtasks, answered "
-                     "questions)",
-                     extra_headlines={"mme_cognition": "cognition", "mme_total": "total"},
-                     notes=notes)
+
+    def match_record(rec):
+        """convert_answer_to_mme.py's key: subtask, image stem and the question of the prompt."""
+        return by_key.get(_mme_key(rec.get("question_id"), rec.get("prompt")))
+
+    bench = Benchmark("mme", items, gt, scorers.score_mme, "perception",
+                      "MME perception (sum of acc + acc+ over the 10 subtasks, answered "
+                      "questions)",
+                      extra_headlines={"mme_cognition": "cognition", "mme_total": "total"},
+                      notes=notes)
+    bench.match_record = match_record
+    return bench
+
+
+def _mme_key(question_id, prompt):
+    """(subtask, image stem, question with "Please answer yes or no." and single spaces)."""
+    qid = str(question_id)
+    q = _strip_suffix(str(prompt or ""))
+    if "Please answer yes or no." not in q:
+        q = q + " Please answer yes or no."
+    return qid.split("/")[0], os.path.splitext(qid.split("/")[-1])[0], _mme_norm(q)
 
 
 # --------------------------------------------------------------------------- ScienceQA

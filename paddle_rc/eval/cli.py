@@ -142,7 +142,7 @@ def _manifest(cfg, predictor, method, budget, layout):
     from .manifest import model_identity, run_manifest
 
     options = {}
-    compression = getattr(getattr(predictor, "model", None), "compression", None)
+    compression = getattr(predictor, "compression", None)
     if compression is not None:
         try:
             from paddle_rc.compression import method_defaults

@@ -401,6 +401,9 @@ def _match_records(bench, records):
                 uid = by_q[q]
             if uid is None and q in bench.extra_ground_truth:
                 uid = q
+            if uid is None and bench.match_record is not None:
+                uid = bench.match_record(r)
+                uid = uid if uid in uids else None
         if uid is not None:
             out[uid] = r  # a repeated question: the last record counts, as the official dicts do
     return out
