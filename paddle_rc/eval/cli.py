@@ -165,7 +165,7 @@ def _main(argv, predictor, image_loader):
         demo = not cfg["model"] and not cfg["deploy"]
         if predictor is None:
             try:
-                from paddle_rc.pipeline import build_predictor
+                from paddle_rc.predictor import build_predictor
             except ImportError as e:
                 raise UserError(f"the model pipeline is not available ({e}); "
                                 "--score-only works without it") from None
