@@ -127,6 +127,10 @@ def test_eval_summary_and_report_per_question_type(tmp_path):
     assert s["extra_scores"]["synthvqa_colour"] == 100.0
     report = open(os.path.join(out, "report.md")).read()
     assert "| synthvqa_count | rc | 100.00 |" in report and "| synthvqa_word | rc | 0.00 |" in report
+    # the per-type table: run, tokens, overall, then the types in alphabetical order
+    pt = s["per_question_type"]
+    assert (f"| rc | 10.0 | {s['score']:.1f} | " + " | ".join(f"{pt[t]:.1f}" for t in sorted(pt))
+            + " | 0.0100 | 0.0200 |") in report
 
 
 @pytest.fixture(scope="module")
