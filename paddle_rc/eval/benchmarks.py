@@ -588,6 +588,33 @@ def _int_or_zero(v):
         return 0
 
 
+# --------------------------------------------------------------------------- SynthVQA
+
+
+def read_synthvqa(root):
+    """The procedural task of paddle_rc.synth as tools/make_synth.py writes it."""
+    d = os.path.join(root, "synthvqa")
+    rows = _load_jsonl(os.path.join(d, "llava_synthvqa.jsonl"))
+    anns = _load_json(os.path.join(d, "synthvqa_annotations.json"))
+    img_dir = _need_dir(os.path.join(d, "images"))
+    by_qid = {str(a["question_id"]): a for a in anns.get("annotations", [])}
+    items = _llava_items(rows, img_dir, "synthvqa")
+    gt, unmatched = {}, 0
+    for it in items:
+        a = by_qid.get(str(it.question_id))
+        if a is None:
+            unmatched += 1
+            continue
+        it.metadata.update({"qtype": a["qtype"], "split": f"seed {anns.get('generator', {}).get('seed')}"})
+        gt[it.uid] = {"answer": a["answer"], "qtype": a["qtype"]}
+    notes = [f"{unmatched} questions had no annotation and are not scored"] if unmatched else []
+    qtypes = sorted({g["qtype"] for g in gt.values()})
+    return Benchmark("synthvqa", items, gt, scorers.score_synthvqa, "accuracy",
+                     "SynthVQA accuracy (exact match after VQA answer normalisation)",
+                     extra_headlines={f"synthvqa_{t}": f"per_question_type.{t}" for t in qtypes},
+                     notes=notes)
+
+
 READERS = {
     "vqav2_val": read_vqav2_val,
     "vqav2_testdev": read_vqav2_testdev,
@@ -598,10 +625,11 @@ READERS = {
     "sqa_img": read_sqa_img,
     "mmbench": read_mmbench,
     "mmbench_cn": lambda root, all_rounds=False: read_mmbench(root, "cn", all_rounds),
+    "synthvqa": read_synthvqa,
 }
 ALIASES = {"vqav2": "vqav2_val", "vqav2-val": "vqav2_val", "vqav2-testdev": "vqav2_testdev",
            "sqa": "sqa_img", "scienceqa": "sqa_img", "scienceqa_img": "sqa_img",
-           "mmbench_en": "mmbench", "mmbench-dev": "mmbench"}
+           "mmbench_en": "mmbench", "mmbench-dev": "mmbench", "synth": "synthvqa"}
 
 
 def canonical_name(name):

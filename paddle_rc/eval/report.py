@@ -105,6 +105,7 @@ def to_markdown(rows, summaries=()):
                   "perception score / vanilla):", ""]
         for tag, (v, benches) in sorted(rel.items()):
             lines.append(f"- {tag}: {v:.1f}% over {', '.join(sorted(benches))}")
+    lines += question_type_tables(summaries)
     metrics = sorted({(s['benchmark'], s.get('metric', '')) for s in summaries})
     if metrics:
         lines += ["", "Metrics:", ""] + [f"- {b}: {m}" for b, m in metrics]
@@ -112,6 +113,31 @@ def to_markdown(rows, summaries=()):
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def question_type_tables(summaries, max_types=12):
+    """Markdown lines: per benchmark with a few question types (synthvqa), one row per run with the
+    overall score, each type's score, the mean visual tokens and the vision / prefill seconds."""
+    by_bench = defaultdict(list)
+    for s in summaries:
+        types = s.get("per_question_type")
+        if s.get("score") is not None and types and len(types) <= max_types:
+            by_bench[s["benchmark"]].append(s)
+    lines = []
+    for bench, runs in sorted(by_bench.items()):
+        types = sorted({t for s in runs for t in s["per_question_type"]})
+        head = ["run", "tokens", "overall"] + types + ["vision s", "prefill s"]
+        lines += ["", f"{bench} per question type:", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        runs = sorted(runs, key=lambda s: (s.get("tag") != "none", str(s.get("method")),
+                                           s["budget"] if isinstance(s.get("budget"), (int, float)) else -1))
+        for s in runs:
+            t = s.get("mean_timings") or {}
+            lines.append("| " + " | ".join(
+                [str(s.get("tag")), _fmt(s.get("avg_visual_tokens"), 1), _fmt(s["score"], 1)]
+                + [_fmt(s["per_question_type"].get(k), 1) for k in types]
+                + [_fmt(t.get("vision"), 4), _fmt(t.get("prefill"), 4)]) + " |")
+    return lines
 
 
 def to_csv(rows):

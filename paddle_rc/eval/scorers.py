@@ -9,7 +9,8 @@ import re
 import string
 from collections import defaultdict
 
-from .normalize import evalai_process, vqa_process_digit_article, vqa_process_punctuation
+from .normalize import (evalai_process, vqa_normalize_prediction, vqa_process_digit_article,
+                        vqa_process_punctuation)
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 
@@ -434,3 +435,24 @@ def score_mmbench(predictions, ground_truth):
             "n_answers": n_answers, "n_unmapped": unmapped,
             "unmapped_ratio": unmapped / n_answers if n_answers else 0.0,
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
+
+
+# --------------------------------------------------------------------------- SynthVQA
+
+
+def score_synthvqa(predictions, ground_truth):
+    """``ground_truth``: {uid: {"answer": one lower-case word or digit, "qtype": str}}. Exact match
+    of the prediction after the VQAv2 prediction normalisation ("Two." -> "2", "Yes" -> "yes",
+    articles dropped), overall and per question type; a missing answer is wrong."""
+    hits, by_type = [], defaultdict(list)
+    for uid, gt in ground_truth.items():
+        text = predictions.get(uid)
+        ok = 0.0 if text is None else float(vqa_normalize_prediction(text) == gt["answer"])
+        hits.append(ok)
+        by_type[gt["qtype"]].append(ok)
+
+    def pct(xs):
+        return round(100.0 * sum(xs) / len(xs), 2) if xs else 0.0
+
+    return {"accuracy": pct(hits), "per_question_type": {k: pct(v) for k, v in sorted(by_type.items())},
+            "n_per_question_type": {k: len(v) for k, v in sorted(by_type.items())}, "n": len(hits), "n_missing": sum(1 for u in ground_truth if predictions.get(u) is None)}
