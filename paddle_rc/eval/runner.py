@@ -5,7 +5,10 @@ Files under ``out/<benchmark>/`` for a run tag (``none``, ``rc``, ``rc-b64``, ..
 * ``<tag>.jsonl``           answers, LLaVA layout (question_id, prompt, text, model_id, metadata)
 * ``<tag>.<N>_<k>.jsonl``   answers of chunk k of N (``--num-chunks/--chunk-idx``), merged
                             into ``<tag>.jsonl`` by :func:`merge_chunks`
-* ``<tag>.errors.jsonl``    items skipped because their image could not be read
+* ``<tag>.manifest.json``   the setup that wrote the answers (model checksums, method, budget,
+                            options, conv mode, generation settings); answers are reused only
+                            under an equal manifest
+* ``<tag>.errors.jsonl``    items still failing (unreadable image, or the model raised)
 * ``<tag>.summary.json``    scores (written atomically)
 * ``<tag>.upload.json``     server upload file where the benchmark has one (VQAv2 test-dev)
 
