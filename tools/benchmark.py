@@ -98,7 +98,8 @@ def _add_deploy_parser(sub):
 def _add_evalbatch_parser(sub):
     e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
                                          "dynamic model and its export (synthetic benchmark)")
-    e.add_argument("--model", help="converted checkpoint (default: the built-in demo model)")
+    e.add_argument("--model", help="converted checkpoint (default: a random one of --preset)")
+    e.add_argument("--preset", default="demo", help="random model size without --model: demo or wide")
     e.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
     e.add_argument("--items", type=int, default=32)
     e.add_argument("--repeats", type=int, default=3)
@@ -116,11 +117,15 @@ def _run_evalbatch(args):
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     if not backends or set(backends) - {"dynamic", "deploy"}:
         raise UserError("--backends takes dynamic and/or deploy")
+    from paddle_rc.benchmark.eval_batch import PRESETS
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
     if args.items < 1 or args.repeats < 1 or min(args.batch_sizes or (0,)) < 1:
         raise UserError("--items, --repeats and every batch size must be at least 1")
     rows = run_eval_batch_benchmark(args.model, tuple(args.batch_sizes), args.items, args.repeats,
                                     args.max_new_tokens, args.method, args.budget, backends,
-                                    say=lambda m: print(m, file=sys.stderr, flush=True))
+                                    say=lambda m: print(m, file=sys.stderr, flush=True),
+                                    preset=args.preset)
     print(format_rows(rows))
     _write_json(args.json, rows)
 

@@ -21,9 +21,50 @@ def _answers(path):
         return [(r["uid"], r["text"]) for r in map(json.loads, f)]
 
 
+# Random-weight checkpoints with the demo's tokenizers. "demo" is the built-in demo model (ViT 64 wide,
+# LLM 128 wide: per-call overheads dominate); "wide" has the deploy benchmark's wide geometry
+# (336 px ViT 256x6, LLM 1024 wide x 4 layers), where the matmuls start to dominate.
+PRESETS = {
+    "demo": None,
+    "wide": dict(vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
+                             num_attention_heads=8, projection_dim=128),
+                 text=dict(projection_dim=128),
+                 llm=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                          num_attention_heads=16, num_key_value_heads=16)),
+}
+
+
+def write_preset_checkpoint(directory, preset):
+    """A random checkpoint of ``preset`` (the demo's tokenizers and geometry, other widths)."""
+    import dataclasses
+
+    import paddle
+
+    from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+    from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
+    from paddle_rc.demo import SEED, demo_config
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.weights import save_weights
+
+    build_tiny_sentencepiece(os.path.join(directory, "tokenizer"))
+    build_tiny_clip_bpe(os.path.join(directory, "clip_tokenizer"))
+    cfg = demo_config(CLIPTokenizer.from_dir(os.path.join(directory, "clip_tokenizer")),
+                      LlamaTokenizer.from_dir(os.path.join(directory, "tokenizer")))
+    spec = PRESETS[preset]
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **spec["vision"]),
+                              text=dataclasses.replace(cfg.text, **spec["text"]),
+                              llm=dataclasses.replace(cfg.llm, **spec["llm"]))
+    paddle.seed(SEED)
+    model = LlavaForConditionalGeneration(cfg)
+    cfg.save(directory)
+    save_weights(model, directory)
+    return directory
+
+
 def run_eval_batch_benchmark(model_dir=None, batch_sizes=(1, 8), items=32, repeats=3,
                              max_new_tokens=8, method="rc", budget=None, backends=("dynamic", "deploy"),
-                             say=print):
+                             say=print, preset="demo"):
     from paddle_rc.eval.benchmarks import load_benchmark
     from paddle_rc.eval.runner import run_benchmark
     from paddle_rc.predictor import build_predictor
@@ -33,6 +74,8 @@ def run_eval_batch_benchmark(model_dir=None, batch_sizes=(1, 8), items=32, repea
     try:
         write_synthvqa(work, seed=7, n=items, progress=False)
         bench = load_benchmark("synthvqa", work)
+        if model_dir is None and PRESETS.get(preset) is not None:
+            model_dir = write_preset_checkpoint(os.path.join(work, "ckpt-" + preset), preset)
         predictors = {}
         if "dynamic" in backends:
             predictors["dynamic"] = build_predictor(model_dir, method=method, budget=budget)

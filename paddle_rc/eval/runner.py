@@ -91,7 +91,7 @@ def _record(item, out, method, budget, model_id):
                  "visual_tokens": out.get("visual_tokens"),
                  "visual_tokens_before": out.get("visual_tokens_before"),
                  "stage_counts": out.get("stage_counts"), "timings": out.get("timings")})
-    rec = {"question_id": item.question_id, "prompt": item.prompt, "text": out["text"],
+    rec = {"question_id": item.question_id, "prompt": item.record_prompt, "text": out["text"],
            "answer_id": uuid.uuid4().hex, "model_id": model_id, "uid": item.uid,
            "metadata": meta}
     if "round_id" in item.metadata:  # LLaVA's MMBench answer files carry these at top level
