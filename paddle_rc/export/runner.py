@@ -187,10 +187,7 @@ class DeployedLlava:
             raise UserError(f"{self.directory} was exported with method {have}; for {want} export again: "
                             f"tools/export.py --method {method}" + ("" if budget is None else f" --budget {budget}"))
 
-    def get_text_features(self, input_ids):
-        return ClipIds(input_ids)
-
-    def reference_text_features(self, input_ids):
+    def question_features(self, input_ids, mode):
         return ClipIds(input_ids)
 
     def encode_images(self, pixel_values, text_embeds=None, has_text=None):
@@ -205,7 +202,7 @@ class DeployedLlava:
         embeds = outs[0]
         lengths = outs[1].numpy().astype(np.int64)
         n = int(comp["n_patches"])
-        if self.compression.method == "none":
+        if len(outs) == 2:  # none, or a method that prunes inside the LLM
             return VisualTokens(embeds, lengths, n)
         return VisualTokens(embeds, lengths, n, self._result(outs, has_text if comp["uses_text"] else None))
 
@@ -214,7 +211,9 @@ class DeployedLlava:
             ids = text_embeds.ids
         elif text_embeds is None:
             # No sample has a question: any ids do, has_text=False skips every text stage in the graph.
-            length = 20 if self.compression.method == "rc-reference" else 1
+            mode = self.manifest["compression"].get("text_mode")
+            length = {"prompt-first-line": 20,
+                      "question-segments": self.config.text.max_position_embeddings}.get(mode, 1)
             ids = paddle.full([batch, length], self.config.text.eos_token_id, dtype="int64")
         else:
             raise TypeError("the deployed model takes the question as CLIP token ids (get_text_features)")
