@@ -181,3 +181,30 @@ def test_thirty_question_eval_of_two_methods_on_a_tiny_model(tmp_path, tiny_chec
         assert sum(s["n_per_question_type"].values()) == 30
     report = open(os.path.join(out, "report.md")).read()
     assert "| synthvqa | rc-b16 |" in report and "synthvqa_spatial" in report
+
+
+def test_object_patches_by_hand():
+    from paddle_rc.benchmark.coverage import object_patches
+
+    # 336 px in a 16 x 16 grid: 21 px patches. Box x 21..46: all of patch 1, 5/21 = 0.24 of patch 2.
+    assert object_patches((21, 0, 47, 21), 336, 16) == [1, 2]
+    assert object_patches((21, 0, 46, 21), 336, 16) == [1]           # 4/21 = 0.19 of patch 2 is too little
+    assert object_patches((40, 40, 44, 44), 336, 16) == [16 + 1]     # tiny box: the most-covered patch
+    assert object_patches((0, 0, 336, 336), 336, 16) == list(range(256))
+
+
+def test_coverage_runs_and_counts(tmp_path, tiny_checkpoint):
+    from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
+    from paddle_rc.predictor import build_predictor
+
+    _make(tmp_path, seed=8, n=18)
+    anns = json.load(open(os.path.join(tmp_path, "synthvqa", "synthvqa_annotations.json")))["annotations"]
+    rows = run_coverage(build_predictor(model_dir=tiny_checkpoint), str(tmp_path),
+                        ["none", "random@4", "rc@8", "rc:no-text@8"], batch=5, progress=False)
+    n = sum(1 for a in anns if a["target"])
+    assert [r["n"] for r in rows] == [n] * 4 and n < 18  # "0" counts have no target
+    assert rows[0]["covered"] == 100.0 and rows[0]["tokens"] == 64
+    assert rows[1]["tokens"] == 4 and rows[1]["covered"] < 100.0
+    assert rows[3]["covered_by_text"] == 0.0 and not rows[3]["question"]
+    assert rows[2]["covered_by_text"] <= rows[2]["covered"]
+    assert "| random@4 | 4.0 |" in format_coverage_table(rows)
