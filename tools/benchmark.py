@@ -36,8 +36,8 @@ def build_parser():
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
-    cv.add_argument("--runs", default=ALL_METHODS.replace("none,", "none,rc:no-text,"),
-                    help="comma list of METHOD[:no-text][@BUDGET] (default: every method, adaptive)")
+    cv.add_argument("--runs", help="comma list of METHOD[:no-text][@BUDGET] (default: every method that "
+                                   "compresses before the LLM, adaptive, plus rc:no-text)")
     cv.add_argument("--limit", type=int, help="only the first N questions that have a target")
     cv.add_argument("--batch", type=int, default=16)
     cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -189,11 +189,20 @@ def main(argv=None) -> int:
         from paddle_rc.predictor import build_predictor
 
         rows = run_coverage(build_predictor(model_dir=args.model), args.data_root,
-                            [r.strip() for r in args.runs.split(",") if r.strip()], limit=args.limit,
+                            _coverage_runs(args.runs), limit=args.limit,
                             batch=args.batch)
         print(format_coverage_table(rows))
         _write_json(args.json, rows)
     return 0
+
+
+def _coverage_runs(text):
+    if text:
+        return [r.strip() for r in text.split(",") if r.strip()]
+    from paddle_rc.compression import available_methods, get_method
+
+    runs = [m for m in available_methods() if get_method(m).stage == "vision"]
+    return runs + ["rc:no-text"]
 
 
 def _write_json(path, rows):
