@@ -4,51 +4,19 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
-import threading
-import time
+
+from paddle_rc.serving.process import ServerProcess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 
 
-class Server:
-    """tools/serve.py in a subprocess on 127.0.0.1 (port 0: the server binds a free port and prints it)."""
+class Server(ServerProcess):
+    """tools/serve.py ARGS on 127.0.0.1 (a free port the server picks), one math thread unless told."""
 
-    def __init__(self, *args, timeout=180):
-        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-        cmd = [sys.executable, os.path.join(TOOLS, "serve.py"), "--host", "127.0.0.1", "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                     cwd=ROOT)
-        self.log = []
-        deadline = time.time() + timeout
-        self.url = None
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            if " on http://127.0.0.1:" in line:
-                self.url = line.rsplit(" on ", 1)[1].strip().rstrip("/")
-                break
-        if self.url is None:
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
-        threading.Thread(target=self._drain, daemon=True).start()
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def __init__(self, *args):
+        super().__init__(*args, env=dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1")))
 
 
 def data_url(image, fmt="PNG") -> str:
