@@ -235,8 +235,8 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
             say(f"llm: building {llm_layers}-layer LLaMA at 7B widths on both sides (random weights)")
             model = _llava(None, None, dict(llama, layers=llm_layers))
             if worker:
-                worker.ask(cmd="build", what="llm", threads=threads, layers=llm_layers, seq=seq,
-                           decode_steps=decode_steps, **llama)
+                info.update(worker.ask(cmd="build", what="llm", threads=threads, layers=llm_layers, seq=seq,
+                                       decode_steps=decode_steps, **llama))
             with paddle.no_grad():
                 _, k0, v0 = model.prefill(x, mask, pos)
                 cases = {"prefill": lambda: model.prefill(x, mask, pos)[0].numpy(),
