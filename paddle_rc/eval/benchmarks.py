@@ -573,8 +573,9 @@ def read_mmbench(root, lang="en", all_rounds=False):
     notes = ["rule-based extraction only (no GPT judge); unmapped answers count as wrong"]
 
     def layout_for(records):
+        """The layout a file was written in: any round_id > 0 means --all-rounds."""
         rounds = any(_int_or_zero(r.get("round_id")) > 0 for r in records)
-        return read_mmbench(root, lang, all_rounds=True) if rounds and not all_rounds else None
+        return read_mmbench(root, lang, all_rounds=rounds) if rounds != all_rounds else None
 
     return Benchmark(name, items, gt, scorers.score_mmbench, "circular_accuracy",
                      "MMBench-dev CircularEval accuracy (groups index % 1e6, rule-based "
