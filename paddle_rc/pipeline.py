@@ -83,7 +83,7 @@ class Predictor:
         return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
-        """The question's CLIP embedding per sample, and which samples have one (rc-algorithm.md §4)."""
+        """The question's CLIP embedding per sample, and which samples have one (docs/algorithm.md §4)."""
         method = self.method
         if method not in ("rc", "rc-reference"):
             return None, None
