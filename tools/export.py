@@ -18,11 +18,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import ToolParser, add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
     p.add_argument("--out", required=True, help="output directory (must be new or empty, or use --overwrite)")
     p.add_argument("--method", default="rc", help="compression method baked into the vision graph")
@@ -45,6 +45,10 @@ def main(argv=None) -> int:
     from paddle_rc.errors import UserError
     from paddle_rc.export import export_model
 
+    from paddle_rc.compression import check_compression
+
+    options = parse_key_values(args.option)
+    check_compression(args.method, args.budget, options)  # before any work or notes
     model_dir = args.model
     if model_dir is None:
         from paddle_rc.demo import demo_checkpoint
@@ -65,7 +69,7 @@ def main(argv=None) -> int:
             quantize_checkpoint(model_dir, quantized, QuantConfig.preset(args.quant))
             model_dir = quantized
         manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                                options=parse_key_values(args.option), overwrite=args.overwrite,
+                                options=options, overwrite=args.overwrite,
                                 progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
     seconds = time.perf_counter() - t0
     if args.check:

@@ -1,4 +1,4 @@
-"""Ask LLaVA one question about one image, with visual-token compression.
+r"""Ask LLaVA one question about one image, with visual-token compression.
 
     python tools/infer.py                                   # built-in demo model and image
     python tools/infer.py --model ckpt/llava-1.5-7b --image cat.jpg --question "What is on the sofa?" \
@@ -11,14 +11,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import ToolParser, add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
 DEMO_NOTE = ("demo model with random weights: the answer is meaningless; pass --model DIR "
              "(a checkpoint written by tools/convert.py) for real answers")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
     p.add_argument("--deploy", help="exported deployment directory (tools/export.py) instead of --model")
     p.add_argument("--image", help="image file; default: built-in demo image")
@@ -47,6 +47,9 @@ def main(argv=None) -> int:
 
     if args.model and args.deploy:
         raise UserError("give --model or --deploy, not both")
+    from paddle_rc.models.generation import check_sampling
+
+    check_sampling(args.max_new_tokens, args.temperature, args.top_p)
     if args.image:
         image = load_image(args.image)
         image_path = args.image

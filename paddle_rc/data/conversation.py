@@ -17,6 +17,10 @@ class Template:
 
     def prompt(self, user_text: str, with_image: bool = True) -> str:
         """One user turn, ready for the assistant's answer ("... ASSISTANT:")."""
+        if user_text.count(IMAGE_PLACEHOLDER) > 1:
+            raise UserError(f"the question holds {IMAGE_PLACEHOLDER} {user_text.count(IMAGE_PLACEHOLDER)} "
+                            f"times; LLaVA-1.5 takes one image: write {IMAGE_PLACEHOLDER} at most once "
+                            "(where the image goes; default: before the question)")
         if with_image and IMAGE_PLACEHOLDER not in user_text:
             user_text = IMAGE_PLACEHOLDER + "\n" + user_text
         head = f"{self.system} " if self.system else ""

@@ -98,7 +98,7 @@ def _record(item, out, method, budget, model_id):
     return rec
 
 
-def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", *,
+def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval", *,
                   image_loader=None, limit=None, max_new_tokens=128, num_chunks=1,
                   chunk_idx=0, progress=True, demo=False):
     """Answer the (limited, chunked) items of ``bench`` that are not on disk yet.

@@ -132,6 +132,13 @@ def _plan(reader, picked: dict, qc: QuantConfig, result: QuantizeResult) -> list
     return plan
 
 
+def _checkpoint_entry(name: str) -> bool:
+    """Whether a directory entry is part of a checkpoint (replaced by --overwrite)."""
+    from paddle_rc.convert.writer import is_weights_file
+
+    return name in ("config.json",) + COPIED_DIRS or is_weights_file(name)
+
+
 def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2GB",
                         overwrite: bool = False, progress=None) -> QuantizeResult:
     """Quantize the checkpoint in ``src`` into a new checkpoint directory ``dst``.
@@ -186,6 +193,11 @@ def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2G
             old = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".old-", dir=parent)
             os.rename(dst, os.path.join(old, "ckpt"))
             os.rename(tmp, dst)
+            # --overwrite replaces the checkpoint, not the user's other files in the folder (as
+            # convert.py does). They move back only now, so no failure above can take them along.
+            for name in os.listdir(os.path.join(old, "ckpt")):
+                if not _checkpoint_entry(name) and not os.path.exists(os.path.join(dst, name)):
+                    os.rename(os.path.join(old, "ckpt", name), os.path.join(dst, name))
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, dst)
