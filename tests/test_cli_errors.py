@@ -193,3 +193,27 @@ def test_export_prints_no_paddle_tracing_noise(tmp_path, capfd):
     export_model(demo_checkpoint(), str(tmp_path / "exp"), method="rc")
     err = capfd.readouterr().err
     assert "PIR" not in err and "Tensor do not have 'place'" not in err, err
+
+
+def test_long_question_is_refused_before_the_llm(capsys):
+    """Past the LLM's context the answer is meaningless and the prefill slow: one line instead."""
+    from paddle_rc.models.config import LlavaConfig
+    from paddle_rc.demo import demo_checkpoint
+
+    context = LlavaConfig.load(demo_checkpoint()).llm.max_position_embeddings
+    question = " ".join(["word"] * (context + 10))
+    assert_one_error(capsys, "infer", FAST + ["--question", question], f"the LLM's context is {context}")
+
+
+def test_half_precision_on_cpu_is_refused(demo_dir):
+    import paddle
+
+    from paddle_rc.errors import UserError
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    if paddle.get_device().startswith("gpu"):
+        pytest.skip("this machine has a GPU: float16 is supported there")
+    with pytest.raises(UserError, match="float16 needs a GPU"):
+        LlavaForConditionalGeneration.from_pretrained(demo_dir, dtype="float16")
+    with pytest.raises(UserError, match="dtype must be"):
+        LlavaForConditionalGeneration.from_pretrained(demo_dir, dtype="int8")
