@@ -23,6 +23,7 @@ def method_defaults(method):
 
 # Lower bounds of options whose default alone does not say it (an int option is otherwise >= 1).
 _AT_LEAST_ZERO = {"seed", "dominant", "contextual", "text_weight"}
+_SIGNS = {"text_sign"}
 
 
 def check_compression(method, budget=None, options=None) -> None:
@@ -50,6 +51,10 @@ def check_compression(method, budget=None, options=None) -> None:
         problem = _option_problem(key, value, defaults[key])
         if problem:
             raise UserError(f"method {method!r} option {key}: {problem}, got {value!r}")
+    try:  # options that choose inputs (e.g. rc's p_source) are checked where the method declares them
+        get_method(method).inputs(dict(defaults, **options))
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _option_problem(key, value, default):
@@ -60,6 +65,8 @@ def _option_problem(key, value, default):
     if isinstance(default, numbers.Integral):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             return "expected a whole number"
+        if key in _SIGNS:
+            return None if value in (-1, 1) else "expected 1 or -1"
         low = 0 if key in _AT_LEAST_ZERO else 1
         return None if value >= low else f"expected at least {low}"
     if isinstance(default, numbers.Real):
