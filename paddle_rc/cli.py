@@ -156,6 +156,25 @@ def _explicit_dests(parser, argv) -> set:
     return out
 
 
+def progress_bar(desc: str, unit: str = "step"):
+    """A `progress(done, total)` callback drawing a tqdm bar on stderr, and a close() for the end."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done, total=None):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    def close():
+        if bar is not None:
+            bar.close()
+
+    return progress, close
+
+
 def run(main: Callable[[], int]) -> None:
     """Run a tool: user errors become one line on stderr and exit code 2, not a traceback."""
     try:

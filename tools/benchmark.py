@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import ToolParser, add_threads_arg, apply_threads, run  # noqa: E402
+from paddle_rc.cli import ToolParser, add_threads_arg, apply_threads, progress_bar, run  # noqa: E402
 
 def build_parser():
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,10 +239,14 @@ def main(argv=None) -> int:
         from paddle_rc.benchmark.vision import format_vision_table, run_vision_benchmark
 
         methods = _check_vision_args(args)
-        rows = run_vision_benchmark(methods, llm_width=args.llm_width,
-                                    width=args.width, layers=args.layers, heads=args.heads,
-                                    image_size=args.image_size, batch=args.batch, repeats=args.repeats,
-                                    budget=args.budget)
+        progress, close = progress_bar("vision benchmark", unit="pass")
+        try:
+            rows = run_vision_benchmark(methods, llm_width=args.llm_width,
+                                        width=args.width, layers=args.layers, heads=args.heads,
+                                        image_size=args.image_size, batch=args.batch, repeats=args.repeats,
+                                        budget=args.budget, progress=progress)
+        finally:
+            close()
         print(format_vision_table(rows))
         _write_json(args.json, rows)
     elif args.mode == "compute":

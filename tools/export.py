@@ -18,7 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import ToolParser, add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import (ToolParser, add_config_args, parse_key_values, parse_with_config,  # noqa: E402
+                           progress_bar, run)
 
 
 def build_parser():
@@ -40,8 +41,22 @@ def build_parser():
     return p
 
 
+EXPORT_STEPS = 3  # export_model's progress messages: loading, vision graph, LLM graphs
+
+
+def _step(bar, message):
+    """export_model announces each step as it starts: the bar counts the steps finished before it."""
+    if bar.disable:
+        return
+    if bar.n or bar.desc != "exporting":
+        bar.update(1)
+    bar.set_description(message)
+
+
 def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
+    from tqdm import tqdm
+
     from paddle_rc.errors import UserError
     from paddle_rc.export import export_model
 
@@ -66,11 +81,21 @@ def main(argv=None) -> int:
             from paddle_rc.quant.checkpoint import quantize_checkpoint
 
             quantized = os.path.join(scratch, "checkpoint")
-            quantize_checkpoint(model_dir, quantized, QuantConfig.preset(args.quant))
+            config = QuantConfig.preset(args.quant)
+            progress, close = progress_bar("quantizing", unit="tensor")
+            try:
+                quantize_checkpoint(model_dir, quantized, config, progress=progress)
+            finally:
+                close()
             model_dir = quantized
-        manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                                options=options, overwrite=args.overwrite,
-                                progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
+        steps = tqdm(total=EXPORT_STEPS, desc="exporting", unit="step", file=sys.stderr, disable=quiet)
+        try:
+            manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
+                                    options=options, overwrite=args.overwrite,
+                                    progress=lambda msg: _step(steps, msg))
+            steps.update(steps.total - steps.n)
+        finally:
+            steps.close()
     seconds = time.perf_counter() - t0
     if args.check:
         from paddle_rc.demo import demo_image

@@ -143,7 +143,7 @@ def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2G
                         overwrite: bool = False, progress=None) -> QuantizeResult:
     """Quantize the checkpoint in ``src`` into a new checkpoint directory ``dst``.
 
-    ``progress(tensor_name)`` is called after each tensor is written."""
+    ``progress(done, total)`` is called after each tensor is written."""
     from paddle_rc.convert.readers import open_checkpoint
     from paddle_rc.convert.writer import parse_size, write_sharded
     from paddle_rc.models.config import LlavaConfig
@@ -179,7 +179,8 @@ def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2G
                 raise UserError(f"{src} does not match its config.json: missing {len(missing)} "
                                 f"tensors {missing[:3]}, unexpected {len(unexpected)} {unexpected[:3]}")
             plan = _plan(reader, picked, qconfig, result)
-            on_tensor = (lambda t: progress(t.name)) if progress else None
+            done = iter(range(1, len(plan) + 1))
+            on_tensor = (lambda t: progress(next(done), len(plan))) if progress else None
             write_sharded(tmp, plan, max_shard, on_tensor=on_tensor)
         for name in COPIED_DIRS:
             if os.path.isdir(os.path.join(src, name)):
