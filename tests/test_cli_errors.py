@@ -88,6 +88,7 @@ INFER_CASES = [
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--max-new-tokens", "-3"], "max_new_tokens must be a whole number of at least 1"),
     (["--threads", "0"], "--threads must be at least 1"),
+    (["--seed", "-1", "--temperature", "1"], "a seed must be a whole number of 0 or more"),
 ]
 
 
@@ -172,6 +173,9 @@ def test_export_bad_values(capsys, tmp_path):
     assert_one_error(capsys, "export", ["--out", out, "--option", "topk=x"], "option topk")
     assert_one_error(capsys, "export", ["--out", out, "--budget", "-5"], "budget must be a positive")
     assert_one_error(capsys, "export", [], "the following arguments are required: --out")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert_one_error(capsys, "export", ["--out", str(a_file)], "is a file; give a directory")
 
 
 def test_convert_bad_flag(capsys, tmp_path):

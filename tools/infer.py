@@ -60,12 +60,13 @@ def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
     from paddle_rc.data.sources import collect_sources
     from paddle_rc.errors import UserError
-    from paddle_rc.models.generation import check_sampling
+    from paddle_rc.models.generation import check_sampling, seed_generators
     from paddle_rc.predictor import build_predictor
 
     if args.model and args.deploy:
         raise UserError("give --model or --deploy, not both")
     check_sampling(args.max_new_tokens, args.temperature, args.top_p)
+    seed_generators(args.seed, 1)  # a bad seed fails before any work
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     many = bool(args.images or args.image_dir)

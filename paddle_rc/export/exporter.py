@@ -147,6 +147,8 @@ def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Opt
     if method in UNTRACEABLE:
         raise UserError(f"method {method!r} cannot be exported: {UNTRACEABLE[method]}")
     LlavaConfig.load(model_dir)  # not a checkpoint: say so before --out is touched
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file; give a directory")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         if not overwrite:
             raise UserError(f"{out_dir} exists and is not empty; pick another --out or pass --overwrite")

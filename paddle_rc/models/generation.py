@@ -90,6 +90,9 @@ def seed_generators(seed, batch: int) -> list:
     seeds = [seed] * batch if isinstance(seed, (int, np.integer)) else list(seed)
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise UserError(f"a seed must be a whole number of 0 or more, got {bad[0]!r}")
     return [np.random.default_rng(int(s)) for s in seeds]
 
 
