@@ -5,10 +5,8 @@
 import os
 import sys
 
-try:
-    import paddle_rc  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# This checkout's paddle_rc, as every tool does (not another installed copy).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import ToolParser, add_threads_arg, apply_threads, run  # noqa: E402
 
