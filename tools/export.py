@@ -64,6 +64,8 @@ def main(argv=None) -> int:
 
     options = parse_key_values(args.option)
     check_compression(args.method, args.budget, options)  # before any work or notes
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a directory")
     model_dir = args.model
     if model_dir is None:
         from paddle_rc.demo import demo_checkpoint
