@@ -19,7 +19,7 @@ from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, ocr_hin
 from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
-from paddle_rc.models.generation import DecodeBatch, decode_to_end, seed_generators
+from paddle_rc.models.generation import DecodeBatch, check_sampling, decode_to_end, seed_generators
 from paddle_rc.models.llava import VisualTokens
 
 # rc-reference pads/truncates the text to this many CLIP tokens (the released code's max_length).
@@ -81,8 +81,8 @@ class Predictor:
         self.model.set_compression(method, budget, **options)
 
     # ---- inputs ------------------------------------------------------------------------------
-    def build_prompt(self, user_text: str) -> str:
-        return self.template.prompt(user_text, with_image=True)
+    def build_prompt(self, user_text: str, history=()) -> str:
+        return self.template.prompt(user_text, with_image=True, history=history)
 
     def encode_prompts(self, prompts: Sequence[str]):
         """Left-padded input_ids and attention_mask for full prompts holding the placeholder once."""
@@ -93,7 +93,7 @@ class Predictor:
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
         """The question's CLIP embedding per sample, in the text mode the method declares (registry
-        TEXT_MODES), and which samples have one (rc-algorithm.md §4)."""
+        TEXT_MODES), and which samples have one (docs/algorithm.md §4)."""
         from paddle_rc.compression.registry import get_method
 
         mode = get_method(self.method).text_mode
@@ -132,9 +132,10 @@ class Predictor:
 
     # ---- the two halves of answering: what the server's scheduler calls ----------------------
     def encode(self, images: Sequence, user_texts: Sequence[str],
-               questions: Optional[Sequence[Optional[str]]] = None) -> "Encoded":
+               questions: Optional[Sequence[Optional[str]]] = None, histories=None) -> "Encoded":
         """Prompts, tokens and the vision side (tower, compression in force, projector) of a batch.
-        Images may be paths, bytes, PIL images or uint8 arrays, of any sizes."""
+        Images may be paths, bytes, PIL images or uint8 arrays, of any sizes. `histories`: per item,
+        the earlier (user, assistant) turns of its conversation (default none)."""
         n = len(user_texts)
         if len(images) != n:
             raise ValueError(f"{len(images)} images for {n} prompts")
@@ -144,7 +145,7 @@ class Predictor:
         if self._options().get("ocr_hint"):
             # RC's question stops before the OCR line; this option lets the line reach the encoder.
             questions = [" ".join(filter(None, [q, ocr_hint(u)])) for q, u in zip(questions, user_texts)]
-        prompts = [self.build_prompt(u) for u in user_texts]
+        prompts = [self.build_prompt(u, h) for u, h in zip(user_texts, histories or [()] * n)]
         t0 = time.perf_counter()
         pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
         input_ids, mask = self.encode_prompts(prompts)
@@ -173,15 +174,17 @@ class Predictor:
     # ---- answering ---------------------------------------------------------------------------
     def answer_batch(self, images: Sequence, user_texts: Sequence[str],
                      questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed=0) -> list:
+                     temperature: float = 0.0, top_p: float = 1.0, seed=0, histories=None) -> list:
         """One result dict per item, as answer() returns it, computed in one batch.
 
         Images may differ in size, and each keeps its own number of visual tokens. Greedy answers
         equal answering one at a time; when sampling, `seed` (one int, or one per item) seeds each
         item's own generator, so a sample's draws do not depend on the batch either. Finished items
-        leave the batch. `timings` are the batch's (shared by its items).
+        leave the batch. `timings` are the batch's (shared by its items). `histories`: per item, the
+        earlier (user, assistant) turns of its conversation (default none).
         """
-        enc = self.encode(images, user_texts, questions)
+        check_sampling(max_new_tokens, temperature, top_p)
+        enc = self.encode(images, user_texts, questions, histories)
         rngs = seed_generators(seed, len(enc))
         t0 = time.perf_counter()
         batch = self.start(enc)
@@ -201,10 +204,17 @@ class Predictor:
                                 timings=timings))
         return results
 
-    def answer(self, image, prompt: str, question: Optional[str] = None, **kw) -> dict:
+    def chat(self, image, recompress: bool = False):
+        """A conversation about one image: `session.ask(question)` per turn (see paddle_rc.chat)."""
+        from paddle_rc.chat import ChatSession
+
+        return ChatSession(self, image, recompress=recompress)
+
+    def answer(self, image, prompt: str, question: Optional[str] = None, history=(), **kw) -> dict:
         """`image`: a path, bytes, PIL image or uint8 array. `prompt` is the user turn without the
-        placeholder; `question` what the text encoder sees (derived from the prompt when None)."""
-        return self.answer_batch([image], [prompt], [question], **kw)[0]
+        placeholder; `question` what the text encoder sees (derived from the prompt when None);
+        `history` the conversation's earlier (user, assistant) turns."""
+        return self.answer_batch([image], [prompt], [question], histories=[history], **kw)[0]
 
     def picture(self, image, encoded: "Encoded", b: int):
         """The kept-token drawing of item b over the image the tower saw, or None for method none."""

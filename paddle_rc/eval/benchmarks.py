@@ -458,11 +458,12 @@ def read_sqa_img(root):
     splits = _load_json(os.path.join(d, "pid_splits.json"))
     img_dir = _need_dir(os.path.join(d, "images", "test"))
     test_ids = [str(x) for x in splits.get("test", [])]
+    in_test = set(test_ids)
     asked = set()
     items, gt = [], {}
     for row in convs:
         pid = str(row["id"])
-        if "image" not in row or pid not in problems or pid not in set(test_ids):
+        if "image" not in row or pid not in problems or pid not in in_test:
             continue  # SQA-IMG: test questions that come with an image
         prob = problems[pid]
         text = row["conversations"][0]["value"].replace("<image>", "").strip()
