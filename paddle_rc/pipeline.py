@@ -20,7 +20,7 @@ from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 from paddle_rc.models.generation import DecodeBatch, check_sampling, decode_to_end, seed_generators
-from paddle_rc.models.llava import VisualTokens
+from paddle_rc.models.llava import VisualTokens, check_context
 
 # rc-reference pads/truncates the text to this many CLIP tokens (the released code's max_length).
 REFERENCE_TEXT_LENGTH = 20
@@ -185,6 +185,8 @@ class Predictor:
         """
         check_sampling(max_new_tokens, temperature, top_p)
         enc = self.encode(images, user_texts, questions, histories)
+        check_context(max(enc.prompt_tokens(b) for b in range(len(enc))), max_new_tokens,
+                      self.config.llm.max_position_embeddings)
         rngs = seed_generators(seed, len(enc))
         t0 = time.perf_counter()
         batch = self.start(enc)
