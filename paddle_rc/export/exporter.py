@@ -208,7 +208,24 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
         },
         "embed_tokens": {"file": EMBED_FILE, "shape": list(table.shape), "dtype": "float32"},
         "untraceable_methods": dict(UNTRACEABLE),
+        # The C++ weight-only matmul of quantized layers (paddle_rc.quant.kernel), when it was
+        # available at export time; the runner builds/loads it before creating the predictors.
+        "custom_ops": custom_ops_used(out_dir),
     }
+
+
+def custom_ops_used(out_dir: str) -> list:
+    """Custom operators the saved programs call (the predictor must have them registered)."""
+    from paddle_rc.quant.kernel import OP_NAME
+
+    used = []
+    for name in GRAPHS:
+        path = os.path.join(out_dir, name + ".json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if OP_NAME in f.read() and OP_NAME not in used:
+                    used.append(OP_NAME)
+    return used
 
 
 def finish_manifest(out_dir: str, manifest: dict) -> dict:

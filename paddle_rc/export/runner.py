@@ -78,6 +78,21 @@ def read_manifest(directory: str) -> dict:
 
 # ---- predictors -----------------------------------------------------------------------------------
 
+def require_custom_ops(manifest: dict, directory: str) -> None:
+    """Register the custom operators the programs call (built from paddle_rc's sources if this
+    machine has not built them yet); without them Paddle Inference cannot load the programs."""
+    from paddle_rc.quant import kernel
+
+    for name in manifest.get("custom_ops", []):
+        if name != kernel.OP_NAME:
+            raise UserError(f"{directory} needs the custom operator {name!r}, which this version of "
+                            f"paddle_rc does not provide; {FIX}")
+        if kernel.op() is None:
+            raise UserError(f"{directory} was exported with the C++ weight-only matmul, which cannot be "
+                            f"built here ({kernel.status()['reason']}); install a C++ compiler (g++) "
+                            "or export again on this machine (the export then uses the portable path)")
+
+
 def make_config(prefix: str, opts: RunnerOptions):
     cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
     if opts.device == "gpu":
@@ -158,6 +173,7 @@ class DeployedLlava:
         self.config = LlavaConfig.load(directory)
         comp = self.manifest["compression"]
         self.compression = CompressionSpec(comp["method"], comp["budget"], dict(comp["options"]))
+        require_custom_ops(self.manifest, directory)
         self.graphs = {g: Graph(directory, g, self.manifest["graphs"][g], self.options) for g in GRAPHS}
         table = self._load_table()
         embed = paddle.nn.Embedding(table.shape[0], table.shape[1])

@@ -1,0 +1,46 @@
+"""tools/benchmark.py seven-b's pipeline at toy shapes: random checkpoint -> quantize -> infer.py
+processes -> table, and nothing left behind."""
+import os
+
+from paddle_rc.benchmark.seven_b import format_seven_b_table, run_seven_b, seven_b_config, write_random_checkpoint
+
+
+def _small(clip_tok, llm_tok):
+    cfg = seven_b_config(clip_tok, llm_tok)
+    cfg.vision.hidden_size, cfg.vision.intermediate_size, cfg.vision.num_hidden_layers = 64, 128, 3
+    cfg.vision.num_attention_heads, cfg.vision.projection_dim = 4, 32
+    cfg.text.hidden_size, cfg.text.intermediate_size, cfg.text.num_hidden_layers = 32, 64, 2
+    cfg.text.num_attention_heads, cfg.text.projection_dim, cfg.text.vocab_size = 4, 32, 1000
+    cfg.llm.hidden_size, cfg.llm.intermediate_size, cfg.llm.num_hidden_layers = 128, 192, 2
+    cfg.llm.num_attention_heads, cfg.llm.num_key_value_heads, cfg.llm.vocab_size = 4, 4, 500
+    return cfg
+
+
+def test_random_checkpoint_loads_and_never_emits_eos(tmp_path):
+    import numpy as np
+
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    d = str(tmp_path / "ckpt")
+    nbytes = write_random_checkpoint(d, make_config=_small)
+    model = LlavaForConditionalGeneration.from_pretrained(d)
+    cfg = model.config
+    assert nbytes > 0 and cfg.weights_dtype == "float16"
+    w = model.lm_head.weight.numpy()
+    assert np.all(w[:, cfg.llm.eos_token_id] == 0) and w.std() > 0.01
+    assert np.all(model.language_model.norm.weight.numpy() == 1)
+
+
+def test_pipeline_end_to_end(tmp_path):
+    res = run_seven_b(str(tmp_path), presets=("int8", "int4-g128"), methods=("none", "rc"),
+                      max_new_tokens=3, make_config=_small)
+    assert os.listdir(tmp_path) == []  # cleaned up
+    assert [(c["weights"], c["method"]) for c in res["cases"]] == [
+        ("int8", "none"), ("int8", "rc"), ("int4-g128", "none"), ("int4-g128", "rc")]
+    for c in res["cases"]:
+        assert c["new_tokens"] == 3 and c["decode_s_per_token"] > 0 and c["peak_rss_gb"] > 0.1
+        assert c["visual_tokens"] == (576 if c["method"] == "none" else c["visual_tokens"])
+    assert res["cases"][1]["visual_tokens"] < 576
+    assert res["quant_bytes"]["int4-g128"] < res["quant_bytes"]["int8"] < res["fp16_bytes"]
+    table = format_seven_b_table(res)
+    assert "| int8 | rc |" in table and "rc prefill speed-up" in table
