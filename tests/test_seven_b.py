@@ -44,3 +44,16 @@ def test_pipeline_end_to_end(tmp_path):
     assert res["quant_bytes"]["int4-g128"] < res["quant_bytes"]["int8"] < res["fp16_bytes"]
     table = format_seven_b_table(res)
     assert "| int8 | rc |" in table and "rc prefill speed-up" in table
+
+
+def test_churn_measurement_counts_the_portable_paths_fresh_memory():
+    from paddle_rc.benchmark.seven_b import format_churn_table, measure_decode_churn
+
+    rows = measure_decode_churn(layers=1, long_prefill=16, short_prefill=4, steps=1, intermediate=4096)
+    by = {(r["path"], r["after"]): r for r in rows}
+    # The portable path faults in a float copy of every weight on every token (7 Linears of 4096x4096:
+    # 64 MB each, above glibc's mmap threshold, so each is a fresh mapping: ~16k 4 KiB pages); the
+    # operator allocates only activations.
+    assert by[("portable", "none")]["minor_faults_per_token"] > 20000
+    assert by[("operator", "none")]["minor_faults_per_token"] < 2000
+    assert "| operator | rc (4 tokens) |" in format_churn_table(rows)

@@ -104,14 +104,25 @@ def _add_seven_b_parser(sub):
     s.add_argument("--max-new-tokens", type=int, default=4)
     s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
     s.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    s.add_argument("--churn", type=int, metavar="LAYERS",
+                   help="instead: decode cost after a none vs an rc prefill, page faults and system time, "
+                        "portable path vs the operator, on LAYERS int8 layers at 7B width")
     s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
 def _run_seven_b(args):
-    from paddle_rc.benchmark.seven_b import format_seven_b_table, run_seven_b
+    from paddle_rc.benchmark.seven_b import (format_churn_table, format_seven_b_table, measure_decode_churn,
+                                             run_seven_b)
     from paddle_rc.errors import UserError
     from paddle_rc.quant import QuantConfig
 
+    if args.churn is not None:
+        if args.churn < 1:
+            raise UserError("--churn needs at least 1 layer")
+        rows = measure_decode_churn(args.churn)
+        print(format_churn_table(rows))
+        _write_json(args.json, rows)
+        return
     presets = tuple(p.strip() for p in args.quant.split(",") if p.strip())
     for p in presets:
         QuantConfig.preset(p)  # unknown presets: one error line before 14 GB are written

@@ -179,3 +179,64 @@ def format_seven_b_table(result: dict) -> str:
     sizes = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in result.get("quant_bytes", {}).items())
     return "\n".join(lines + ["", f"checkpoints: float16 {result.get('fp16_bytes', 0) / 1e9:.2f} GB, {sizes}; "
                               f"kernel: {result['kernel']['kernel']}"] + notes)
+
+
+def measure_decode_churn(layers: int = 2, long_prefill: int = 636, short_prefill: int = 106,
+                         steps: int = 6, seed: int = 0, intermediate: int = 11008) -> list:
+    """Why decode was slow (and rc's no faster than none's) on the pure-Paddle path: per decode
+    token after a long (`none`) and a short (`rc`) prefill, wall time, minor page faults and system
+    / user CPU time, for `layers` int8 LLaMA layers at 7B width, portable path vs the operator.
+    Page faults count memory the process touches fresh: the portable path's float weight copies."""
+    import resource
+
+    import paddle
+
+    from paddle_rc.models.config import LlamaConfig
+    from paddle_rc.models.llama import LlamaModel, positions_from_mask
+    from paddle_rc.quant import QuantConfig, kernel, quantize_model
+
+    paddle.seed(seed)
+    model = LlamaModel(LlamaConfig(vocab_size=1000, num_hidden_layers=layers, intermediate_size=intermediate))
+    model.eval()
+    quantize_model(model, QuantConfig(weight_bits=8, skip=[]))
+    rng = np.random.default_rng(seed)
+    hidden = model.norm.weight.shape[0]
+
+    def embeds(n):
+        return paddle.to_tensor(rng.standard_normal((1, n, hidden)).astype(np.float32) * 0.02)
+
+    def one(seq):
+        mask = paddle.ones([1, seq], dtype="int64")
+        with paddle.no_grad():
+            _, k, v = model(embeds(seq), mask, positions_from_mask(mask))
+            pos = paddle.full([1, 1], seq - 1, dtype="int64")
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            for _ in range(steps):
+                mask = paddle.concat([mask, paddle.ones([1, 1], dtype="int64")], axis=1)
+                pos = pos + 1
+                h, k, v = model(embeds(1), mask, pos, k, v)
+                h.numpy()
+            t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        return {"ms_per_token": (t1 - t0) / steps * 1e3, "minor_faults_per_token": (r1.ru_minflt - r0.ru_minflt) / steps,
+                "sys_ms_per_token": (r1.ru_stime - r0.ru_stime) / steps * 1e3,
+                "user_ms_per_token": (r1.ru_utime - r0.ru_utime) / steps * 1e3}
+
+    rows = []
+    for path in ("portable", "operator"):
+        for method, seq in (("none", long_prefill), ("rc", short_prefill)):
+            if path == "portable":
+                with kernel.disabled():
+                    r = one(seq)
+            else:
+                r = one(seq)
+            rows.append({"path": path, "after": method, "prefill_tokens": seq, "layers": layers, **r})
+    return rows
+
+
+def format_churn_table(rows: list) -> str:
+    lines = ["| path | decode after | ms / token | minor page faults / token | system CPU ms / token | user CPU ms / token |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['path']} | {r['after']} ({r['prefill_tokens']} tokens) | {r['ms_per_token']:.0f} | "
+                     f"{r['minor_faults_per_token']:.0f} | {r['sys_ms_per_token']:.0f} | {r['user_ms_per_token']:.0f} |")
+    return "\n".join(lines)

@@ -97,7 +97,7 @@ int64_t env_int(const char* name, int64_t fallback) {
 // direct kernel converts each weight once per 4 rows, the sgemm path once per call).
 // PADDLE_RC_WO_GEMM_ROWS overrides it (the tests run both paths on the same shapes).
 int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 32); }
-int64_t panel_cols() { return env_int("PADDLE_RC_WO_PANEL", 1024); }  // K x 1024 floats: 16 MB at K=4096
+int64_t panel_cols() { return env_int("PADDLE_RC_WO_PANEL", 512); }  // K x 512 floats: 8 MB at K=4096
 constexpr int64_t kColumnChunk = 256;  // columns per thread task in the direct kernels
 
 void run_direct(const Problem& p) {
