@@ -1,7 +1,9 @@
-"""One question about one image, end to end: what tools/infer.py and tools/eval.py call.
+"""One question about one image, end to end, whichever backend runs the networks.
 
-    predictor = build_predictor(model_dir=None, method="rc")
-    out = predictor.answer(image, "What is on the sofa?")
+Predictor holds everything outside the networks (prompt, tokenization, the question's CLIP
+embedding, decoding the answer) over a backend with the dynamic model's interface: the dynamic
+LlavaForConditionalGeneration or export.runner.DeployedLlava. It imports neither; which one is used
+is decided by paddle_rc.predictor.build_predictor, the layer above both.
 """
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, question_for_text_encoder
-from paddle_rc.data.image import ImageProcessor
+from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, ocr_hint, question_for_text_encoder
+from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 
@@ -43,8 +45,10 @@ class Predictor:
     """Prompt building, tokenization, the question's CLIP embedding, generation and decoding."""
 
     def __init__(self, model, tokenizers: Tokenizers, conv_mode: Optional[str] = None,
-                 model_id: str = "paddle_rc", is_demo: bool = False):
+                 model_id: str = "paddle_rc", is_demo: bool = False, kind: str = "dynamic"):
         self.model = model
+        # "dynamic": compression can change per call; "deploy": fixed at export (set_method checks).
+        self.kind = kind
         self.tok = tokenizers
         self.config = model.config
         self.conv_mode = conv_mode or self.config.conv_mode
@@ -58,6 +62,18 @@ class Predictor:
     @property
     def method(self) -> str:
         return self.model.compression.method
+
+    @property
+    def compression(self):
+        """The CompressionSpec in force (method, budget, options)."""
+        return self.model.compression
+
+    def _options(self) -> dict:
+        from paddle_rc.compression import method_defaults
+
+        opts = method_defaults(self.method)
+        opts.update(self.compression.options)
+        return opts
 
     def set_method(self, method: str, budget: Optional[int] = None, **options) -> None:
         self.model.set_compression(method, budget, **options)
@@ -74,50 +90,67 @@ class Predictor:
         return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
-        """The question's CLIP embedding per sample, and which samples have one (rc-algorithm.md §4)."""
-        method = self.method
-        if method not in ("rc", "rc-reference"):
+        """The question's CLIP embedding per sample, in the text mode the method declares (registry
+        TEXT_MODES), and which samples have one (rc-algorithm.md §4)."""
+        from paddle_rc.compression.registry import get_method
+
+        mode = get_method(self.method).text_mode
+        if mode is None:
             return None, None
         clip = self.tok.clip
-        if method == "rc":
-            rows = [clip.encode(q, max_length=self.config.text.max_position_embeddings) if q.strip() else []
-                    for q in questions]
-            has_text = np.array([len(r) > 0 for r in rows])
-            if not has_text.any():
-                return None, paddle.to_tensor(has_text)
-            filler = clip.encode("", max_length=self.config.text.max_position_embeddings)
-            rows = [r if r else filler for r in rows]
-            length = max(len(r) for r in rows)
-            ids = np.full((len(rows), length), self.config.text.pad_token_id, dtype=np.int64)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = r
-            feats = self.model.get_text_features(paddle.to_tensor(ids))
-            return feats, paddle.to_tensor(has_text)
-        # rc-reference: the released code decodes the whole LLM prompt (placeholder removed), keeps
-        # the text before its first newline (the system prompt under vicuna_v1) and pools the last
-        # of a fixed 20 positions.
-        texts = []
-        for p in prompts:
-            ids = self.tok.llm.tokenize_with_image(p, self.config.image_token_index)
-            ids = [i for i in ids if i != self.config.image_token_index]
-            texts.append(self.tok.llm.decode(ids).split("\n", 1)[0])
-        rows = [clip.encode(t, max_length=REFERENCE_TEXT_LENGTH) for t in texts]
-        ids = np.full((len(rows), REFERENCE_TEXT_LENGTH), self.config.text.pad_token_id, dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-        feats = self.model.reference_text_features(paddle.to_tensor(ids))
-        return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
+        length = self.config.text.max_position_embeddings
+        if mode == "prompt-first-line":
+            # The released RC code decodes the whole LLM prompt (placeholder removed), keeps the text
+            # before its first newline (the system prompt under vicuna_v1) and pools the last of a
+            # fixed 20 positions.
+            texts = []
+            for p in prompts:
+                ids = self.tok.llm.tokenize_with_image(p, self.config.image_token_index)
+                ids = [i for i in ids if i != self.config.image_token_index]
+                texts.append(self.tok.llm.decode(ids).split("\n", 1)[0])
+            rows = [clip.encode(t, max_length=REFERENCE_TEXT_LENGTH) for t in texts]
+            ids = _pad_rows(rows, REFERENCE_TEXT_LENGTH, self.config.text.pad_token_id)
+            feats = self.model.question_features(paddle.to_tensor(ids), mode)
+            return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
+        segments = mode == "question-segments"
+        rows = [clip.encode(q, max_length=length, truncate=not segments) if q.strip() else [] for q in questions]
+        # A sample without a question gets a filler embedding and has_text False, even when no
+        # sample has one: the result (and its notes) then do not depend on the batch.
+        has_text = np.array([len(r) > 0 for r in rows])
+        filler = clip.encode("", max_length=length)
+        rows = [r if r else filler for r in rows]
+        if segments:
+            # CDPruner cuts the tokenized question into zero-padded segments of the tower's length.
+            width = length * max((len(r) + length - 1) // length for r in rows)
+            ids = _pad_rows(rows, width, 0)
+        else:
+            ids = _pad_rows(rows, max(len(r) for r in rows), self.config.text.pad_token_id)
+        feats = self.model.question_features(paddle.to_tensor(ids), mode)
+        return feats, paddle.to_tensor(has_text)
 
     # ---- answering ---------------------------------------------------------------------------
-    def answer_batch(self, images: Sequence[Image.Image], user_texts: Sequence[str],
+    def answer_batch(self, images: Sequence, user_texts: Sequence[str],
                      questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list:
+                     temperature: float = 0.0, top_p: float = 1.0, seed=0) -> list:
+        """One result dict per item, as answer() returns it, computed in one batch.
+
+        Images may be paths, bytes, PIL images or HxW(x3/4) uint8 arrays, and differ in size: each
+        keeps its own number of visual tokens. Greedy answers equal answering one at a time; when
+        sampling, `seed` (one int, or one per item) seeds each item's own generator, so a sample's
+        draws do not depend on the batch either. `timings` are the batch's (shared by its items).
+        """
+        n = len(user_texts)
+        if len(images) != n:
+            raise ValueError(f"{len(images)} images for {n} prompts")
         if questions is None:
-            questions = [None] * len(user_texts)
+            questions = [None] * n
         questions = [question_for_text_encoder(u) if q is None else q for q, u in zip(questions, user_texts)]
+        if self._options().get("ocr_hint"):
+            # RC's question stops before the OCR line; this option lets the line reach the encoder.
+            questions = [" ".join(filter(None, [q, ocr_hint(u)])) for q, u in zip(questions, user_texts)]
         prompts = [self.build_prompt(u) for u in user_texts]
         t0 = time.perf_counter()
-        pixels = paddle.to_tensor(self.processor(list(images)))
+        pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
         input_ids, mask = self.encode_prompts(prompts)
         text_embeds, has_text = self.text_embeddings(questions, prompts)
         t_text = time.perf_counter() - t0
@@ -126,11 +159,10 @@ class Predictor:
                                   eos_token_id=self.tok.llm.eos_token_id, seed=seed)
         self.last_visual = out.visual
         timings = {"preprocess": t_text, "vision": out.timings["vision"], "prefill": out.timings["prefill"],
-                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"]}
+                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"], "batch_size": n}
         results = []
-        for b in range(len(prompts)):
-            ids = [int(i) for i in out.tokens[b] if i != self.tok.llm.eos_token_id]
-            stats = _stage_counts(out.visual, b)
+        for b in range(n):
+            ids = until_eos(out.tokens[b], self.tok.llm.eos_token_id)
             results.append({
                 "text": self.tok.llm.decode(ids).strip(),
                 "prompt": prompts[b],
@@ -139,15 +171,33 @@ class Predictor:
                 "budget": self.model.compression.budget,
                 "visual_tokens_before": int(out.visual.before),
                 "visual_tokens": int(out.visual.lengths[b]),
-                "stage_counts": stats,
+                "stage_counts": _stage_counts(out.visual, b),
+                "new_tokens": len(ids),
                 "timings": timings,
             })
         return results
 
-    def answer(self, image: Image.Image, prompt: str, question: Optional[str] = None, **kw) -> dict:
-        """`prompt` is the user turn without the placeholder; `question` what the text encoder sees
-        (derived from the prompt when None)."""
+    def answer(self, image, prompt: str, question: Optional[str] = None, **kw) -> dict:
+        """`image`: a path, bytes, PIL image or uint8 array. `prompt` is the user turn without the
+        placeholder; `question` what the text encoder sees (derived from the prompt when None)."""
         return self.answer_batch([image], [prompt], [question], **kw)[0]
+
+
+def _pad_rows(rows, width: int, pad: int) -> np.ndarray:
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids
+
+
+def until_eos(tokens, eos_token_id: int) -> list:
+    """A sample's generated ids before its first EOS (what follows it is padding)."""
+    ids = []
+    for i in tokens:
+        if int(i) == eos_token_id:
+            break
+        ids.append(int(i))
+    return ids
 
 
 def _stage_counts(visual, b: int) -> dict:
@@ -157,26 +207,4 @@ def _stage_counts(visual, b: int) -> dict:
     return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in stats.items()}
 
 
-def build_predictor(model_dir: Optional[str] = None, deploy_dir: Optional[str] = None, method: str = "none",
-                    budget: Optional[int] = None, conv_mode: Optional[str] = None, **options) -> Predictor:
-    """A predictor over a converted checkpoint, an exported deployment, or (neither) the demo model."""
-    if deploy_dir is not None:
-        from paddle_rc.export.runner import build_deployed_predictor
-
-        return build_deployed_predictor(deploy_dir, conv_mode=conv_mode)
-    is_demo = model_dir is None
-    if is_demo:
-        from paddle_rc.demo import demo_checkpoint
-
-        model_dir = demo_checkpoint()
-    from paddle_rc.models import LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
-    predictor = Predictor(model, Tokenizers(model_dir), conv_mode,
-                          model_id="demo-random" if is_demo else os.path.basename(os.path.normpath(model_dir)),
-                          is_demo=is_demo)
-    predictor.set_method(method, budget, **options)
-    return predictor
-
-
-__all__ = ["Predictor", "Tokenizers", "build_predictor", "IMAGE_PLACEHOLDER"]
+__all__ = ["Predictor", "Tokenizers", "IMAGE_PLACEHOLDER"]

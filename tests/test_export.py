@@ -12,17 +12,18 @@ import pytest
 
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
+from paddle_rc.compression import available_methods, get_method
 from paddle_rc.export import exporter
-from paddle_rc.export.runner import DeployedLlava, build_deployed_predictor
+from paddle_rc.export.runner import DeployedLlava
+from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-ALL_METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
-               "rc-reference"]
+ALL_METHODS = available_methods()
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
 VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
     ("rc", 9, {}), ("prumerge+", 7, {}), ("rc-reference", 12, {}), ("visionzip", 10, {}),
-    ("prumerge", None, {"topk": 3}),
+    ("prumerge", None, {"topk": 3}), ("rc", None, {"text_sign": -1, "p_source": "feature-postln"}),
 ]
 
 
@@ -76,12 +77,15 @@ def _clip_ids(model, batch, length, rng):
 
 def _dynamic_vision(model, method, budget, options, pixels, ids, has_text):
     model.set_compression(method, budget, **options)
-    t = None
-    if method == "rc":
-        t = model.get_text_features(ids)
-    elif method == "rc-reference":
-        t = model.reference_text_features(ids)
+    mode = get_method(method).text_mode
+    t = None if mode is None else model.question_features(ids, mode)
     return model.encode_images(pixels, t, has_text)
+
+
+def _text_length(model, method):
+    """CLIP ids per sample the method's text mode takes (two segments for the segmented mode)."""
+    return {"prompt-first-line": 20, "question-segments": 2 * model.config.text.max_position_embeddings
+            }.get(get_method(method).text_mode, 7)
 
 
 def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
@@ -97,11 +101,10 @@ def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
         pred = _predictor(os.path.join(tmp_path, name))
         for batch in (3, 1):
             pixels = paddle.to_tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
-            length = 20 if method == "rc-reference" else 7
-            ids = _clip_ids(model, batch, length, rng)
+            ids = _clip_ids(model, batch, _text_length(model, method), rng)
             has_text = paddle.ones([batch], dtype="bool")
             ref = _dynamic_vision(model, method, budget, options, pixels, ids, has_text)
-            inputs = [pixels] + ([ids, has_text] if method in ("rc", "rc-reference") else [])
+            inputs = [pixels] + ([ids, has_text] if get_method(method).uses_text else [])
             outs = pred.run(inputs)
             lengths = outs[1].numpy()
             np.testing.assert_array_equal(lengths, ref.lengths, err_msg=f"{method} lengths")
@@ -110,7 +113,7 @@ def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
             got, want = outs[0].numpy(), ref.embeds.numpy()
             assert got.shape == want.shape, (method, got.shape, want.shape)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=method)
-            if method == "none":
+            if method == "none" or get_method(method).stage == "llm":
                 assert len(outs) == 2
             else:
                 r = ref.result
@@ -177,7 +180,7 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
     kw = dict(max_new_tokens=10, eos_token_id=-1, pad_token_id=0)  # eos -1: run every step
     t_dyn = model.get_text_features(clip) if method == "rc" else None
     want = model.generate(ids, pixels, mask, t_dyn, has_text, **kw)
-    t_dep = deployed.get_text_features(clip) if method == "rc" else None
+    t_dep = deployed.question_features(clip, "question") if method == "rc" else None
     got = deployed.generate(ids, pixels, mask, t_dep, has_text, **kw)
     assert got.tokens.shape == (2, 10)
     np.testing.assert_array_equal(got.tokens, want.tokens)
@@ -286,19 +289,38 @@ def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoin
     """The runner uses the pipeline's prompt and CLIP-text handling: in a batch where one sample has
     no question, that sample's text stage is skipped, and both samples match the dynamic model."""
     from paddle_rc.demo import demo_image
-    from paddle_rc.pipeline import build_predictor
 
     images = [demo_image(), demo_image().rotate(90)]
     args = (images, ["What is this?", "Describe it."], ["What is the red sign?", ""])
-    dep = build_deployed_predictor(deploy_rc).answer_batch(*args, max_new_tokens=4)
+    dep = build_predictor(deploy_dir=deploy_rc).answer_batch(*args, max_new_tokens=4)
     dyn = build_predictor(checkpoint, method="rc", budget=6).answer_batch(*args, max_new_tokens=4)
     assert dep[0]["stage_counts"]["text"] > 0 and dep[1]["stage_counts"]["text"] == 0
     for a, b in zip(dep, dyn):
         assert a["text"] == b["text"] and a["stage_counts"] == b["stage_counts"]
 
 
+def test_deployed_batch_equals_one_at_a_time(deploy_rc):
+    from paddle_rc.demo import demo_image
+
+    pred = build_predictor(deploy_dir=deploy_rc)
+    images = [demo_image(), demo_image().rotate(90).resize((80, 200)), demo_image().convert("L")]
+    questions = ["What is this?", "Describe it.", ""]
+    batch = pred.answer_batch(images, questions, max_new_tokens=6)
+    for b, (im, q) in zip(batch, zip(images, questions)):
+        s = pred.answer(im, q, max_new_tokens=6)
+        assert (b["text"], b["visual_tokens"], b["stage_counts"]) == (s["text"], s["visual_tokens"], s["stage_counts"])
+
+
+def test_build_predictor_holds_a_deployment_to_its_export(deploy_rc):
+    assert build_predictor(deploy_dir=deploy_rc, method="rc").compression.budget == 6  # exported budget kept
+    for kw in ({"method": "prumerge"}, {"budget": 7}, {"method": "rc", "budget": 7}):
+        with pytest.raises(UserError, match="exported with method rc budget 6"):
+            build_predictor(deploy_dir=deploy_rc, **kw)
+    assert build_predictor(deploy_dir=deploy_rc).kind == "deploy"
+
+
 def test_deployed_method_is_fixed(deploy_rc):
-    pred = build_deployed_predictor(deploy_rc)
+    pred = build_predictor(deploy_dir=deploy_rc)
     pred.set_method("rc", 6)  # the exported one: fine
     with pytest.raises(UserError, match="exported with method rc.*--method prumerge"):
         pred.set_method("prumerge")
@@ -351,25 +373,25 @@ def test_damaged_export_ends_in_a_clear_message(deploy_rc, tmp_path, damage):
     fn, names = DAMAGES[damage]
     fn(d)
     with pytest.raises(UserError) as err:
-        build_deployed_predictor(d)
+        build_predictor(deploy_dir=d)
     msg = str(err.value)
     assert names in msg and "re-run tools/export.py" in msg, msg
 
 
 def test_missing_deploy_dir_and_gpu_request(tmp_path, deploy_rc):
     with pytest.raises(UserError, match="not found"):
-        build_deployed_predictor(str(tmp_path / "nothing"))
+        build_predictor(deploy_dir=str(tmp_path / "nothing"))
     if not paddle.is_compiled_with_cuda():
         with pytest.raises(UserError, match="CUDA build"):
-            build_deployed_predictor(deploy_rc, device="gpu")
+            build_predictor(deploy_dir=deploy_rc, device="gpu")
 
 
 def test_onednn_switch_on_our_graphs(deploy_rc):
     """oneDNN on: the 3.3.x PIR oneDNN bug does not fire on these graphs, and results are unchanged."""
     from paddle_rc.demo import demo_image
 
-    off = build_deployed_predictor(deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
-    on = build_deployed_predictor(deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
+    off = build_predictor(deploy_dir=deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
+    on = build_predictor(deploy_dir=deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
                                                                            max_new_tokens=4)
     assert on["text"] == off["text"] and on["stage_counts"] == off["stage_counts"]
 

@@ -5,6 +5,8 @@
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
     python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
+    python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
+    python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
 import json
@@ -15,15 +17,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import add_threads_arg, apply_threads, run  # noqa: E402
 
-ALL_METHODS = "none,random,cls-topk,prumerge,prumerge+,visionzip,divprune,rc,rc-reference"
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_threads_arg(p)
     sub = p.add_subparsers(dest="mode", required=True)
     v = sub.add_parser("vision", help="vision tower time with each compression method vs without")
-    v.add_argument("--methods", default=ALL_METHODS)
+    v.add_argument("--methods", help="comma-separated (default: every registered method)")
     v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--batch", type=int, default=1)
     v.add_argument("--budget", type=int)
@@ -31,11 +30,21 @@ def build_parser():
     v.add_argument("--layers", type=int, default=24, help="ViT layers (ViT-L: 24)")
     v.add_argument("--heads", type=int, default=16)
     v.add_argument("--image-size", type=int, default=336)
+    v.add_argument("--llm-width", type=int, default=4096, help="projector output width (7B: 4096)")
     v.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
     _add_seven_b_parser(sub)
+    _add_evalbatch_parser(sub)
+    cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
+    cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
+    cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
+    cv.add_argument("--runs", help="comma list of METHOD[:no-text][@BUDGET] (default: every method that "
+                                   "compresses before the LLM, adaptive, plus rc:no-text)")
+    cv.add_argument("--limit", type=int, help="only the first N questions that have a target")
+    cv.add_argument("--batch", type=int, default=16)
+    cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p
 
 
@@ -135,6 +144,41 @@ def _run_seven_b(args):
     _write_json(args.json, result)
 
 
+def _add_evalbatch_parser(sub):
+    e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
+                                         "dynamic model and its export (synthetic benchmark)")
+    e.add_argument("--model", help="converted checkpoint (default: a random one of --preset)")
+    e.add_argument("--preset", default="demo", help="random model size without --model: demo or wide")
+    e.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
+    e.add_argument("--items", type=int, default=32)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--max-new-tokens", type=int, default=8)
+    e.add_argument("--method", default="rc")
+    e.add_argument("--budget", type=int)
+    e.add_argument("--backends", default="dynamic,deploy")
+    e.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _run_evalbatch(args):
+    from paddle_rc.benchmark.eval_batch import format_rows, run_eval_batch_benchmark
+    from paddle_rc.errors import UserError
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - {"dynamic", "deploy"}:
+        raise UserError("--backends takes dynamic and/or deploy")
+    from paddle_rc.benchmark.eval_batch import PRESETS
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.items < 1 or args.repeats < 1 or min(args.batch_sizes or (0,)) < 1:
+        raise UserError("--items, --repeats and every batch size must be at least 1")
+    rows = run_eval_batch_benchmark(args.model, tuple(args.batch_sizes), args.items, args.repeats,
+                                    args.max_new_tokens, args.method, args.budget, backends,
+                                    say=lambda m: print(m, file=sys.stderr, flush=True),
+                                    preset=args.preset)
+    print(format_rows(rows))
+    _write_json(args.json, rows)
+
+
 def _run_deploy(args):
     from paddle_rc.benchmark.deploy import PRESETS, format_deploy_table, run_deploy_benchmark
     from paddle_rc.errors import UserError
@@ -199,7 +243,15 @@ def main(argv=None) -> int:
     if args.mode == "vision":
         from paddle_rc.benchmark.vision import format_vision_table, run_vision_benchmark
 
-        rows = run_vision_benchmark([m.strip() for m in args.methods.split(",") if m.strip()],
+        from paddle_rc.compression import available_methods
+        from paddle_rc.errors import UserError
+
+        methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+                   else available_methods())
+        unknown = sorted(set(methods) - set(available_methods()))
+        if unknown:
+            raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available_methods())}")
+        rows = run_vision_benchmark(methods, llm_width=args.llm_width,
                                     width=args.width, layers=args.layers, heads=args.heads,
                                     image_size=args.image_size, batch=args.batch, repeats=args.repeats,
                                     budget=args.budget)
@@ -213,7 +265,27 @@ def main(argv=None) -> int:
         _run_deploy(args)
     elif args.mode == "seven-b":
         _run_seven_b(args)
+    elif args.mode == "evalbatch":
+        _run_evalbatch(args)
+    elif args.mode == "coverage":
+        from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
+        from paddle_rc.predictor import build_predictor
+
+        rows = run_coverage(build_predictor(model_dir=args.model), args.data_root,
+                            _coverage_runs(args.runs), limit=args.limit,
+                            batch=args.batch)
+        print(format_coverage_table(rows))
+        _write_json(args.json, rows)
     return 0
+
+
+def _coverage_runs(text):
+    if text:
+        return [r.strip() for r in text.split(",") if r.strip()]
+    from paddle_rc.compression import available_methods, get_method
+
+    runs = [m for m in available_methods() if get_method(m).stage == "vision"]
+    return runs + ["rc:no-text"]
 
 
 def _write_json(path, rows):
