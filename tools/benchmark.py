@@ -113,6 +113,8 @@ def _add_seven_b_parser(sub):
     s.add_argument("--max-new-tokens", type=int, default=4)
     s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
     s.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    s.add_argument("--deploy", action="store_true",
+                   help="also export each quantized checkpoint (rc) and time tools/infer.py --deploy")
     s.add_argument("--churn", type=int, metavar="LAYERS",
                    help="instead: decode cost after a none vs an rc prefill, page faults and system time, "
                         "portable path vs the operator, on LAYERS int8 layers at 7B width")
@@ -139,7 +141,7 @@ def _run_seven_b(args):
         raise UserError("--max-new-tokens must be at least 2 (one prefill token, then decode steps)")
     result = run_seven_b(args.workdir, presets, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                          args.max_new_tokens, args.threads, args.keep,
-                         progress=lambda m: print(m, file=sys.stderr, flush=True))
+                         progress=lambda m: print(m, file=sys.stderr, flush=True), deploy=args.deploy)
     print(format_seven_b_table(result))
     _write_json(args.json, result)
 

@@ -89,35 +89,64 @@ def write_random_checkpoint(directory: str, progress: Optional[Callable] = None,
     return checkpoint_weight_bytes(directory)
 
 
-def infer_case(model_dir: str, image: str, method: str, max_new_tokens: int, threads=None,
-               env: Optional[dict] = None) -> dict:
-    """One `tools/infer.py --json` run in a fresh process: its JSON plus peak RSS and wall time."""
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "infer.py"), "--model", model_dir, "--image", image,
-           "--question", QUESTION, "--method", method, "--max-new-tokens", str(max_new_tokens), "--json"]
+def _tool(name: str, args: list, threads=None) -> tuple:
+    """Run tools/<name>.py in a fresh process -> (stdout, peak RSS in GB of that process)."""
+    cmd = [sys.executable, os.path.join(ROOT, "tools", f"{name}.py")] + list(args)
     if threads:
         cmd += ["--threads", str(threads)]
-    t0 = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=dict(os.environ, **(env or {})))
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        code = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(), err.read().decode()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{stderr[-2000:]}")
+    return stdout, usage.ru_maxrss * 1024 / 1e9
+
+
+def infer_case(model_dir: str, image: str, method: str, max_new_tokens: int, threads=None,
+               deployed: bool = False) -> dict:
+    """One `tools/infer.py --json` run in a fresh process: its timings, peak RSS and wall time."""
+    t0 = time.perf_counter()
+    stdout, rss = _tool("infer", ["--deploy" if deployed else "--model", model_dir, "--image", image,
+                                  "--question", QUESTION, "--method", method,
+                                  "--max-new-tokens", str(max_new_tokens), "--json"], threads)
     result = json.loads(stdout)
     t = result["timings"]
     steps = max(int(t["new_tokens"]) - 1, 0)  # the first token comes from the prefill
     return {"method": method, "visual_tokens": result["visual_tokens_after"],
             "vision_s": t["vision"], "prefill_s": t["prefill"],
             "decode_s_per_token": t["decode"] / steps if steps else None, "new_tokens": t["new_tokens"],
-            "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "wall_s": time.perf_counter() - t0}
+            "peak_rss_gb": rss, "wall_s": time.perf_counter() - t0, "deployed": deployed}
+
+
+def _deploy_case(result, preset, model_dir, out, image, max_new_tokens, threads, progress):
+    from paddle_rc.quant.checkpoint import checkpoint_weight_bytes
+
+    progress(f"tools/export.py --model <{preset}> --method rc")
+    _, rss = _tool("export", ["--model", model_dir, "--out", out, "--method", "rc"], threads)
+    size = sum(os.path.getsize(os.path.join(out, n)) for n in os.listdir(out) if n.endswith((".pdiparams", ".npy")))
+    ckpt = checkpoint_weight_bytes(model_dir)
+    result.setdefault("export", {})[preset] = {"weight_bytes": size, "checkpoint_bytes": ckpt,
+                                              "ratio": size / ckpt, "export_peak_rss_gb": rss}
+    progress("  " + json.dumps(result["export"][preset]))
+    try:
+        case = infer_case(out, image, "rc", max_new_tokens, threads, deployed=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    case["weights"] = preset
+    result["cases"].append(case)
+    progress("  " + json.dumps(case))
 
 
 def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("none", "rc"),
                 max_new_tokens: int = 4, threads=None, keep: bool = False,
-                progress: Callable = lambda m: None, make_config: Callable = seven_b_config) -> dict:
+                progress: Callable = lambda m: None, make_config: Callable = seven_b_config,
+                deploy: bool = False) -> dict:
+    """With `deploy`, each quantized checkpoint is also exported (method rc, tools/export.py) and
+    run through Paddle Inference (`tools/infer.py --deploy`)."""
     from paddle_rc.demo import demo_image
     from paddle_rc.quant import QuantConfig, kernel
     from paddle_rc.quant.checkpoint import checkpoint_weight_bytes, quantize_checkpoint
@@ -156,6 +185,13 @@ def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("
                 case["weights"] = preset
                 result["cases"].append(case)
                 progress("  " + json.dumps(case))
+            if deploy:
+                try:
+                    _deploy_case(result, preset, quantized[preset], os.path.join(base, f"deploy-{preset}"),
+                                 image, max_new_tokens, threads, progress)
+                except RuntimeError as e:  # e.g. killed for memory: record it, measure the rest
+                    result.setdefault("export", {})[preset] = {"error": str(e).strip().splitlines()[0][:300]}
+                    progress(f"  deploy failed: {e}")
     finally:
         if keep:
             progress(f"kept {base}")
@@ -165,20 +201,29 @@ def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("
 
 
 def format_seven_b_table(result: dict) -> str:
-    lines = ["| weights | method | visual tokens | vision s | prefill s | decode s/token | peak RSS GB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| weights | method | run | visual tokens | vision s | prefill s | decode s/token | peak RSS GB |",
+             "|---|---|---|---|---|---|---|---|"]
     for c in result["cases"]:
         per = "" if c["decode_s_per_token"] is None else f"{c['decode_s_per_token']:.2f}"
-        lines.append(f"| {c['weights']} | {c['method']} | {c['visual_tokens']} | {c['vision_s']:.1f} | "
+        run = "deployed" if c.get("deployed") else "dynamic"
+        lines.append(f"| {c['weights']} | {c['method']} | {run} | {c['visual_tokens']} | {c['vision_s']:.1f} | "
                      f"{c['prefill_s']:.1f} | {per} | {c['peak_rss_gb']:.1f} |")
-    by = {(c["weights"], c["method"]): c for c in result["cases"]}
+    by = {(c["weights"], c["method"]): c for c in result["cases"] if not c.get("deployed")}
     notes = []
     for w in {c["weights"] for c in result["cases"]}:
         if (w, "none") in by and (w, "rc") in by:
             notes.append(f"{w}: rc prefill speed-up {by[(w, 'none')]['prefill_s'] / by[(w, 'rc')]['prefill_s']:.2f}x")
     sizes = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in result.get("quant_bytes", {}).items())
     return "\n".join(lines + ["", f"checkpoints: float16 {result.get('fp16_bytes', 0) / 1e9:.2f} GB, {sizes}; "
-                              f"kernel: {result['kernel']['kernel']}"] + notes)
+                              f"kernel: {result['kernel']['kernel']}"] + notes
+                     + [_export_line(k, v) for k, v in result.get("export", {}).items()])
+
+
+def _export_line(preset: str, v: dict) -> str:
+    if "error" in v:
+        return f"{preset} export (rc): failed: {v['error']}"
+    return (f"{preset} export (rc): weights {v['weight_bytes'] / 1e9:.2f} GB = {v['ratio']:.2f}x the checkpoint, "
+            f"export peak RSS {v['export_peak_rss_gb']:.1f} GB")
 
 
 def measure_decode_churn(layers: int = 2, long_prefill: int = 636, short_prefill: int = 106,

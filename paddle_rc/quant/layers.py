@@ -104,9 +104,9 @@ class WeightOnlyLinear(nn.Layer):
     def _kernel(self, x):
         if x.dtype != paddle.float32 or (self.weight_bits == 4 and self.group_size > 0 and self.group_size % 2):
             return None
-        if paddle.in_dynamic_mode() and not x.place.is_cpu_place():
-            return None
-        return kernel_op()
+        if not paddle.in_dynamic_mode():  # tracing: the program gets the operator
+            return kernel_op()
+        return kernel_op() if x.place.is_cpu_place() else None
 
     def _int4_matmul(self, x):
         """x @ W without interleaving the nibbles: byte r holds input rows 2r (low) and 2r+1 (high),
