@@ -52,13 +52,24 @@ def test_pipeline_end_to_end(tmp_path):
 
 
 def test_churn_measurement_counts_the_portable_paths_fresh_memory():
-    from paddle_rc.benchmark.seven_b import format_churn_table, measure_decode_churn
+    """With glibc's default malloc (a MALLOC_* variable set keeps paddle_rc from tuning it)."""
+    import json
+    import subprocess
+    import sys
 
-    rows = measure_decode_churn(layers=1, long_prefill=16, short_prefill=4, steps=1, intermediate=4096)
+    code = ("import json; from paddle_rc.benchmark.seven_b import format_churn_table, measure_decode_churn\n"
+            "rows = measure_decode_churn(layers=1, long_prefill=16, short_prefill=4, steps=1, intermediate=4096)\n"
+            "print(json.dumps([rows, format_churn_table(rows)]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, MALLOC_TOP_PAD_="131072", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows, table = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(r["malloc_keeps_freed_memory"] is False for r in rows)
     by = {(r["path"], r["after"]): r for r in rows}
     # The portable path faults in a float copy of every weight on every token (7 Linears of 4096x4096:
     # 64 MB each, above glibc's mmap threshold, so each is a fresh mapping: ~16k 4 KiB pages); the
     # operator allocates only activations.
     assert by[("portable", "none")]["minor_faults_per_token"] > 20000
     assert by[("operator", "none")]["minor_faults_per_token"] < 2000
-    assert "| operator | rc (4 tokens) |" in format_churn_table(rows)
+    assert "| operator | rc (4 tokens) |" in table

@@ -231,7 +231,9 @@ def measure_decode_churn(layers: int = 2, long_prefill: int = 636, short_prefill
     """Why decode was slow (and rc's no faster than none's) on the pure-Paddle path: per decode
     token after a long (`none`) and a short (`rc`) prefill, wall time, minor page faults and system
     / user CPU time, for `layers` int8 LLaMA layers at 7B width, portable path vs the operator.
-    Page faults count memory the process touches fresh: the portable path's float weight copies."""
+    Page faults count memory the process touches fresh: the portable path's float weight copies,
+    unless malloc keeps freed memory (paddle_rc.runtime.keep_freed_memory; any MALLOC_* variable in
+    the environment turns that off, e.g. MALLOC_TOP_PAD_=131072, glibc's default)."""
     import resource
 
     import paddle
@@ -239,6 +241,7 @@ def measure_decode_churn(layers: int = 2, long_prefill: int = 636, short_prefill
     from paddle_rc.models.config import LlamaConfig
     from paddle_rc.models.llama import LlamaModel, positions_from_mask
     from paddle_rc.quant import QuantConfig, kernel, quantize_model
+    from paddle_rc.runtime import settings
 
     paddle.seed(seed)
     model = LlamaModel(LlamaConfig(vocab_size=1000, num_hidden_layers=layers, intermediate_size=intermediate))
@@ -274,7 +277,8 @@ def measure_decode_churn(layers: int = 2, long_prefill: int = 636, short_prefill
                     r = one(seq)
             else:
                 r = one(seq)
-            rows.append({"path": path, "after": method, "prefill_tokens": seq, "layers": layers, **r})
+            rows.append({"path": path, "after": method, "prefill_tokens": seq, "layers": layers,
+                         "malloc_keeps_freed_memory": settings().get("malloc_keeps_freed_memory"), **r})
     return rows
 
 
