@@ -191,7 +191,7 @@ def _per_item(out, n):
 MAX_FAILURES_IN_A_ROW = 20
 
 
-def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", *,
+def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval", *,
                   image_loader=None, limit=None, max_new_tokens=128, num_chunks=1,
                   chunk_idx=0, progress=True, demo=False, batch_size=1, manifest=None,
                   overwrite=False):
@@ -222,7 +222,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     todo = [it for it in items if it.uid not in done]
     predictor.set_method(method, budget)
     model_id = getattr(predictor, "model_id", "unknown")
-    new_errors = {}
+    new_errors, attempted = {}, set()
     n_new = 0
     failures_in_a_row = 0
     bar = None
@@ -244,6 +244,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
             for start in range(0, len(todo), batch_size):
                 batch, images = [], []
                 for item in todo[start:start + batch_size]:
+                    attempted.add(item.uid)
                     try:
                         images.append(loader(_image_source(item)))
                         batch.append(item)
@@ -282,7 +283,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     finally:
         if bar:
             bar.close()
-        _finish(path, err_path, bench, old_errors, new_errors, {it.uid for it in todo})
+        _finish(path, err_path, bench, old_errors, new_errors, attempted)
     return {"answers": path, "tag": tag, "n_items": len(items), "n_resumed": len(items) - len(todo),
             "n_new": n_new, "n_errors": len(new_errors), "torn_line_dropped": torn}
 
