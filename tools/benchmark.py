@@ -4,6 +4,7 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
     python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py serve [--concurrency 1,4,16] [--requests 32]   # tools/serve.py under load
@@ -36,6 +37,7 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    _add_seven_b_parser(sub)
     _add_versus_parser(sub)
     _add_evalbatch_parser(sub)
     _add_serve_parser(sub)
@@ -138,6 +140,48 @@ def _add_deploy_parser(sub):
     d.add_argument("--repeats", type=int, default=5)
     d.add_argument("--onednn", action="store_true", help="enable oneDNN in the predictors")
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _add_seven_b_parser(sub):
+    s = sub.add_parser("seven-b", help="LLaVA-1.5-7B's real shapes (random weights): write, quantize, time "
+                                       "tools/infer.py for none/rc at int8/int4, peak RSS; needs ~12 GB RAM, "
+                                       "~30 GB disk")
+    s.add_argument("--quant", default="int8,int4-g128", help="quantization presets, comma-separated")
+    s.add_argument("--methods", default="none,rc")
+    s.add_argument("--max-new-tokens", type=int, default=4)
+    s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
+    s.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    s.add_argument("--deploy", action="store_true",
+                   help="also export each quantized checkpoint (rc) and time tools/infer.py --deploy")
+    s.add_argument("--churn", type=int, metavar="LAYERS",
+                   help="instead: decode cost after a none vs an rc prefill, page faults and system time, "
+                        "portable path vs the operator, on LAYERS int8 layers at 7B width")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _run_seven_b(args):
+    from paddle_rc.benchmark.seven_b import (format_churn_table, format_seven_b_table, measure_decode_churn,
+                                             run_seven_b)
+    from paddle_rc.errors import UserError
+    from paddle_rc.quant import QuantConfig
+
+    if args.churn is not None:
+        if args.churn < 1:
+            raise UserError("--churn needs at least 1 layer")
+        rows = measure_decode_churn(args.churn)
+        print(format_churn_table(rows))
+        _write_json(args.json, rows)
+        return
+    presets = tuple(p.strip() for p in args.quant.split(",") if p.strip())
+    for p in presets:
+        QuantConfig.preset(p)  # unknown presets: one error line before 14 GB are written
+    if args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (one prefill token, then decode steps)")
+    result = run_seven_b(args.workdir, presets, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                         args.max_new_tokens, args.threads, args.keep,
+                         progress=lambda m: print(m, file=sys.stderr, flush=True), deploy=args.deploy)
+    print(format_seven_b_table(result))
+    _write_json(args.json, result)
 
 
 def _check_vision_args(args):
@@ -328,6 +372,8 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "seven-b":
+        _run_seven_b(args)
     elif args.mode == "versus":
         _run_versus(args)
     elif args.mode == "evalbatch":
