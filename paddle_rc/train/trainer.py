@@ -1,0 +1,312 @@
+"""Train the demo LLaVA on the synthetic task, resumably, from one seed.
+
+Stage 1 trains the CLIP side: vision tower, text tower and both projections, with CLIP's contrastive
+loss between the image and its caption (which names the large objects, so the CLS token learns to
+look at them), plus two auxiliary patch-level losses: patch-text alignment between the projected
+last-layer patches and the texts that name an object (its phrase, and any question about it), and
+linear attribute heads (colour, shape, word, size, centre) on the feature-layer patches, discarded
+after training. Stage 2 is LLaVA-1.5's second stage: towers frozen, projector + LLaMA trained on the
+reply tokens with all visual tokens (compression stays training-free).
+
+The work folder holds the tokenizers, the weights, the optimizer state and the step, written atomically
+every `checkpoint_every` steps; rerunning the same command resumes from there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from paddle_rc.errors import UserError
+from paddle_rc.train.recipe import Recipe, model_config
+
+WORK = ".train_state"
+PROGRESS = "progress.json"
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def tokenizer_corpus(seed: int, n_items: int = 600) -> str:
+    """Text the tokenizers are built from: the prompt template, and the task's questions, answers,
+    captions and phrases (sampled from the generator, plus every vocabulary word once)."""
+    from paddle_rc.data.conversation import get_template
+    from paddle_rc.synth import COLOURS, SHAPES, WORDS, phrase
+    from paddle_rc.train.batches import SHORT_ANSWER, draw_items
+
+    lines = [get_template("vicuna_v1").system, "USER: ASSISTANT:", SHORT_ANSWER,
+             " ".join(COLOURS), " ".join(SHAPES), " ".join(s + "s" for s in SHAPES), " ".join(WORDS),
+             "0 1 2 3 4 5 6 7 8 9 yes no"]
+    for step in range(math.ceil(n_items / 20)):
+        for it in draw_items(seed, "corpus", step, 20):
+            lines += [it.question, it.answer, it.caption] + [phrase(o) for o in it.objects]
+    return "\n".join(lines) + "\n"
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+class DemoTrainer:
+    def __init__(self, out_dir: str, recipe: Recipe, log: Callable[[str], None] = None,
+                 show_progress: bool = True):
+        self.out_dir = os.path.abspath(out_dir)
+        self.work = os.path.join(self.out_dir, WORK)
+        self.recipe = recipe
+        self.log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+        self.show_progress = show_progress
+
+    # ---- state -----------------------------------------------------------------------------
+    def _progress(self) -> Optional[dict]:
+        path = os.path.join(self.work, PROGRESS)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+        if state.get("recipe") != self.recipe.to_dict():
+            raise UserError(f"{self.out_dir} holds a training run with another recipe; pass --overwrite "
+                            "to start over, or the same settings to resume")
+        return state
+
+    def _setup(self):
+        import paddle
+
+        from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+        from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+        from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
+        from paddle_rc.models import LlavaForConditionalGeneration
+
+        os.makedirs(self.work, exist_ok=True)
+        tok_dir, clip_dir = os.path.join(self.work, "tokenizer"), os.path.join(self.work, "clip_tokenizer")
+        if not os.path.isfile(os.path.join(clip_dir, "merges.txt")):
+            corpus = tokenizer_corpus(self.recipe.seed)
+            build_tiny_sentencepiece(tok_dir, vocab_size=self.recipe.llm_vocab, corpus=corpus)
+            build_tiny_clip_bpe(clip_dir, n_merges=self.recipe.clip_merges, corpus=corpus)
+        self.llm_tok = LlamaTokenizer.from_dir(tok_dir)
+        self.clip_tok = CLIPTokenizer.from_dir(clip_dir)
+        config = model_config(self.recipe, self.clip_tok, self.llm_tok)
+        _write_tokenizer_config(tok_dir, self.llm_tok)
+        paddle.seed(self.recipe.seed)
+        self.model = LlavaForConditionalGeneration(config)
+        self.heads = _AttributeHeads(config.vision.hidden_size)
+        self.scales = paddle.create_parameter([2], "float32",
+                                              default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
+        weights = os.path.join(self.work, "model.pdparams")
+        if os.path.isfile(weights):
+            self.model.set_state_dict(paddle.load(weights))
+            extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
+            self.heads.set_state_dict(extra["heads"])
+            self.scales.set_value(extra["scales"])
+
+    def _save(self, state: dict, opt) -> None:
+        import paddle
+
+        for name, obj in (("model.pdparams", self.model.state_dict()),
+                          ("extra.pdparams", {"heads": self.heads.state_dict(), "scales": self.scales}),
+                          ("opt.pdopt", opt.state_dict())):
+            path = os.path.join(self.work, name)
+            paddle.save(obj, path + ".tmp")
+            os.replace(path + ".tmp", path)
+        _atomic_json(os.path.join(self.work, PROGRESS), state)
+
+    # ---- training ----------------------------------------------------------------------------
+    def run(self) -> dict:
+        state = self._progress() or {"recipe": self.recipe.to_dict(), "stage": "clip", "step": 0,
+                                     "losses": {"clip": [], "llm": []}, "seconds": 0.0}
+        if state["stage"] == "done":
+            self.log(f"training already finished in {self.out_dir}")
+            return state
+        self._setup()
+        for stage in ("clip", "llm"):
+            if state["stage"] == stage:
+                self._run_stage(stage, state)
+        return state
+
+    def _run_stage(self, stage: str, state: dict) -> None:
+        import paddle
+        from tqdm import tqdm
+
+        r = self.recipe
+        total = r.stage1_steps if stage == "clip" else r.stage2_steps
+        peak = r.stage1_lr if stage == "clip" else r.stage2_lr
+        m = self.model
+        if stage == "clip":
+            params = (list(m.vision_tower.parameters()) + list(m.visual_projection.parameters())
+                      + list(m.text_tower.parameters()) + list(m.text_projection.parameters())
+                      + list(self.heads.parameters()) + [self.scales])
+        else:
+            for p in (list(m.vision_tower.parameters()) + list(m.visual_projection.parameters())
+                      + list(m.text_tower.parameters()) + list(m.text_projection.parameters())):
+                p.stop_gradient = True
+            params = list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
+        opt = paddle.optimizer.AdamW(learning_rate=peak, parameters=params, weight_decay=0.01,
+                                     grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+        opt_path = os.path.join(self.work, "opt.pdopt")
+        if state["step"] > 0 and os.path.isfile(opt_path):
+            opt.set_state_dict(paddle.load(opt_path))
+        m.train()
+        step_fn = self._clip_step if stage == "clip" else self._llm_step
+        bar = tqdm(total=total, initial=state["step"], desc=f"stage {'1 clip' if stage == 'clip' else '2 llm'}",
+                   file=sys.stderr, disable=not self.show_progress, dynamic_ncols=True)
+        t_last = time.perf_counter()
+        while state["step"] < total:
+            step = state["step"]
+            opt.set_lr(lr_at(step, total, peak, r.warmup))
+            loss, parts = step_fn(step)
+            loss.backward()
+            opt.step()
+            opt.clear_grad()
+            value = float(loss)
+            if not math.isfinite(value):
+                raise RuntimeError(f"stage {stage} step {step}: loss is {value}")
+            state["losses"][stage].append(round(value, 5))
+            state["step"] = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
+            if state["step"] % r.checkpoint_every == 0 or state["step"] == total:
+                now = time.perf_counter()
+                state["seconds"] += now - t_last
+                t_last = now
+                if state["step"] == total:
+                    state["stage"], state["step"] = ("llm", 0) if stage == "clip" else ("done", 0)
+                self._save(state, opt)
+        bar.close()
+        m.eval()
+
+    def _tower(self, pixels):
+        """Feature-layer tokens (what the projector gets) and last-layer tokens, in one pass."""
+        tower = self.model.vision_tower
+        idx = tower.feature_index(self.model.config.vision_feature_layer)
+        x = tower.pre_layernorm(tower.embeddings(pixels))
+        feat = None
+        for i, layer in enumerate(tower.encoder.layers):
+            x, _ = layer(x)
+            if i == idx - 1:
+                feat = x
+        return feat, x
+
+    def _clip_step(self, step: int):
+        import paddle
+
+        from paddle_rc.data.image import ImageProcessor
+        from paddle_rc.synth import phrase
+        from paddle_rc.train import batches as bt
+        from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
+
+        r, m = self.recipe, self.model
+        items = bt.draw_items(r.seed, "clip", step, r.stage1_batch)
+        rng = bt.batch_rng(r.seed, "clip", 10_000_000 + step)
+        pixels = paddle.to_tensor(ImageProcessor.from_config(m.config)([it.image for it in items]))
+        n = (r.image_size // r.patch_size) ** 2
+        labels = bt.patch_labels(items, r.image_size, r.patch_size)
+        texts, image_of, target = bt.text_targets(items, labels, n, rng)
+        n_phr = [i for i, t in enumerate(texts)]
+        is_phrase = np.zeros(len(texts), bool)
+        phrases_of = {}
+        for b, it in enumerate(items):
+            for j, obj in enumerate(it.objects):
+                phrases_of[(b, j)] = phrase(obj)
+        phrase_set = {phrase(o) for it in items for o in it.objects}
+        for i in n_phr:
+            is_phrase[i] = texts[i] in phrase_set
+        owner = labels.owner.reshape(-1)
+        phrase_target = np.zeros((len(owner), len(texts)), np.float32)
+        text_arr = np.asarray(texts, dtype=object)
+        for flat in np.nonzero(owner >= 0)[0]:
+            s = phrases_of[(flat // n, int(owner[flat]))]
+            cols = np.nonzero(is_phrase & (text_arr == s))[0]
+            phrase_target[flat, cols] = 1.0 / len(cols)
+        feat, last = self._tower(pixels)
+        cap = [it.caption for it in items]
+        same = paddle.to_tensor(np.array([[a == b for b in cap] for a in cap], np.float32))
+        scales = paddle.exp(paddle.clip(self.scales, max=math.log(100.0)))
+        pad = m.config.text.pad_token_id
+        img_emb = m.visual_projection(m.vision_tower.post_layernorm(last[:, 0]))
+        cap_emb = m.get_text_features(paddle.to_tensor(bt.clip_ids(self.clip_tok, cap, pad)))
+        l_clip = contrastive_loss(img_emb, cap_emb, scales[0], same)
+        txt_emb = m.get_text_features(paddle.to_tensor(bt.clip_ids(self.clip_tok, texts, pad)))
+        P = m.visual_projection(last[:, 1:])
+        l_patch = patch_text_loss(P, txt_emb, paddle.to_tensor(image_of), paddle.to_tensor(target), scales[1],
+                                  paddle.to_tensor(phrase_target), paddle.to_tensor(owner >= 0))
+        heads = self.heads(feat[:, 1:])
+        l_attr = patch_label_loss(heads, {k: paddle.to_tensor(getattr(labels, k)) for k in heads})
+        loss = l_clip + l_patch + 0.5 * l_attr
+        return loss, {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr)}
+
+    def _llm_step(self, step: int):
+        import paddle
+
+        from paddle_rc.data.image import ImageProcessor
+        from paddle_rc.models.llava import VisualTokens
+        from paddle_rc.train import batches as bt
+        from paddle_rc.train.losses import answer_loss
+
+        r, m = self.recipe, self.model
+        items = bt.draw_items(r.seed, "llm", step, r.stage2_batch)
+        rng = bt.batch_rng(r.seed, "llm", 10_000_000 + step)
+        pixels = paddle.to_tensor(ImageProcessor.from_config(m.config)([it.image for it in items]))
+        ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
+        with paddle.no_grad():
+            F = m.vision_tower(pixels, m.config.vision_feature_layer).F
+        n = F.shape[1]
+        visual = VisualTokens(m.projector(F), np.full([len(items)], n, np.int64), n)
+        embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
+        hidden, _, _ = m.language_model(embeds, attn, pos)
+        width = int(alen.max())
+        logits = m.lm_head(hidden[:, -width - 1:-1])
+        loss = answer_loss(logits, paddle.to_tensor(ids[:, -width:]), paddle.to_tensor(alen))
+        return loss, {}
+
+    # ---- output ------------------------------------------------------------------------------
+    def write_checkpoint(self, directory: Optional[str] = None) -> str:
+        """The trained model in the checkpoint format of docs/checkpoint.md."""
+        from paddle_rc.models.weights import save_weights
+
+        directory = directory or self.out_dir
+        for sub in ("tokenizer", "clip_tokenizer"):
+            dst = os.path.join(directory, sub)
+            if os.path.isdir(dst):
+                shutil.rmtree(dst)
+            shutil.copytree(os.path.join(self.work, sub), dst)
+        self.model.config.save(directory)
+        save_weights(self.model, directory)
+        return directory
+
+
+class _AttributeHeads:
+    """Linear per-patch classifiers on the feature layer (training only; not part of the checkpoint)."""
+
+    def __new__(cls, width: int):
+        import paddle.nn as nn
+
+        from paddle_rc.train.batches import label_sizes
+
+        class Heads(nn.Layer):
+            def __init__(self):
+                super().__init__()
+                self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes().items()})
+
+            def forward(self, x):
+                return {k: h(x) for k, h in self.heads.items()}
+
+        return Heads()
+
+
+def _write_tokenizer_config(tok_dir: str, llm_tok) -> None:
+    _atomic_json(os.path.join(tok_dir, "tokenizer_config.json"), {
+        "bos_token_id": llm_tok.bos_token_id, "eos_token_id": llm_tok.eos_token_id,
+        "pad_token_id": llm_tok.pad_token_id, "image_token": "<image>", "image_token_id": None,
+        "add_bos_token": True})
