@@ -1,0 +1,42 @@
+"""The task's closed vocabularies and geometry (one place, so the tokenizers and the generator agree)."""
+from __future__ import annotations
+
+IMAGE_SIZE = 336  # LLaVA-1.5's input: 24 x 24 patches of 14 px
+
+# Saturated, far apart in RGB (every pair differs by >= 90 in at least one channel).
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 205, 30),
+    "purple": (150, 60, 190),
+    "orange": (245, 135, 30),
+}
+SHAPES = ("circle", "square", "triangle", "star", "diamond")
+PLURALS = {s: s + "s" for s in SHAPES}
+# Three-letter words printed on the sign; none is a colour, shape, number or yes/no.
+WORDS = ("cat", "dog", "sun", "car", "hat", "cup", "box", "pen")
+QTYPES = ("colour", "shape", "word", "count", "exist", "spatial")
+RELATIONS = ("left", "right", "above", "below")
+MAX_COUNT = 4  # count questions are asked only up to this many objects
+
+BACKGROUND = 205          # light grey
+NOISE = 4                 # std of the per-pixel grey noise
+SIGN_COLOUR = "white"     # signs are white boxes with black text; not one of COLOURS
+SMALL_SIDE = (24, 36)     # inclusive range of a small shape's side, px (2-3 patches)
+LARGE_SIDE = (90, 150)    # large distractors, px
+SIGN_SIZE = (52, 24)      # sign box (w, h), px
+N_SMALL = (3, 7)          # small shapes per scene (the sign not counted)
+N_LARGE = (1, 2)
+GAP = 4                   # min free pixels between two objects' boxes
+SEPARATION = 8            # min gap between two boxes on an axis for a spatial question
+
+# Every answer a question type can have (the balancing classes).
+ANSWERS = {
+    "colour": tuple(COLOURS),
+    "shape": SHAPES,
+    "word": WORDS,
+    "count": tuple(str(k) for k in range(MAX_COUNT + 1)),
+    "exist": ("yes", "no"),
+    "spatial": ("yes", "no"),
+}
