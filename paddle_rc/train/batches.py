@@ -24,18 +24,18 @@ def batch_rng(seed: int, stage: str, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, STAGE_SALT[stage], step])
 
 
-def draw_items(seed: int, stage: str, step: int, n: int) -> list:
-    """n training items for this step: fresh scenes, one question each (uniform over types)."""
-    from paddle_rc.synth import generate_scene, questions_for_scene
+def stream_seed(seed: int, stage: str) -> int:
+    # Far from the small seeds benchmarks and tests generate with.
+    return 1_000_003 * (seed + 1) + STAGE_SALT[stage]
 
-    rng = batch_rng(seed, stage, step)
-    items = []
-    while len(items) < n:
-        scene = generate_scene(rng)
-        qs = questions_for_scene(scene, rng)
-        if qs:
-            items.append(qs[int(rng.integers(len(qs)))])
-    return items
+
+def draw_items(seed: int, stage: str, step: int, n: int) -> list:
+    """Items step*n .. step*n+n-1 of the stage's stream: fresh scenes, one question each, balanced over
+    question types and answers (the generator's own balancing)."""
+    from paddle_rc.synth import make_item
+
+    s = stream_seed(seed, stage)
+    return [make_item(s, step * n + i) for i in range(n)]
 
 
 @dataclass
@@ -62,9 +62,17 @@ def object_patches(bbox, scale: float, grid: int, patch: int) -> list:
     return cells
 
 
-def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
-    from paddle_rc.synth import COLOURS, SHAPES, WORDS
+def colour_classes() -> list:
+    from paddle_rc.synth import COLOURS
+    from paddle_rc.synth.vocab import SIGN_COLOUR
 
+    return list(COLOURS) + [SIGN_COLOUR]
+
+
+def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
+    from paddle_rc.synth import SHAPES, WORDS
+
+    colours = colour_classes()
     grid = image_size // patch
     n = grid * grid
     shape_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
@@ -76,7 +84,7 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
         for j, obj in enumerate(it.objects):
             cells = object_patches(obj.bbox, scale, grid, patch)
             owner[b, cells] = j
-            out["colour"][b, cells] = COLOURS.index(obj.colour) + 1
+            out["colour"][b, cells] = colours.index(obj.colour) + 1
             out["shape"][b, cells] = sign_id if obj.kind == "sign" else shape_ids[obj.shape]
             out["word"][b, cells] = (WORDS.index(obj.word) + 1) if obj.word else 0
             out["size"][b, cells] = 1 if obj.size == "small" else 2
@@ -87,9 +95,9 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
 
 
 def label_sizes() -> dict:
-    from paddle_rc.synth import COLOURS, SHAPES, WORDS
+    from paddle_rc.synth import SHAPES, WORDS
 
-    return {"colour": len(COLOURS) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3, "centre": 2}
+    return {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3, "centre": 2}
 
 
 def user_text(item, rng) -> str:

@@ -30,11 +30,11 @@ class Recipe:
     llm_vocab: int = 640
     clip_merges: int = 400
     # stage 1: CLIP towers (global contrastive + patch-text alignment + patch attribute heads)
-    stage1_steps: int = 1200
+    stage1_steps: int = 500
     stage1_batch: int = 24
     stage1_lr: float = 2e-3
     # stage 2: projector + LLM on all visual tokens, towers frozen (LLaVA-1.5's second stage)
-    stage2_steps: int = 2400
+    stage2_steps: int = 1500
     stage2_batch: int = 16
     stage2_lr: float = 1.5e-3
     warmup: int = 100

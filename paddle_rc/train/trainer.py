@@ -19,9 +19,12 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional
 
 import numpy as np
+import paddle
+import paddle.nn as nn
 
 from paddle_rc.errors import UserError
 from paddle_rc.train.recipe import Recipe, model_config
@@ -41,11 +44,10 @@ def tokenizer_corpus(seed: int, n_items: int = 600) -> str:
     """Text the tokenizers are built from: the prompt template, and the task's questions, answers,
     captions and phrases (sampled from the generator, plus every vocabulary word once)."""
     from paddle_rc.data.conversation import get_template
-    from paddle_rc.synth import COLOURS, SHAPES, WORDS, phrase
+    from paddle_rc.synth import phrase, vocabulary
     from paddle_rc.train.batches import SHORT_ANSWER, draw_items
 
-    lines = [get_template("vicuna_v1").system, "USER: ASSISTANT:", SHORT_ANSWER,
-             " ".join(COLOURS), " ".join(SHAPES), " ".join(s + "s" for s in SHAPES), " ".join(WORDS),
+    lines = [get_template("vicuna_v1").system, "USER: ASSISTANT:", SHORT_ANSWER, " ".join(vocabulary()),
              "0 1 2 3 4 5 6 7 8 9 yes no"]
     for step in range(math.ceil(n_items / 20)):
         for it in draw_items(seed, "corpus", step, 20):
@@ -82,8 +84,6 @@ class DemoTrainer:
         return state
 
     def _setup(self):
-        import paddle
-
         from paddle_rc.data.clip_tokenizer import CLIPTokenizer
         from paddle_rc.data.llama_tokenizer import LlamaTokenizer
         from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
@@ -98,7 +98,6 @@ class DemoTrainer:
         self.llm_tok = LlamaTokenizer.from_dir(tok_dir)
         self.clip_tok = CLIPTokenizer.from_dir(clip_dir)
         config = model_config(self.recipe, self.clip_tok, self.llm_tok)
-        _write_tokenizer_config(tok_dir, self.llm_tok)
         paddle.seed(self.recipe.seed)
         self.model = LlavaForConditionalGeneration(config)
         self.heads = _AttributeHeads(config.vision.hidden_size)
@@ -112,8 +111,6 @@ class DemoTrainer:
             self.scales.set_value(extra["scales"])
 
     def _save(self, state: dict, opt) -> None:
-        import paddle
-
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "scales": self.scales}),
                           ("opt.pdopt", opt.state_dict())):
@@ -126,7 +123,7 @@ class DemoTrainer:
     def run(self) -> dict:
         state = self._progress() or {"recipe": self.recipe.to_dict(), "stage": "clip", "step": 0,
                                      "losses": {"clip": [], "llm": []}, "seconds": 0.0}
-        if state["stage"] == "done":
+        if state["stage"] == "done" and not os.path.isfile(os.path.join(self.work, "model.pdparams")):
             self.log(f"training already finished in {self.out_dir}")
             return state
         self._setup()
@@ -136,7 +133,6 @@ class DemoTrainer:
         return state
 
     def _run_stage(self, stage: str, state: dict) -> None:
-        import paddle
         from tqdm import tqdm
 
         r = self.recipe
@@ -159,13 +155,20 @@ class DemoTrainer:
             opt.set_state_dict(paddle.load(opt_path))
         m.train()
         step_fn = self._clip_step if stage == "clip" else self._llm_step
+        data_fn = self._clip_data if stage == "clip" else self._llm_data
+        # The next step's scenes are drawn and preprocessed on a thread while this step computes.
+        pool = ThreadPoolExecutor(max_workers=1)
+        ahead = pool.submit(data_fn, state["step"])
         bar = tqdm(total=total, initial=state["step"], desc=f"stage {'1 clip' if stage == 'clip' else '2 llm'}",
                    file=sys.stderr, disable=not self.show_progress, dynamic_ncols=True)
         t_last = time.perf_counter()
         while state["step"] < total:
             step = state["step"]
             opt.set_lr(lr_at(step, total, peak, r.warmup))
-            loss, parts = step_fn(step)
+            data = ahead.result()
+            if step + 1 < total:
+                ahead = pool.submit(data_fn, step + 1)
+            loss, parts = step_fn(data)
             loss.backward()
             opt.step()
             opt.clear_grad()
@@ -182,8 +185,11 @@ class DemoTrainer:
                 t_last = now
                 if state["step"] == total:
                     state["stage"], state["step"] = ("llm", 0) if stage == "clip" else ("done", 0)
+                    self._save(state, opt)
+                    break
                 self._save(state, opt)
         bar.close()
+        pool.shutdown(wait=True)
         m.eval()
 
     def _tower(self, pixels):
@@ -198,77 +204,88 @@ class DemoTrainer:
                 feat = x
         return feat, x
 
-    def _clip_step(self, step: int):
-        import paddle
-
+    def _clip_data(self, step: int) -> dict:
+        """Everything stage 1 needs for a step, as numpy (built on a helper thread, ahead of time)."""
         from paddle_rc.data.image import ImageProcessor
         from paddle_rc.synth import phrase
         from paddle_rc.train import batches as bt
-        from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
 
         r, m = self.recipe, self.model
         items = bt.draw_items(r.seed, "clip", step, r.stage1_batch)
         rng = bt.batch_rng(r.seed, "clip", 10_000_000 + step)
-        pixels = paddle.to_tensor(ImageProcessor.from_config(m.config)([it.image for it in items]))
+        pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         n = (r.image_size // r.patch_size) ** 2
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
         texts, image_of, target = bt.text_targets(items, labels, n, rng)
-        n_phr = [i for i, t in enumerate(texts)]
-        is_phrase = np.zeros(len(texts), bool)
-        phrases_of = {}
-        for b, it in enumerate(items):
-            for j, obj in enumerate(it.objects):
-                phrases_of[(b, j)] = phrase(obj)
-        phrase_set = {phrase(o) for it in items for o in it.objects}
-        for i in n_phr:
-            is_phrase[i] = texts[i] in phrase_set
+        # patch -> phrase targets: every copy of the owner's phrase in the batch (phrases repeat across
+        # scenes with so small a vocabulary; a copy is the same class, not a negative)
         owner = labels.owner.reshape(-1)
-        phrase_target = np.zeros((len(owner), len(texts)), np.float32)
+        phrase_set = {phrase(o) for it in items for o in it.objects}
         text_arr = np.asarray(texts, dtype=object)
+        is_phrase = np.array([t in phrase_set for t in texts])
+        phrase_target = np.zeros((len(owner), len(texts)), np.float32)
         for flat in np.nonzero(owner >= 0)[0]:
-            s = phrases_of[(flat // n, int(owner[flat]))]
+            s = phrase(items[flat // n].objects[int(owner[flat])])
             cols = np.nonzero(is_phrase & (text_arr == s))[0]
             phrase_target[flat, cols] = 1.0 / len(cols)
-        feat, last = self._tower(pixels)
         cap = [it.caption for it in items]
-        same = paddle.to_tensor(np.array([[a == b for b in cap] for a in cap], np.float32))
-        scales = paddle.exp(paddle.clip(self.scales, max=math.log(100.0)))
         pad = m.config.text.pad_token_id
+        return {"pixels": pixels, "same": np.array([[a == b for b in cap] for a in cap], np.float32),
+                "captions": bt.clip_ids(self.clip_tok, cap, pad), "texts": bt.clip_ids(self.clip_tok, texts, pad),
+                "image_of": image_of, "target": target, "phrase_target": phrase_target, "owned": owner >= 0,
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes()}}
+
+    def _clip_step(self, d: dict):
+        from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
+
+        m = self.model
+        t = {k: paddle.to_tensor(v) for k, v in d.items() if k != "labels"}
+        feat, last = self._tower(t["pixels"])
+        scales = paddle.exp(paddle.clip(self.scales, max=math.log(100.0)))
         img_emb = m.visual_projection(m.vision_tower.post_layernorm(last[:, 0]))
-        cap_emb = m.get_text_features(paddle.to_tensor(bt.clip_ids(self.clip_tok, cap, pad)))
-        l_clip = contrastive_loss(img_emb, cap_emb, scales[0], same)
-        txt_emb = m.get_text_features(paddle.to_tensor(bt.clip_ids(self.clip_tok, texts, pad)))
+        l_clip = contrastive_loss(img_emb, m.get_text_features(t["captions"]), scales[0], t["same"])
+        txt_emb = m.get_text_features(t["texts"])
         P = m.visual_projection(last[:, 1:])
-        l_patch = patch_text_loss(P, txt_emb, paddle.to_tensor(image_of), paddle.to_tensor(target), scales[1],
-                                  paddle.to_tensor(phrase_target), paddle.to_tensor(owner >= 0))
+        l_patch = patch_text_loss(P, txt_emb, t["image_of"], t["target"], scales[1], t["phrase_target"], t["owned"])
         heads = self.heads(feat[:, 1:])
-        l_attr = patch_label_loss(heads, {k: paddle.to_tensor(getattr(labels, k)) for k in heads})
+        l_attr = patch_label_loss(heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()})
         loss = l_clip + l_patch + 0.5 * l_attr
         return loss, {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr)}
 
-    def _llm_step(self, step: int):
-        import paddle
-
+    def _llm_data(self, step: int) -> dict:
         from paddle_rc.data.image import ImageProcessor
-        from paddle_rc.models.llava import VisualTokens
         from paddle_rc.train import batches as bt
-        from paddle_rc.train.losses import answer_loss
 
         r, m = self.recipe, self.model
         items = bt.draw_items(r.seed, "llm", step, r.stage2_batch)
         rng = bt.batch_rng(r.seed, "llm", 10_000_000 + step)
-        pixels = paddle.to_tensor(ImageProcessor.from_config(m.config)([it.image for it in items]))
+        pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
+        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen}
+
+    def _llm_step(self, d: dict):
+        from paddle_rc.models.llava import VisualTokens
+        from paddle_rc.train.losses import answer_loss
+
+        m = self.model
+        ids, mask, alen = d["ids"], d["mask"], d["alen"]
         with paddle.no_grad():
-            F = m.vision_tower(pixels, m.config.vision_feature_layer).F
+            F = m.vision_tower(paddle.to_tensor(d["pixels"]), m.config.vision_feature_layer).F
         n = F.shape[1]
-        visual = VisualTokens(m.projector(F), np.full([len(items)], n, np.int64), n)
+        visual = VisualTokens(m.projector(F), np.full([len(ids)], n, np.int64), n)
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
         hidden, _, _ = m.language_model(embeds, attn, pos)
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
         loss = answer_loss(logits, paddle.to_tensor(ids[:, -width:]), paddle.to_tensor(alen))
         return loss, {}
+
+    def drop_resume_state(self) -> None:
+        """After the checkpoint is written: the weights and optimizer state are no longer needed."""
+        for name in ("model.pdparams", "extra.pdparams", "opt.pdopt"):
+            path = os.path.join(self.work, name)
+            if os.path.isfile(path):
+                os.remove(path)
 
     # ---- output ------------------------------------------------------------------------------
     def write_checkpoint(self, directory: Optional[str] = None) -> str:
@@ -286,27 +303,15 @@ class DemoTrainer:
         return directory
 
 
-class _AttributeHeads:
+class _AttributeHeads(nn.Layer):
     """Linear per-patch classifiers on the feature layer (training only; not part of the checkpoint)."""
 
-    def __new__(cls, width: int):
-        import paddle.nn as nn
-
+    def __init__(self, width: int):
         from paddle_rc.train.batches import label_sizes
 
-        class Heads(nn.Layer):
-            def __init__(self):
-                super().__init__()
-                self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes().items()})
+        super().__init__()
+        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes().items()})
 
-            def forward(self, x):
-                return {k: h(x) for k, h in self.heads.items()}
+    def forward(self, x):
+        return {k: h(x) for k, h in self.heads.items()}
 
-        return Heads()
-
-
-def _write_tokenizer_config(tok_dir: str, llm_tok) -> None:
-    _atomic_json(os.path.join(tok_dir, "tokenizer_config.json"), {
-        "bos_token_id": llm_tok.bos_token_id, "eos_token_id": llm_tok.eos_token_id,
-        "pad_token_id": llm_tok.pad_token_id, "image_token": "<image>", "image_token_id": None,
-        "add_bos_token": True})
