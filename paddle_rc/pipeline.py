@@ -1,7 +1,9 @@
-"""One question about one image, end to end: what tools/infer.py and tools/eval.py call.
+"""One question about one image, end to end, whichever backend runs the networks.
 
-    predictor = build_predictor(model_dir=None, method="rc")
-    out = predictor.answer(image, "What is on the sofa?")
+Predictor holds everything outside the networks (prompt, tokenization, the question's CLIP
+embedding, decoding the answer) over a backend with the dynamic model's interface: the dynamic
+LlavaForConditionalGeneration or export.runner.DeployedLlava. It imports neither; which one is used
+is decided by paddle_rc.predictor.build_predictor, the layer above both.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import paddle
 from PIL import Image
 
 from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, question_for_text_encoder
-from paddle_rc.data.image import ImageProcessor
+from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 
@@ -43,8 +45,10 @@ class Predictor:
     """Prompt building, tokenization, the question's CLIP embedding, generation and decoding."""
 
     def __init__(self, model, tokenizers: Tokenizers, conv_mode: Optional[str] = None,
-                 model_id: str = "paddle_rc", is_demo: bool = False):
+                 model_id: str = "paddle_rc", is_demo: bool = False, kind: str = "dynamic"):
         self.model = model
+        # "dynamic": compression can change per call; "deploy": fixed at export (set_method checks).
+        self.kind = kind
         self.tok = tokenizers
         self.config = model.config
         self.conv_mode = conv_mode or self.config.conv_mode
@@ -58,6 +62,11 @@ class Predictor:
     @property
     def method(self) -> str:
         return self.model.compression.method
+
+    @property
+    def compression(self):
+        """The CompressionSpec in force (method, budget, options)."""
+        return self.model.compression
 
     def set_method(self, method: str, budget: Optional[int] = None, **options) -> None:
         self.model.set_compression(method, budget, **options)
@@ -82,9 +91,9 @@ class Predictor:
         if method == "rc":
             rows = [clip.encode(q, max_length=self.config.text.max_position_embeddings) if q.strip() else []
                     for q in questions]
+            # A sample without a question gets a filler embedding and has_text False, even when no
+            # sample has one: the result (and its notes) then do not depend on the batch.
             has_text = np.array([len(r) > 0 for r in rows])
-            if not has_text.any():
-                return None, paddle.to_tensor(has_text)
             filler = clip.encode("", max_length=self.config.text.max_position_embeddings)
             rows = [r if r else filler for r in rows]
             length = max(len(r) for r in rows)
@@ -109,15 +118,25 @@ class Predictor:
         return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
 
     # ---- answering ---------------------------------------------------------------------------
-    def answer_batch(self, images: Sequence[Image.Image], user_texts: Sequence[str],
+    def answer_batch(self, images: Sequence, user_texts: Sequence[str],
                      questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list:
+                     temperature: float = 0.0, top_p: float = 1.0, seed=0) -> list:
+        """One result dict per item, as answer() returns it, computed in one batch.
+
+        Images may be paths, bytes, PIL images or HxW(x3/4) uint8 arrays, and differ in size: each
+        keeps its own number of visual tokens. Greedy answers equal answering one at a time; when
+        sampling, `seed` (one int, or one per item) seeds each item's own generator, so a sample's
+        draws do not depend on the batch either. `timings` are the batch's (shared by its items).
+        """
+        n = len(user_texts)
+        if len(images) != n:
+            raise ValueError(f"{len(images)} images for {n} prompts")
         if questions is None:
-            questions = [None] * len(user_texts)
+            questions = [None] * n
         questions = [question_for_text_encoder(u) if q is None else q for q, u in zip(questions, user_texts)]
         prompts = [self.build_prompt(u) for u in user_texts]
         t0 = time.perf_counter()
-        pixels = paddle.to_tensor(self.processor(list(images)))
+        pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
         input_ids, mask = self.encode_prompts(prompts)
         text_embeds, has_text = self.text_embeddings(questions, prompts)
         t_text = time.perf_counter() - t0
@@ -126,11 +145,10 @@ class Predictor:
                                   eos_token_id=self.tok.llm.eos_token_id, seed=seed)
         self.last_visual = out.visual
         timings = {"preprocess": t_text, "vision": out.timings["vision"], "prefill": out.timings["prefill"],
-                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"]}
+                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"], "batch_size": n}
         results = []
-        for b in range(len(prompts)):
-            ids = [int(i) for i in out.tokens[b] if i != self.tok.llm.eos_token_id]
-            stats = _stage_counts(out.visual, b)
+        for b in range(n):
+            ids = until_eos(out.tokens[b], self.tok.llm.eos_token_id)
             results.append({
                 "text": self.tok.llm.decode(ids).strip(),
                 "prompt": prompts[b],
@@ -139,17 +157,26 @@ class Predictor:
                 "budget": self.model.compression.budget,
                 "visual_tokens_before": int(out.visual.before),
                 "visual_tokens": int(out.visual.lengths[b]),
-                "stage_counts": stats,
+                "stage_counts": _stage_counts(out.visual, b),
+                "new_tokens": len(ids),
                 "timings": timings,
             })
         return results
 
-    def answer(self, image: Image.Image, prompt: str, question: Optional[str] = None, **kw) -> dict:
-        """`prompt` is the user turn without the placeholder; `question` what the text encoder sees
-        (derived from the prompt when None)."""
+    def answer(self, image, prompt: str, question: Optional[str] = None, **kw) -> dict:
+        """`image`: a path, bytes, PIL image or uint8 array. `prompt` is the user turn without the
+        placeholder; `question` what the text encoder sees (derived from the prompt when None)."""
         return self.answer_batch([image], [prompt], [question], **kw)[0]
 
 
+def until_eos(tokens, eos_token_id: int) -> list:
+    """A sample's generated ids before its first EOS (what follows it is padding)."""
+    ids = []
+    for i in tokens:
+        if int(i) == eos_token_id:
+            break
+        ids.append(int(i))
+    return ids
 def _stage_counts(visual, b: int) -> dict:
     if visual is None or visual.result is None:
         return {"total": int(visual.lengths[b]) if visual is not None else 0}
@@ -157,26 +184,4 @@ def _stage_counts(visual, b: int) -> dict:
     return {k: (int(v) if isinstance(v, (int, np.integer)) else v) for k, v in stats.items()}
 
 
-def build_predictor(model_dir: Optional[str] = None, deploy_dir: Optional[str] = None, method: str = "none",
-                    budget: Optional[int] = None, conv_mode: Optional[str] = None, **options) -> Predictor:
-    """A predictor over a converted checkpoint, an exported deployment, or (neither) the demo model."""
-    if deploy_dir is not None:
-        from paddle_rc.export.runner import build_deployed_predictor
-
-        return build_deployed_predictor(deploy_dir, conv_mode=conv_mode)
-    is_demo = model_dir is None
-    if is_demo:
-        from paddle_rc.demo import demo_checkpoint
-
-        model_dir = demo_checkpoint()
-    from paddle_rc.models import LlavaForConditionalGeneration
-
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
-    predictor = Predictor(model, Tokenizers(model_dir), conv_mode,
-                          model_id="demo-random" if is_demo else os.path.basename(os.path.normpath(model_dir)),
-                          is_demo=is_demo)
-    predictor.set_method(method, budget, **options)
-    return predictor
-
-
-__all__ = ["Predictor", "Tokenizers", "build_predictor", "IMAGE_PLACEHOLDER"]
+__all__ = ["Predictor", "Tokenizers", "IMAGE_PLACEHOLDER"]

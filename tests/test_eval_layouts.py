@@ -191,6 +191,10 @@ def make_mmbench(root):
          base64.b64encode(_png_bytes((10, 200, 10))).decode(), "src", "FP-S", "", "dev"],
         [1, "Which season is it?", "Look at the trees.", "winter", "summer", "nan", "nan", "A",
          "scene", base64.b64encode(_png_bytes((10, 10, 200))).decode(), "src", "CP", "", "dev"],
+        # the tsv's own circular copy of question 0 (options rotated once)
+        [1000000, "What animal is shown?", "", "cat", "bird", "dog", "", "A",
+         "object_localization", base64.b64encode(_png_bytes((10, 200, 10))).decode(), "src",
+         "FP-S", "", "dev"],
     ]
     with open(os.path.join(d, "mmbench_dev_20230712.tsv"), "w") as f:
         f.write("\t".join(cols) + "\n")
@@ -227,7 +231,9 @@ def test_vqav2_val_items_and_gt(data_root):
     assert it.image.endswith(os.path.join("val2014", "COCO_val2014_000000000011.jpg"))
     assert os.path.exists(it.image)
     assert it.metadata["answer_type"] == "number"
-    assert b.ground_truth["2"]["answers"].count("no") == 2
+    answers = b.ground_truth["2"]["answers"]   # the annotation dicts, answer_id and all
+    assert [a["answer"] for a in answers].count("no") == 2
+    assert len({a["answer_id"] for a in answers}) == 10
 
 
 def test_vqav2_testdev_submission_covers_full_test_split(data_root):
@@ -274,12 +280,13 @@ def test_mme_from_folders(data_root):
     cats = sorted({it.metadata["category"] for it in b.items})
     assert cats == ["artwork", "code_reasoning", "existence"]
     it = [i for i in b.items if i.metadata["category"] == "existence"][0]
-    assert it.prompt == "Is there a train in this image? Please answer yes or no.\n" + SUFFIX
+    # as in LLaVA's llava_mme.jsonl: the yes/no request is left to the short-answer suffix
+    assert it.prompt == "Is there a train in this image?\n" + SUFFIX
     assert it.question == "Is there a train in this image?"
     assert it.image.endswith(os.path.join("existence", "000000006040.jpg"))
     # two questions per image share a question id; uids differ
-    same = [i.uid for i in b.items if i.question_id == "artwork/10002.jpg"]
-    assert same == ["artwork/10002.jpg#0", "artwork/10002.jpg#1"]
+    same = [i.uid for i in b.items if i.question_id == "artwork/images/10002.jpg"]
+    assert same == ["artwork/images/10002.jpg#0", "artwork/images/10002.jpg#1"]
     # the double space before "Please answer" in the GT file still matches
     assert len(b.ground_truth) == 8
 
@@ -299,16 +306,22 @@ def test_sqa_img_only_image_questions(data_root):
     assert it.prompt == ("Context: N/A\nWhich property do these objects have in common?\n"
                          "A. shiny\nB. slippery\nC. opaque\n" + LETTER)
     assert it.question == "Which property do these objects have in common?"
-    assert b.ground_truth["5"] == {"answer": 2, "n_choices": 3, "multimodal": True}
+    assert b.ground_truth["5"] == {"answer": 2, "n_choices": 3}
+    # LLaVA's record prompt carries "<image>" (eval_science_qa.py reads it there)
+    assert it.record_prompt == "<image>\n" + it.prompt
+    # the text-only test problem is not asked but still counts in the overall accuracy
+    assert b.extra_ground_truth == {"9": {"answer": 0, "n_choices": 2}}
 
 
 def test_mmbench_rotations_like_llava_all_rounds(data_root):
-    b = B.load_benchmark("mmbench", data_root)
+    b = B.load_benchmark("mmbench", data_root, all_rounds=True)
     q0 = [it for it in b.items if it.question_id == 0]
     assert len(q0) == 3  # three options -> three rounds
     assert q0[0].prompt == "What animal is shown?\nA. dog\nB. cat\nC. bird\n" + LETTER
     assert q0[1].prompt == "What animal is shown?\nA. cat\nB. bird\nC. dog\n" + LETTER
     assert q0[2].prompt == "What animal is shown?\nA. bird\nB. dog\nC. cat\n" + LETTER
+    # LLaVA records the prompt without the answer-format line
+    assert q0[1].record_prompt == "What animal is shown?\nA. cat\nB. bird\nC. dog"
     # the right answer ("cat") moves: B, then A, then C
     assert [b.ground_truth[it.uid]["answer"] for it in q0] == ["B", "A", "C"]
     q1 = [it for it in b.items if it.question_id == 1]
@@ -317,6 +330,14 @@ def test_mmbench_rotations_like_llava_all_rounds(data_root):
     assert q1[0].question == "Which season is it?"
     img = Image.open(io.BytesIO(q0[0].image()))
     assert img.size == (20, 20)
+
+
+def test_mmbench_default_asks_every_tsv_row_once_copies_included(data_root):
+    b = B.load_benchmark("mmbench", data_root)
+    assert [it.uid for it in b.items] == ["0#r0", "1#r0", "1000000#r0"]
+    copy = b.ground_truth["1000000#r0"]
+    assert copy["group"] == 0 and copy["answer"] == "A"   # "cat" is first in the copy
+    assert b.layout == "one record per tsv row"
 
 
 @pytest.mark.parametrize("name, victim", [

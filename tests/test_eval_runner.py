@@ -27,6 +27,7 @@ class FakePredictor:
     """Deterministic answers; optional KeyboardInterrupt after ``kill_after`` answers."""
 
     model_id = "fake-llava"
+    identity = {"kind": "fake", "digest": "0"}
 
     def __init__(self, kill_after=None, answers=None):
         self.kill_after = kill_after
@@ -81,7 +82,8 @@ def test_answer_file_layout_and_summary(data_root, tmp_path):
     assert set(m["timings"]) == {"vision", "prefill", "decode"}
     assert m["method"] == "rc" and m["budget"] == 64 and m["split"] == "adversarial"
     mm = _lines(os.path.join(out, "mmbench", "rc-b64.jsonl"))
-    assert [x["round_id"] for x in mm] == [0, 1, 2, 0, 1]
+    assert [x["round_id"] for x in mm] == [0, 0, 0]      # LLaVA's default: one per tsv row
+    assert [x["question_id"] for x in mm] == [0, 1, 1000000]
     with open(os.path.join(out, "pope", "rc-b64.summary.json")) as f:
         s = json.load(f)
     # "No" everywhere: every split has TP = 0 -> F1 0, accuracy 50%
@@ -144,7 +146,8 @@ def test_corrupt_and_missing_images_are_recorded_not_fatal(data_root, tmp_path):
     assert [r["uid"] for r in _lines(os.path.join(out, "gqa", "none.jsonl"))] == ["201640614"]
     with open(os.path.join(out, "gqa", "none.summary.json")) as f:
         s = json.load(f)
-    assert s["n_image_errors"] == 1 and s["n_answered"] == 1 and s["n_items"] == 2
+    assert s["n_errors"] == 1 and s["n_answered"] == 1 and s["n_items"] == 2
+    assert s["coverage"] == "1/2" and s["partial"]
     # a missing image file (deleted after reading the layout) is handled the same way
     os.remove(os.path.join(data_root, "scienceqa", "images", "test", "7", "image.png"))
     out2 = str(tmp_path / "out2")
@@ -294,3 +297,170 @@ def test_distributed_launch_ranks_become_chunks(data_root, tmp_path, monkeypatch
     a = [(r["uid"], r["text"]) for r in _lines(os.path.join(single, "gqa", "rc.jsonl"))]
     b = [(r["uid"], r["text"]) for r in _lines(os.path.join(chunked, "gqa", "rc.jsonl"))]
     assert a == b and len(a) == len(B.load_benchmark("gqa", data_root).items)
+
+
+# --------------------------------------------------------------------------- reuse, merge, report
+
+
+def test_answers_of_another_setup_are_never_reused(data_root, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    base = ["--benchmark", "gqa", "--data-root", data_root, "--method", "rc", "--out", out,
+            "--no-progress"]
+    assert _run(base, FakePredictor()) == 0
+    capsys.readouterr()
+    for extra, what, pred in [(["--max-new-tokens", "64"], "max_new_tokens", FakePredictor()),
+                              (["--conv-mode", "llava_v1"], "conv_mode", FakePredictor()),
+                              ([], "model.digest", FakePredictor())]:
+        if what == "model.digest":
+            pred.identity = {"kind": "fake", "digest": "another model"}
+        else:
+            pred.conv_mode = "llava_v1" if "--conv-mode" in extra else None
+        assert _run(base + extra, pred) == 2
+        err = [l for l in capsys.readouterr().err.splitlines() if not l.startswith("note:")]
+        assert len(err) == 1 and err[0].startswith("error: ") and what in err[0], err
+        assert "--overwrite" in err[0] and pred.calls == []
+    # --overwrite starts over with the new setup and answers everything again
+    pred = FakePredictor(answers={"Is it overcast?": "no"})
+    assert _run(base + ["--max-new-tokens", "64", "--overwrite"], pred) == 0
+    assert len(pred.calls) == 2
+    with open(os.path.join(out, "gqa", "rc.manifest.json")) as f:
+        m = json.load(f)
+    assert m["generation"]["max_new_tokens"] == 64 and m["method"] == "rc"
+    assert m["model"] == FakePredictor.identity and m["paddle_rc"]
+    # answers on disk without a manifest are not trusted either
+    os.unlink(os.path.join(out, "gqa", "rc.manifest.json"))
+    assert _run(base + ["--max-new-tokens", "64"], FakePredictor()) == 2
+    assert "no readable run manifest" in capsys.readouterr().err
+
+
+def test_merge_refuses_incomplete_chunks_unless_allowed(data_root, tmp_path, capsys):
+    out = str(tmp_path / "out")
+    base = ["--benchmark", "mme", "--data-root", data_root, "--method", "none", "--out", out,
+            "--no-progress", "--num-chunks", "2"]
+    assert _run(base + ["--chunk-idx", "0"], FakePredictor()) == 0
+    assert _run(base + ["--chunk-idx", "1"], FakePredictor(kill_after=2)) == 130   # cut short
+    capsys.readouterr()
+    assert _run(base + ["--merge"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none.2_1.jsonl has 2/4" in err[0] and "--allow-partial" in err[0]
+    assert not os.path.exists(os.path.join(out, "mme", "none.jsonl"))
+    assert _run(base + ["--merge", "--allow-partial"]) == 0
+    cap = capsys.readouterr()
+    line = [l for l in cap.out.splitlines() if l.startswith("mme")][0]
+    # two of three subtasks answered (code_reasoning was in the lost part): a partial headline
+    assert "partial: 6/8 answered; 2/3 subtasks" in line and "answered 6/8" in line
+    warn = [l for l in cap.err.splitlines() if l.startswith("warning:")]
+    assert len(warn) == 1 and "mme/none" in warn[0]
+    with open(os.path.join(out, "mme", "none.summary.json")) as f:
+        s = json.load(f)
+    assert s["partial"] and s["missing_subtasks"] and s["coverage"] == "6/8"
+    assert "partial" in open(os.path.join(out, "report.md")).read()
+
+
+def test_report_is_rebuilt_from_every_summary(data_root, tmp_path):
+    out = str(tmp_path / "out")
+    os.makedirs(out)
+    with open(os.path.join(out, "report.png"), "wb") as f:
+        f.write(b"stale picture of an older run")
+    old = os.umask(0o022)
+    try:
+        assert _run(["--benchmark", "gqa,pope", "--data-root", data_root, "--method", "none",
+                     "--out", out, "--no-progress"], FakePredictor()) == 0
+        # a single run per benchmark: nothing to plot, so the stale picture is gone
+        assert not os.path.exists(os.path.join(out, "report.png"))
+        # a narrower rerun (one benchmark, another method) keeps the other rows
+        assert _run(["--benchmark", "gqa", "--data-root", data_root, "--method", "rc",
+                     "--out", out, "--no-progress"], FakePredictor()) == 0
+    finally:
+        os.umask(old)
+    with open(os.path.join(out, "report.json")) as f:
+        rows = json.load(f)["rows"]
+    assert {(r["benchmark"], r["tag"]) for r in rows} >= {("gqa", "none"), ("gqa", "rc"),
+                                                         ("pope", "none"), ("pope_acc", "none")}
+    assert os.path.exists(os.path.join(out, "report.png"))       # gqa now has two runs
+    for name in ("report.md", "report.csv", "report.json", "report.png",
+                 os.path.join("gqa", "rc.summary.json")):
+        assert os.stat(os.path.join(out, name)).st_mode & 0o777 == 0o644, name
+
+
+def test_errors_file_keeps_only_items_still_failing(data_root, tmp_path):
+    out = str(tmp_path / "out")
+    img = os.path.join(data_root, "gqa", "data", "images", "n161313.jpg")
+    with open(img, "rb") as f:
+        good = f.read()
+    with open(img, "wb") as f:
+        f.write(b"broken")
+    argv = ["--benchmark", "gqa", "--data-root", data_root, "--method", "none", "--out", out,
+            "--no-progress"]
+    assert _run(argv, FakePredictor()) == 0
+    err_file = os.path.join(out, "gqa", "none.errors.jsonl")
+    assert [e["uid"] for e in _lines(err_file)] == ["201307251"]
+    assert _run(argv, FakePredictor()) == 0                      # still broken: listed once
+    assert len(_lines(err_file)) == 1
+    with open(img, "wb") as f:
+        f.write(good)
+    assert _run(argv, FakePredictor()) == 0
+    assert not os.path.exists(err_file)
+    with open(os.path.join(out, "gqa", "none.summary.json")) as f:
+        s = json.load(f)
+    assert s["coverage"] == "2/2" and "n_errors" not in s and not s["partial"]
+    # the retried item is put back in question order
+    assert [r["uid"] for r in _lines(os.path.join(out, "gqa", "none.jsonl"))] == \
+        [it.uid for it in B.load_benchmark("gqa", data_root).items]
+
+
+class BatchPredictor(FakePredictor):
+    """answer_batch like paddle_rc.pipeline.Predictor; raises when a batch holds ``poison``."""
+
+    def __init__(self, poison=None, **kw):
+        super().__init__(**kw)
+        self.poison = poison
+        self.batches = []
+
+    def answer_batch(self, images, prompts, questions, max_new_tokens=128, temperature=0.0):
+        self.batches.append(len(prompts))
+        if self.poison and any(x in p for x in self.poison for p in prompts):
+            raise RuntimeError("shape mismatch in the vision tower")
+        outs = [self.answer(im, p, q, max_new_tokens, temperature)
+                for im, p, q in zip(images, prompts, questions)]
+        for o in outs:
+            o["timings"] = {"vision": 0.3, "prefill": 0.6, "decode": 0.9, "batch_size": len(outs)}
+        return outs
+
+
+def test_batches_and_a_failing_item_inside_one(data_root, tmp_path):
+    out = str(tmp_path / "out")
+    pred = BatchPredictor(poison=("a car", "a bus"))   # the two "popular" POPE questions
+    assert _run(["--benchmark", "pope", "--data-root", data_root, "--method", "none",
+                 "--out", out, "--no-progress", "--batch-size", "4"], pred) == 0
+    # batch 1 = 4 items (fails, then each alone), batch 2 = the last 2 items
+    assert pred.batches == [4, 1, 1, 1, 1, 2]
+    recs = _lines(os.path.join(out, "pope", "none.jsonl"))
+    assert [r["metadata"]["split"] for r in recs] == ["adversarial"] * 2 + ["random"] * 2
+    errs = _lines(os.path.join(out, "pope", "none.errors.jsonl"))
+    assert [e["kind"] for e in errs] == ["model", "model"]
+    assert "shape mismatch" in errs[0]["error"]
+    # a batch's stage times are shared: each record carries its share
+    last = recs[-1]["metadata"]
+    assert last["batch_size"] == 2 and last["timings"]["prefill"] == pytest.approx(0.3)
+    with open(os.path.join(out, "pope", "none.summary.json")) as f:
+        s = json.load(f)
+    assert s["coverage"] == "4/6" and s["n_errors"] == 2 and s["missing_splits"] == ["popular"]
+
+
+def test_batched_greedy_answers_equal_batch_1_on_the_demo_model(data_root, tmp_path):
+    """The real predictor (built-in demo model, random weights, RC on): images of different
+    sizes and prompts of different lengths in one batch."""
+    from paddle_rc.predictor import build_predictor
+    predictor = build_predictor(method="rc")
+    texts = {}
+    for bs in (1, 4):
+        out = str(tmp_path / f"b{bs}")
+        assert _run(["--benchmark", "pope,mmbench", "--data-root", data_root, "--method", "rc",
+                     "--max-new-tokens", "6", "--out", out, "--no-progress",
+                     "--batch-size", str(bs)], predictor) == 0
+        texts[bs] = [(r["uid"], r["text"], r["metadata"]["visual_tokens"])
+                     for name in ("pope", "mmbench")
+                     for r in _lines(os.path.join(out, name, "rc.jsonl"))]
+    assert len(texts[1]) == 9 and texts[1] == texts[4]
+    assert len({t for _, t, _ in texts[1]}) > 1          # not one constant answer

@@ -13,7 +13,8 @@ import pytest
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 from paddle_rc.export import exporter
-from paddle_rc.export.runner import DeployedLlava, build_deployed_predictor
+from paddle_rc.export.runner import DeployedLlava
+from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
 ALL_METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
@@ -286,19 +287,38 @@ def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoin
     """The runner uses the pipeline's prompt and CLIP-text handling: in a batch where one sample has
     no question, that sample's text stage is skipped, and both samples match the dynamic model."""
     from paddle_rc.demo import demo_image
-    from paddle_rc.pipeline import build_predictor
 
     images = [demo_image(), demo_image().rotate(90)]
     args = (images, ["What is this?", "Describe it."], ["What is the red sign?", ""])
-    dep = build_deployed_predictor(deploy_rc).answer_batch(*args, max_new_tokens=4)
+    dep = build_predictor(deploy_dir=deploy_rc).answer_batch(*args, max_new_tokens=4)
     dyn = build_predictor(checkpoint, method="rc", budget=6).answer_batch(*args, max_new_tokens=4)
     assert dep[0]["stage_counts"]["text"] > 0 and dep[1]["stage_counts"]["text"] == 0
     for a, b in zip(dep, dyn):
         assert a["text"] == b["text"] and a["stage_counts"] == b["stage_counts"]
 
 
+def test_deployed_batch_equals_one_at_a_time(deploy_rc):
+    from paddle_rc.demo import demo_image
+
+    pred = build_predictor(deploy_dir=deploy_rc)
+    images = [demo_image(), demo_image().rotate(90).resize((80, 200)), demo_image().convert("L")]
+    questions = ["What is this?", "Describe it.", ""]
+    batch = pred.answer_batch(images, questions, max_new_tokens=6)
+    for b, (im, q) in zip(batch, zip(images, questions)):
+        s = pred.answer(im, q, max_new_tokens=6)
+        assert (b["text"], b["visual_tokens"], b["stage_counts"]) == (s["text"], s["visual_tokens"], s["stage_counts"])
+
+
+def test_build_predictor_holds_a_deployment_to_its_export(deploy_rc):
+    assert build_predictor(deploy_dir=deploy_rc, method="rc").compression.budget == 6  # exported budget kept
+    for kw in ({"method": "prumerge"}, {"budget": 7}, {"method": "rc", "budget": 7}):
+        with pytest.raises(UserError, match="exported with method rc budget 6"):
+            build_predictor(deploy_dir=deploy_rc, **kw)
+    assert build_predictor(deploy_dir=deploy_rc).kind == "deploy"
+
+
 def test_deployed_method_is_fixed(deploy_rc):
-    pred = build_deployed_predictor(deploy_rc)
+    pred = build_predictor(deploy_dir=deploy_rc)
     pred.set_method("rc", 6)  # the exported one: fine
     with pytest.raises(UserError, match="exported with method rc.*--method prumerge"):
         pred.set_method("prumerge")
@@ -351,25 +371,25 @@ def test_damaged_export_ends_in_a_clear_message(deploy_rc, tmp_path, damage):
     fn, names = DAMAGES[damage]
     fn(d)
     with pytest.raises(UserError) as err:
-        build_deployed_predictor(d)
+        build_predictor(deploy_dir=d)
     msg = str(err.value)
     assert names in msg and "re-run tools/export.py" in msg, msg
 
 
 def test_missing_deploy_dir_and_gpu_request(tmp_path, deploy_rc):
     with pytest.raises(UserError, match="not found"):
-        build_deployed_predictor(str(tmp_path / "nothing"))
+        build_predictor(deploy_dir=str(tmp_path / "nothing"))
     if not paddle.is_compiled_with_cuda():
         with pytest.raises(UserError, match="CUDA build"):
-            build_deployed_predictor(deploy_rc, device="gpu")
+            build_predictor(deploy_dir=deploy_rc, device="gpu")
 
 
 def test_onednn_switch_on_our_graphs(deploy_rc):
     """oneDNN on: the 3.3.x PIR oneDNN bug does not fire on these graphs, and results are unchanged."""
     from paddle_rc.demo import demo_image
 
-    off = build_deployed_predictor(deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
-    on = build_deployed_predictor(deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
+    off = build_predictor(deploy_dir=deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
+    on = build_predictor(deploy_dir=deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
                                                                            max_new_tokens=4)
     assert on["text"] == off["text"] and on["stage_counts"] == off["stage_counts"]
 

@@ -94,9 +94,9 @@ def test_sampling_is_seeded_and_top_p_restricts(tiny_model, rng):
     from paddle_rc.models.generation import sample_next
 
     logits = np.array([[5.0, 4.0, 0.0, -1.0, -2.0]])
-    picks = {int(sample_next(logits, 1.0, 0.5, np.random.default_rng(s))[0]) for s in range(50)}
+    picks = {int(sample_next(logits, 1.0, 0.5, [np.random.default_rng(s)])[0]) for s in range(50)}
     assert picks == {0}  # token 0 alone holds > 50% of the mass
-    picks = {int(sample_next(logits, 1.0, 0.9, np.random.default_rng(s))[0]) for s in range(200)}
+    picks = {int(sample_next(logits, 1.0, 0.9, [np.random.default_rng(s)])[0]) for s in range(200)}
     assert picks == {0, 1}
 
 

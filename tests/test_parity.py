@@ -99,7 +99,7 @@ def test_greedy_generation_equals_transformers(converted, fmt):
 def test_pipeline_runs_on_converted_checkpoint(converted):
     from PIL import Image
 
-    from paddle_rc.pipeline import build_predictor
+    from paddle_rc.predictor import build_predictor
 
     _, _, dst = converted["llava-original-fp16"]
     predictor = build_predictor(model_dir=dst, method="none")

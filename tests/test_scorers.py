@@ -44,9 +44,15 @@ def test_uppercase_contraction_keys_never_fire():
 # --------------------------------------------------------------------------- VQA accuracy
 
 
-def test_vqa_accuracy_full_and_zero():
-    assert S.vqa_accuracy("Two.", ["2"] * 10) == 1.0          # 9 others match -> min(1, 3)
-    assert S.vqa_accuracy("Two dogs.", ["2"] * 10) == 0.0     # "2 dogs" != "2"
+def test_vqa_accuracy_identical_gts_compare_the_prediction_as_submitted():
+    # All ten GTs equal: no processing on either side, only whitespace is cleaned.
+    assert S.vqa_accuracy("2", ["2"] * 10) == 1.0                # 9 others match -> min(1, 3)
+    assert S.vqa_accuracy("  2\n", ["2"] * 10) == 1.0
+    assert S.vqa_accuracy("two", ["2"] * 10) == 0.0              # number words stay words
+    assert S.vqa_accuracy("Two.", ["2"] * 10) == 0.0
+    assert S.vqa_accuracy("red white", ["red, white"] * 10) == 0.0
+    # GT whitespace is cleaned before the "all identical" test.
+    assert S.vqa_accuracy("yes", ["yes", " yes", "yes\t"] + ["yes"] * 7) == 1.0
 
 
 def test_vqa_accuracy_leave_one_out():
@@ -59,23 +65,34 @@ def test_vqa_accuracy_leave_one_out():
     assert S.vqa_accuracy("cat", ["cat"] * 3 + ["dog"] * 7) == pytest.approx(0.9)
 
 
-def test_vqa_gt_punctuation_only_when_answers_differ():
-    # Differing GTs get processPunctuation: "red, white" -> "red white" (no strip afterwards).
-    assert S.vqa_accuracy("Red, white", ["red, white"] * 4 + ["red white"] * 6) == 1.0
-    # Identical GTs are left alone, so "red, white" never equals the processed "red white".
-    assert S.vqa_accuracy("red white", ["red, white"] * 10) == 0.0
-    # "yes!" -> "yes " (the space stays: GTs are not stripped or split), so "yes" misses.
-    assert S.vqa_accuracy("yes", ["yes!"] * 3 + ["no"] * 7) == 0.0
+def test_vqa_differing_gts_process_both_sides():
+    # GTs differ -> punctuation, numbers, articles, contractions on GTs *and* prediction.
+    assert S.vqa_accuracy("Two", ["2"] * 9 + ["3"]) == pytest.approx(0.9 * 1 + 0.1 * 1)
+    assert S.vqa_accuracy("red white", ["red, white"] * 4 + ["red white"] * 6) == 1.0
+    assert S.vqa_accuracy("the dog", ["Dog"] * 3 + ["cat"] * 7) == pytest.approx(0.9)
+    assert S.vqa_accuracy("isnt", ["isn't"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+    # "yes!" -> "yes" on both sides now.
+    assert S.vqa_accuracy("yes", ["yes!"] * 3 + ["no"] * 7) == pytest.approx(0.9)
+
+
+def test_vqa_leave_one_out_is_by_annotation_dict():
+    # The official loop drops every annotation dict equal to the one left out. Real
+    # annotations differ by answer_id; dicts without one drop all their twins at once.
+    twins = [{"answer": "cat"}] * 3 + [{"answer": "dog", "answer_id": i} for i in range(7)]
+    # leaving out a "cat" leaves no cat -> 0 (3 times); leaving out a dog -> 3 cats -> 1 (7)
+    assert S.vqa_accuracy("cat", twins) == pytest.approx(0.7)
 
 
 def test_score_vqav2_per_answer_type_and_missing():
     gt = {1: {"answers": ["yes"] * 10, "answer_type": "yes/no", "question_type": "is"},
           2: {"answers": ["2"] * 10, "answer_type": "number", "question_type": "how many"},
-          3: {"answers": ["red"] * 10, "answer_type": "other", "question_type": "what"}}
-    out = S.score_vqav2({1: "Yes", 2: "three"}, gt)   # 1 right, 1 wrong, 1 missing
-    assert out["overall"] == pytest.approx(33.33)     # round(100 / 3, 2)
-    assert out["per_answer_type"] == {"number": 0.0, "other": 0.0, "yes/no": 100.0}
-    assert out["n_missing"] == 1
+          3: {"answers": ["red"] * 10, "answer_type": "other", "question_type": "what"},
+          4: {"answers": ["", " "] + ["x"] * 8, "answer_type": "other", "question_type": "what"}}
+    out = S.score_vqav2({1: "Yes", 2: "three"}, gt)   # 1 right, 1 wrong, 2 missing
+    # missing answers are uploaded as '': question 4 has two empty GTs -> (2*1/3+8*2/3)/10 = .6
+    assert out["overall"] == pytest.approx(round(100 * 1.6 / 4, 2))
+    assert out["per_answer_type"] == {"number": 0.0, "other": 30.0, "yes/no": 100.0}
+    assert out["n_missing"] == 2
 
 
 # --------------------------------------------------------------------------- TextVQA
@@ -86,6 +103,14 @@ def test_evalai_processor():
     assert evalai_process("McDonald's") == "mcdonald 's"   # "'s" split off
     assert evalai_process("What?") == "what"
     assert evalai_process("1,000") == "1000"                # "," dropped by word_tokenize
+
+
+def test_textvqa_mean_over_answered_questions_only():
+    gt = {"a": {"answers": ["nokia"] * 10}, "b": {"answers": ["stop"] * 10},
+          "c": {"answers": ["exit"] * 10}}
+    out = S.score_textvqa({"a": "Nokia", "b": "go"}, gt)   # c unanswered: not in the mean
+    assert out["accuracy"] == 50.0 and out["n"] == 2 and out["n_missing"] == 1
+    assert S.score_textvqa({}, gt)["accuracy"] is None
 
 
 def test_textvqa_accuracy():
@@ -124,11 +149,19 @@ def test_pope_llava_parsing(text, parsed):
     assert S.pope_parse_llava(text) == parsed
 
 
+def _pope_gt(spec):
+    """{key: gt} from {split: [(key, label)]} in label-file order."""
+    gt = {}
+    for split, rows in spec.items():
+        labels = [l for _, l in rows]
+        for pos, (k, l) in enumerate(rows):
+            gt[k] = {"label": l, "category": split, "pos": pos, "split_labels": labels}
+    return gt
+
+
 def test_pope_metrics_per_split_and_mean_f1():
-    gt = {"a1": ("yes", "adversarial"), "a2": ("yes", "adversarial"),
-          "a3": ("no", "adversarial"), "a4": ("no", "adversarial"),
-          "r1": ("yes", "random"), "r2": ("no", "random")}
-    gt = {k: {"label": l, "category": c} for k, (l, c) in gt.items()}
+    gt = _pope_gt({"adversarial": [("a1", "yes"), ("a2", "yes"), ("a3", "no"), ("a4", "no")],
+                   "random": [("r1", "yes"), ("r2", "no")]})
     preds = {"a1": "Yes", "a2": "No", "a3": "Yes, there is.", "a4": "No, there is not.",
              "r1": "Yes", "r2": "no"}
     out = S.score_pope(preds, gt)
@@ -139,6 +172,22 @@ def test_pope_metrics_per_split_and_mean_f1():
     assert adv["yes_ratio"] == 0.5
     assert out["splits"]["random"]["f1"] == 1.0
     assert out["f1_mean"] == pytest.approx(75.0)   # (0.5 + 1.0) / 2 x 100
+    assert out["n_misaligned"] == 0
+
+
+def test_pope_pairs_by_position_like_eval_pope():
+    gt = _pope_gt({"random": [("r1", "yes"), ("r2", "no"), ("r3", "yes"), ("r4", "no")]})
+    # A prefix: zip stops at the answers -> 2 pairs, both right.
+    out = S.score_pope({"r1": "Yes", "r2": "No"}, gt)
+    assert out["splits"]["random"]["n"] == 2 and out["splits"]["random"]["accuracy"] == 1.0
+    # A gap: r3's answer is paired with r2's label "no" -> the official script calls it FP.
+    out = S.score_pope({"r1": "Yes", "r3": "Yes"}, gt)
+    m = out["splits"]["random"]
+    assert (m["TP"], m["FP"]) == (1, 1) and out["n_misaligned"] == 1
+    # File order decides, not question order.
+    out = S.score_pope({"r2": "No", "r1": "Yes"}, gt)
+    assert out["splits"]["random"]["accuracy"] == 0.0 and out["n_misaligned"] == 2
+    assert S.score_pope({}, gt)["f1_mean"] is None
 
 
 def test_pope_lmms_exact_match():
@@ -184,6 +233,13 @@ def test_mme_acc_plus_and_totals():
     # code_reasoning: 1 of 2 right -> 50, acc+ 0 -> 50
     assert out["cognition"] == 50.0
     assert out["total"] == 375.0
+    # Only answered questions reach calculation.py: drop count entirely and image e/2.
+    for k in ("c1a", "c1b", "e2a", "e2b"):
+        del preds[k]
+    out = S.score_mme(preds, gt)
+    assert out["subtasks"]["existence"]["score"] == 200.0
+    assert "count" in out["missing_subtasks"] and out["perception"] == 200.0
+    assert out["n_subtasks_answered"] == 2 and out["images_half_answered"] == 0
 
 
 # --------------------------------------------------------------------------- ScienceQA
@@ -206,15 +262,21 @@ def test_sqa_parse(text, letter):
 
 
 def test_sqa_scoring_letter_range_and_failed():
-    gt = {"1": {"answer": 1, "n_choices": 2, "multimodal": True},
-          "2": {"answer": 0, "n_choices": 2, "multimodal": True},
-          "3": {"answer": 2, "n_choices": 3, "multimodal": True},
-          "4": {"answer": 0, "n_choices": 2, "multimodal": True}}
-    preds = {"1": "The answer is B.", "2": "E", "3": "C. opaque", "4": "dunno"}
-    out = S.score_sqa(preds, gt)
-    # 1 right; "E" is outside 2 choices -> wrong; 3 right; FAILED wrong -> 2 / 4
-    assert out["img_accuracy"] == 50.0
-    assert out["n_failed"] == 1
+    gt = {"1": {"answer": 1, "n_choices": 2}, "2": {"answer": 0, "n_choices": 2},
+          "3": {"answer": 2, "n_choices": 3}, "4": {"answer": 0, "n_choices": 2},
+          "5": {"answer": 0, "n_choices": 2}, "6": {"answer": 1, "n_choices": 2}}
+    preds = {"1": "The answer is B.", "2": "E", "3": "C. opaque", "4": "dunno", "6": "B"}
+    prompts = {k: "<image>\nQ" for k in ("1", "2", "3", "4")}
+    prompts["6"] = "Q (text only)"
+    out = S.score_sqa(preds, gt, prompts)
+    # IMG: 1 right; "E" is outside 2 choices -> wrong; 3 right; FAILED wrong -> 2 / 4.
+    # 5 is unanswered: prompt 'Unknown', so it leaves the IMG denominator.
+    assert out["img_accuracy"] == 50.0 and out["n_img"] == 4
+    # all test problems: 1, 3, 6 right of 6 (the missing 5 is FAILED)
+    assert out["accuracy"] == 50.0 and out["n"] == 6
+    assert out["n_failed"] == 2
+    # no record carries <image>: the official script would divide by zero
+    assert S.score_sqa(preds, gt, {})["img_accuracy"] is None
 
 
 # --------------------------------------------------------------------------- MMBench
@@ -252,7 +314,7 @@ def _mm_gt(index, answer, options, rounds=None):
     n = len(options)
     opts = list(options)
     for r in range(rounds or n):
-        out[f"{index}#r{r}"] = {"index": index, "round": r,
+        out[f"{index}#r{r}"] = {"group": index % 1_000_000, "index": index, "round": r,
                                 "answer": S.mmbench_round_answer(answer, n, r),
                                 "choices": dict(zip("ABCD", opts)), "category": "cat",
                                 "l2_category": "l2"}
@@ -274,3 +336,19 @@ def test_mmbench_circular_one_failed_round_fails_the_question():
     assert S.score_mmbench(preds, gt)["circular_accuracy"] == 50.0
     preds["0#r2"] = "C"
     assert S.score_mmbench(preds, gt)["circular_accuracy"] == 100.0
+
+
+def test_mmbench_circular_copies_group_by_index_mod_1e6():
+    # LLaVA's default file: one record per tsv row; rows 7 and 1000007 are one question.
+    gt = {**_mm_gt(7, "B", ["dog", "cat"], rounds=1),
+          **_mm_gt(1_000_007, "A", ["cat", "dog"], rounds=1),
+          **_mm_gt(8, "A", ["x", "y"], rounds=1)}
+    preds = {"7#r0": "B", "1000007#r0": "A", "8#r0": "A"}
+    out = S.score_mmbench(preds, gt)
+    assert out["n_questions"] == 2 and out["circular_accuracy"] == 100.0
+    preds["1000007#r0"] = "B"          # the copy fails -> the question fails
+    assert S.score_mmbench(preds, gt)["circular_accuracy"] == 50.0
+    del preds["1000007#r0"]            # a missing copy is wrong too
+    out = S.score_mmbench(preds, gt)
+    assert out["circular_accuracy"] == 50.0 and out["n_missing"] == 1
+    assert out["round0_accuracy"] == 100.0   # rows 7 and 8 as first shown

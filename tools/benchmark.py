@@ -4,6 +4,7 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
 import json
@@ -34,6 +35,14 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
+    cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
+    cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
+    cv.add_argument("--runs", default=ALL_METHODS.replace("none,", "none,rc:no-text,"),
+                    help="comma list of METHOD[:no-text][@BUDGET] (default: every method, adaptive)")
+    cv.add_argument("--limit", type=int, help="only the first N questions that have a target")
+    cv.add_argument("--batch", type=int, default=16)
+    cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p
 
 
@@ -169,6 +178,15 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "coverage":
+        from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
+        from paddle_rc.predictor import build_predictor
+
+        rows = run_coverage(build_predictor(model_dir=args.model), args.data_root,
+                            [r.strip() for r in args.runs.split(",") if r.strip()], limit=args.limit,
+                            batch=args.batch)
+        print(format_coverage_table(rows))
+        _write_json(args.json, rows)
     return 0
 
 

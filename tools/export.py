@@ -70,9 +70,9 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     if args.check:
         from paddle_rc.demo import demo_image
-        from paddle_rc.export.runner import build_deployed_predictor
+        from paddle_rc.predictor import build_predictor
 
-        out = build_deployed_predictor(args.out).answer(demo_image(), "What is in this image?", max_new_tokens=4)
+        out = build_predictor(deploy_dir=args.out).answer(demo_image(), "What is in this image?", max_new_tokens=4)
         manifest["check"] = {"visual_tokens": out["visual_tokens"], "answer": out["text"]}
     if args.json:
         print(json.dumps(manifest, ensure_ascii=False))

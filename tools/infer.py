@@ -24,7 +24,8 @@ def build_parser():
     p.add_argument("--image", help="image file; default: built-in demo image")
     p.add_argument("--question", default="What is in this image?")
     p.add_argument("--conv-mode", help="vicuna_v1 | llava_v1 | llava_hf (default: the checkpoint's)")
-    p.add_argument("--method", default="rc", help="compression method (none, rc, rc-reference, ...)")
+    p.add_argument("--method", help="compression method (none, rc, rc-reference, ...); default rc, "
+                   "with --deploy the exported one (another is an error)")
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: adaptive)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option topk=16 (repeatable; defaults in configs/methods/)")
@@ -42,12 +43,10 @@ def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
     from paddle_rc.data.image import load_image
     from paddle_rc.errors import UserError
-    from paddle_rc.pipeline import build_predictor
+    from paddle_rc.predictor import build_predictor
 
     if args.model and args.deploy:
         raise UserError("give --model or --deploy, not both")
-    if args.model and not os.path.isdir(args.model):
-        raise UserError(f"model directory not found: {args.model}")
     if args.image:
         image = load_image(args.image)
         image_path = args.image
@@ -55,7 +54,8 @@ def main(argv=None) -> int:
         from paddle_rc.demo import demo_image
 
         image, image_path = demo_image(), "<built-in demo image>"
-    predictor = build_predictor(args.model, args.deploy, method=args.method, budget=args.budget,
+    method = args.method if args.method or args.deploy else "rc"
+    predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
                                 conv_mode=args.conv_mode, **parse_key_values(args.option))
     out = predictor.answer(image, args.question, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, seed=args.seed)

@@ -11,10 +11,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from paddle_rc.errors import UserError
 
 
-def load_image(source: Union[str, bytes, os.PathLike, Image.Image]) -> Image.Image:
-    """Open an image (path, bytes or PIL image) upright and in RGB, or raise UserError."""
+def load_image(source: Union[str, bytes, os.PathLike, Image.Image, np.ndarray]) -> Image.Image:
+    """Open an image (path, bytes, PIL image, or uint8 array HxW / HxWx3 / HxWx4) upright and in RGB,
+    or raise UserError."""
     if isinstance(source, Image.Image):
         img = source
+    elif isinstance(source, np.ndarray):
+        shape_ok = source.ndim == 2 or (source.ndim == 3 and source.shape[2] in (3, 4))
+        if source.dtype != np.uint8 or not shape_ok:
+            raise UserError(f"an image array must be uint8 HxW, HxWx3 or HxWx4, got {source.dtype} "
+                            f"{list(source.shape)}")
+        img = Image.fromarray(source)
     else:
         name = "<bytes>" if isinstance(source, bytes) else os.fspath(source)
         try:

@@ -37,6 +37,12 @@ class Item:
     prompt: str           # user turn without "<image>", with LLaVA's suffix
     question: str         # bare question for the CLIP text tower
     metadata: Dict[str, Any] = field(default_factory=dict)
+    answer_prompt: Optional[str] = None  # the answer record's "prompt" where LLaVA writes
+                                         # something else than the user turn (SQA, MMBench)
+
+    @property
+    def record_prompt(self):
+        return self.prompt if self.answer_prompt is None else self.answer_prompt
 
 
 @dataclass
@@ -50,26 +56,46 @@ class Benchmark:
     extra_headlines: Dict[str, str] = field(default_factory=dict)
     submission_fn: Optional[Callable] = None  # (predictions {uid: text}) -> JSON-able
     notes: List[str] = field(default_factory=list)
+    uses_prompts: bool = False                # score_fn also takes prompts={uid: record prompt}
+    # Ground truth outside ``items`` that the official scorer still counts (ScienceQA's
+    # text-only test problems); kept whole by ``subset`` only when nothing is cut.
+    extra_ground_truth: Dict[str, Any] = field(default_factory=dict)
+    # (records) -> the Benchmark those records were written for, when one benchmark has
+    # several answer-file layouts (MMBench: one record per tsv row, or --all-rounds).
+    layout_for: Optional[Callable] = None
+    layout: str = ""
+    # (record) -> uid for answer files written by LLaVA's scripts, where the benchmark knows a
+    # better key than question_id + prompt (MME: subtask, image and question).
+    match_record: Optional[Callable] = None
 
     def subset(self, uids):
         keep = set(uids)
         items = [it for it in self.items if it.uid in keep]
         gt = {k: v for k, v in self.ground_truth.items() if k in keep}
         return Benchmark(self.name, items, gt, self.score_fn, self.headline, self.headline_label,
-                         dict(self.extra_headlines), self.submission_fn, list(self.notes))
+                         dict(self.extra_headlines), self.submission_fn, list(self.notes),
+                         self.uses_prompts, {}, None, self.layout, self.match_record)
 
-    def score(self, predictions):
-        """``predictions``: {uid: answer text}. Only this benchmark's items count."""
+    def score(self, predictions, prompts=None):
+        """``predictions``: {uid: answer text} in answer-file order; ``prompts``: {uid: the
+        record's prompt}. Only this benchmark's items count."""
         if self.score_fn is None:
             out = {"score": None, "note": "no local ground truth; submit the upload file"}
         else:
-            out = dict(self.score_fn(predictions, self.ground_truth))
+            gt = dict(self.ground_truth)
+            gt.update(self.extra_ground_truth)
+            kw = {"prompts": prompts or {}} if self.uses_prompts else {}
+            out = dict(self.score_fn(predictions, gt, **kw))
             out["score"] = _dig(out, self.headline)
             for label, path in self.extra_headlines.items():
                 out.setdefault("extra_scores", {})[label] = _dig(out, path)
         out["metric"] = self.headline_label
         out["n_items"] = len(self.items)
         out["n_answered"] = sum(1 for it in self.items if predictions.get(it.uid) is not None)
+        out["coverage"] = f"{out['n_answered']}/{out['n_items']}"
+        out["partial"] = out["n_answered"] < out["n_items"]
+        if self.layout:
+            out["layout"] = self.layout
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -175,10 +201,11 @@ def read_vqav2_val(root):
         items.append(Item(qid, uid, img, q["question"] + "\n" + SUFFIX, q["question"],
                           {"benchmark": "vqav2_val", "answer_type": a["answer_type"],
                            "question_type": a["question_type"], "split": "val2014"}))
-        gt[uid] = {"answers": [x["answer"] for x in a["answers"]],
+        gt[uid] = {"answers": [dict(x) for x in a["answers"]],
                    "answer_type": a["answer_type"], "question_type": a["question_type"]}
     return Benchmark("vqav2_val", items, gt, scorers.score_vqav2, "overall",
-                     "VQA accuracy (official vqaEval, after the MMF EvalAI processor)")
+                     "VQA accuracy (current official vqaEval.py on LLaVA's EvalAI-processed "
+                     "upload; unanswered = '')")
 
 
 def read_vqav2_testdev(root):
@@ -242,7 +269,8 @@ def read_textvqa(root):
         gt[it.uid] = {"answers": a["answers"]}
     notes = [f"{unmatched} questions had no annotation and are not scored"] if unmatched else []
     return Benchmark("textvqa", items, gt, scorers.score_textvqa, "accuracy",
-                     "TextVQA accuracy (m4c evaluator, OCR-token prompt)", notes=notes)
+                     "TextVQA accuracy over answered questions (eval_textvqa.py, m4c evaluator)",
+                     notes=notes)
 
 
 # --------------------------------------------------------------------------- GQA
@@ -270,33 +298,44 @@ def read_gqa(root):
 # --------------------------------------------------------------------------- POPE
 
 POPE_SPLITS = ("adversarial", "popular", "random")
+# The label files LLaVA's llava_pope_test.jsonl was built from (later commits changed them).
+POPE_COMMIT = "e3e3926"
 
 
 def read_pope(root):
+    """eval_pope.py pairs the answers of a split with the lines of coco_pope_<split>.json by
+    position, so the reader insists that the split's questions, in question-file order, are
+    those lines, in that order (same image and question text). Anything else means label files
+    from another POPE commit: scoring would silently pair answers with other questions' labels,
+    so it is an error instead."""
     d = os.path.join(root, "pope")
     rows = _load_jsonl(os.path.join(d, "llava_pope_test.jsonl"))
     labels = {s: _load_jsonl(os.path.join(d, "coco", f"coco_pope_{s}.json")) for s in POPE_SPLITS}
     img_dir = _need_dir(os.path.join(d, "val2014"))
     items = _llava_items(rows, img_dir, "pope")
-    gt, positional = {}, []
+    gt = {}
     for split in POPE_SPLITS:
         mine = [(r, it) for r, it in zip(rows, items) if r.get("category") == split]
-        keyed = {(os.path.basename(l["image"]), _strip_suffix(l["text"])): l["label"]
-                 for l in labels[split]}
-        found = [keyed.get((os.path.basename(r["image"]), _strip_suffix(r["text"])))
-                 for r, _ in mine]
-        if mine and any(f is None for f in found):
-            # eval_pope.py pairs answers and labels by position within the split.
-            positional.append(split)
-            found = [l["label"] for l in labels[split]][: len(mine)]
-        for (r, it), lab in zip(mine, found):
+        lines = labels[split]
+        split_labels = [l["label"] for l in lines]
+        bad = [i for i, (r, _) in enumerate(mine)
+               if i >= len(lines) or (os.path.basename(lines[i]["image"]),
+                                      _strip_suffix(lines[i]["text"]))
+               != (os.path.basename(r["image"]), _strip_suffix(r["text"]))]
+        if bad:
+            i = bad[0]
+            raise UserError(
+                f"pope: {len(bad)} of {len(mine)} {split} questions of llava_pope_test.jsonl are "
+                f"not line {i + 1}.. of coco/coco_pope_{split}.json (first: question_id "
+                f"{mine[i][0]['question_id']}); eval_pope.py pairs them by position, so take the "
+                f"label files from AoiDragon/POPE at commit {POPE_COMMIT} ({DOC_HINT})")
+        for pos, (r, it) in enumerate(mine):
             it.metadata["split"] = split
-            gt[it.uid] = {"label": lab, "category": split}
-    notes = [f"split {s}: labels matched by position (question text/image did not match)"
-             for s in positional]
+            gt[it.uid] = {"label": split_labels[pos], "category": split, "pos": pos,
+                          "split_labels": split_labels}
     return Benchmark("pope", items, gt, scorers.score_pope, "f1_mean",
-                     "POPE F1 averaged over adversarial/popular/random (LLaVA eval_pope parsing)",
-                     extra_headlines={"pope_acc": "accuracy_mean"}, notes=notes)
+                     "POPE F1 averaged over the splits (eval_pope.py: answers paired with "
+                     "labels by position)", extra_headlines={"pope_acc": "accuracy_mean"})
 
 
 def score_pope_both(predictions, ground_truth):
@@ -356,42 +395,57 @@ def read_mme(root):
         rows = _load_jsonl(jsonl)
         source = "llava_mme.jsonl"
     else:
-        # Same content LLaVA's llava_mme.jsonl holds: every question of every subtask, the
-        # short-answer suffix appended, question_id = "<subtask>/<image file>".
+        # What LLaVA's llava_mme.jsonl holds: every question of every subtask without its
+        # "Please answer yes or no." (the short-answer suffix asks for the same),
+        # question_id = the image path under MME_Benchmark_release_version.
         rows = []
         for (cat, stem), qa in sorted(pairs.items()):
             if (cat, stem) not in images:
                 raise UserError(f"MME image for {cat}/{stem}.txt not found under {mme_dir}")
-            img = images[(cat, stem)]
+            img = images[(cat, stem)].replace(os.sep, "/")
             for q, _ in qa:
-                rows.append({"question_id": f"{cat}/{os.path.basename(img)}", "image": img,
-                             "text": q + "\n" + SUFFIX, "category": cat})
+                bare = q.replace("Please answer yes or no.", "").strip()
+                rows.append({"question_id": img, "image": img, "text": bare + "\n" + SUFFIX,
+                             "category": cat})
         source = "MME_Benchmark_release_version folders"
     items = _llava_items(rows, mme_dir, "mme")
     gt_lookup = {(cat, stem, _mme_norm(q)): a for (cat, stem), qa in pairs.items() for q, a in qa}
-    gt, unmatched = {}, 0
+    gt, unmatched, by_key = {}, 0, {}
     for r, it in zip(rows, items):
-        qid = str(r["question_id"])
-        cat = qid.split("/")[0]
-        stem = os.path.splitext(qid.split("/")[-1])[0]
-        q = _strip_suffix(r["text"])
-        if "Please answer yes or no." not in q:
-            q = q + " Please answer yes or no."
-        ans = gt_lookup.get((cat, stem, _mme_norm(q)))
-        it.question = q.replace("Please answer yes or no.", "").strip()
-        it.metadata.update({"category": cat, "split": "perception" if cat in
+        key = _mme_key(r["question_id"], r["text"])
+        ans = gt_lookup.get(key)
+        it.question = key[2].replace("Please answer yes or no.", "").strip()
+        it.metadata.update({"category": key[0], "split": "perception" if key[0] in
                             scorers.MME_PERCEPTION else "cognition"})
+        by_key[key] = it.uid
         if ans is None:
             unmatched += 1
             continue
-        gt[it.uid] = {"answer": ans, "category": cat, "image": f"{cat}/{stem}"}
+        gt[it.uid] = {"answer": ans, "category": key[0], "image": f"{key[0]}/{key[1]}"}
     notes = [f"questions read from {source}"]
     if unmatched:
         notes.append(f"{unmatched} questions had no ground truth and are not scored")
-    return Benchmark("mme", items, gt, scorers.score_mme, "perception",
-                     "MME perception (sum of acc + acc+ over 10 subtasks)",
-                     extra_headlines={"mme_cognition": "cognition", "mme_total": "total"},
-                     notes=notes)
+
+    def match_record(rec):
+        """convert_answer_to_mme.py's key: subtask, image stem and the question of the prompt."""
+        return by_key.get(_mme_key(rec.get("question_id"), rec.get("prompt")))
+
+    bench = Benchmark("mme", items, gt, scorers.score_mme, "perception",
+                      "MME perception (sum of acc + acc+ over the 10 subtasks, answered "
+                      "questions)",
+                      extra_headlines={"mme_cognition": "cognition", "mme_total": "total"},
+                      notes=notes)
+    bench.match_record = match_record
+    return bench
+
+
+def _mme_key(question_id, prompt):
+    """(subtask, image stem, question with "Please answer yes or no." and single spaces)."""
+    qid = str(question_id)
+    q = _strip_suffix(str(prompt or ""))
+    if "Please answer yes or no." not in q:
+        q = q + " Please answer yes or no."
+    return qid.split("/")[0], os.path.splitext(qid.split("/")[-1])[0], _mme_norm(q)
 
 
 # --------------------------------------------------------------------------- ScienceQA
@@ -403,22 +457,33 @@ def read_sqa_img(root):
     problems = _load_json(os.path.join(d, "problems.json"))
     splits = _load_json(os.path.join(d, "pid_splits.json"))
     img_dir = _need_dir(os.path.join(d, "images", "test"))
-    test_ids = set(str(x) for x in splits.get("test", []))
+    test_ids = [str(x) for x in splits.get("test", [])]
+    asked = set()
     items, gt = [], {}
     for row in convs:
         pid = str(row["id"])
-        if "image" not in row or pid not in test_ids or pid not in problems:
+        if "image" not in row or pid not in problems or pid not in set(test_ids):
             continue  # SQA-IMG: test questions that come with an image
         prob = problems[pid]
         text = row["conversations"][0]["value"].replace("<image>", "").strip()
         prompt = text + "\n" + SQA_SUFFIX
+        # model_vqa_science.py records "<image>\n" + the turn: eval_science_qa.py reads it
+        # there to tell image questions from text-only ones.
         items.append(Item(row["id"], pid, os.path.join(img_dir, row["image"]), prompt,
                           prob["question"],
                           {"benchmark": "sqa_img", "split": "test", "subject": prob.get("subject"),
-                           "grade": prob.get("grade"), "n_choices": len(prob["choices"])}))
-        gt[pid] = {"answer": prob["answer"], "n_choices": len(prob["choices"]), "multimodal": True}
+                           "grade": prob.get("grade"), "n_choices": len(prob["choices"])},
+                          answer_prompt="<image>\n" + prompt))
+        gt[pid] = {"answer": prob["answer"], "n_choices": len(prob["choices"])}
+        asked.add(pid)
+    # eval_science_qa.py walks every test problem; the text-only ones count in its overall
+    # accuracy (as FAILED unless the answer file has them).
+    extra = {pid: {"answer": problems[pid]["answer"], "n_choices": len(problems[pid]["choices"])}
+             for pid in test_ids if pid in problems and pid not in asked}
     return Benchmark("sqa_img", items, gt, scorers.score_sqa, "img_accuracy",
-                     "ScienceQA-IMG accuracy (eval_science_qa.py parsing, FAILED = wrong)")
+                     "ScienceQA-IMG accuracy (eval_science_qa.py: answered records whose prompt "
+                     "has <image>)", extra_headlines={"sqa_all_test": "accuracy"},
+                     uses_prompts=True, extra_ground_truth=extra)
 
 
 # --------------------------------------------------------------------------- MMBench
@@ -459,17 +524,21 @@ class _B64Image:
         return "<base64 image>"
 
 
-def read_mmbench(root, lang="en", all_rounds=True):
+MMBENCH_COPY = 1_000_000  # circular copies of question i have index i + k * 1e6
+
+
+def read_mmbench(root, lang="en", all_rounds=False):
+    """Every tsv row, circular copies included, as LLaVA's model_vqa_mmbench.py asks them: once
+    (LLaVA's default, what scripts/v1_5/eval/mmbench.sh runs) or, with ``all_rounds``, once per
+    option with the options rotated after each round. Answer records carry LLaVA's
+    ``round_id``/``options``/``option_char``; the record prompt is LLaVA's (no suffix)."""
     fname = "mmbench_dev_20230712.tsv" if lang == "en" else "mmbench_dev_cn_20231003.tsv"
     rows = _read_tsv(os.path.join(root, "mmbench", fname))
     letters = ["A", "B", "C", "D"]
+    name = "mmbench" if lang == "en" else "mmbench_cn"
     items, gt = [], {}
-    skipped = 0
     for row in rows:
         idx = int(row["index"])
-        if idx >= 1_000_000:
-            skipped += 1  # ready-made circular copies; rotations are generated here instead
-            continue
         options = []
         for c in letters:
             if c not in row or _is_none(row[c]):
@@ -479,6 +548,7 @@ def read_mmbench(root, lang="en", all_rounds=True):
         n_rounds = len(options) if all_rounds else 1
         hint = row.get("hint")
         image = _B64Image(row["image"])
+        answer = (row.get("answer") or "").strip()
         for r in range(n_rounds):
             q = row["question"]
             if not _is_none(hint):
@@ -487,24 +557,61 @@ def read_mmbench(root, lang="en", all_rounds=True):
                 q = q + "\n" + ch + ". " + opt
             prompt = q + "\n" + MMBENCH_SUFFIX[lang]
             uid = f"{idx}#r{r}"
-            meta = {"benchmark": "mmbench", "round_id": r, "options": list(options),
+            meta = {"benchmark": name, "round_id": r, "options": list(options),
                     "option_char": list(chars), "category": row.get("category"),
                     "l2_category": row.get("l2-category"), "split": row.get("split", "dev")}
-            items.append(Item(idx, uid, image, prompt, row["question"], meta))
-            answer = (row.get("answer") or "").strip()
+            items.append(Item(idx, uid, image, prompt, row["question"], meta, answer_prompt=q))
             if answer in letters[: len(options)]:
-                gt[uid] = {"index": idx, "round": r,
+                gt[uid] = {"group": idx % MMBENCH_COPY, "index": idx, "round": r,
                            "answer": scorers.mmbench_round_answer(answer, len(options), r),
                            "choices": dict(zip(letters, options)),
                            "category": row.get("category"),
                            "l2_category": row.get("l2-category")}
             options = options[1:] + options[:1]
             chars = chars[1:] + chars[:1]
-    notes = [f"{skipped} pre-rotated rows (index >= 1e6) ignored"] if skipped else []
-    notes.append("rule-based extraction only (no GPT judge); unmapped answers count as wrong")
-    return Benchmark("mmbench" if lang == "en" else "mmbench_cn", items, gt,
-                     scorers.score_mmbench, "circular_accuracy",
-                     "MMBench-dev CircularEval accuracy (rule-based extraction)",
+    layout = "all-rounds" if all_rounds else "one record per tsv row"
+    notes = ["rule-based extraction only (no GPT judge); unmapped answers count as wrong"]
+
+    def layout_for(records):
+        rounds = any(_int_or_zero(r.get("round_id")) > 0 for r in records)
+        return read_mmbench(root, lang, all_rounds=True) if rounds and not all_rounds else None
+
+    return Benchmark(name, items, gt, scorers.score_mmbench, "circular_accuracy",
+                     "MMBench-dev CircularEval accuracy (groups index % 1e6, rule-based "
+                     "extraction)", notes=notes, layout_for=layout_for, layout=layout)
+
+
+def _int_or_zero(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
+
+
+# --------------------------------------------------------------------------- SynthVQA
+
+
+def read_synthvqa(root):
+    """The procedural task of paddle_rc.synth as tools/make_synth.py writes it."""
+    d = os.path.join(root, "synthvqa")
+    rows = _load_jsonl(os.path.join(d, "llava_synthvqa.jsonl"))
+    anns = _load_json(os.path.join(d, "synthvqa_annotations.json"))
+    img_dir = _need_dir(os.path.join(d, "images"))
+    by_qid = {str(a["question_id"]): a for a in anns.get("annotations", [])}
+    items = _llava_items(rows, img_dir, "synthvqa")
+    gt, unmatched = {}, 0
+    for it in items:
+        a = by_qid.get(str(it.question_id))
+        if a is None:
+            unmatched += 1
+            continue
+        it.metadata.update({"qtype": a["qtype"], "split": f"seed {anns.get('generator', {}).get('seed')}"})
+        gt[it.uid] = {"answer": a["answer"], "qtype": a["qtype"]}
+    notes = [f"{unmatched} questions had no annotation and are not scored"] if unmatched else []
+    qtypes = sorted({g["qtype"] for g in gt.values()})
+    return Benchmark("synthvqa", items, gt, scorers.score_synthvqa, "accuracy",
+                     "SynthVQA accuracy (exact match after VQA answer normalisation)",
+                     extra_headlines={f"synthvqa_{t}": f"per_question_type.{t}" for t in qtypes},
                      notes=notes)
 
 
@@ -517,11 +624,12 @@ READERS = {
     "mme": read_mme,
     "sqa_img": read_sqa_img,
     "mmbench": read_mmbench,
-    "mmbench_cn": lambda root: read_mmbench(root, lang="cn"),
+    "mmbench_cn": lambda root, all_rounds=False: read_mmbench(root, "cn", all_rounds),
+    "synthvqa": read_synthvqa,
 }
 ALIASES = {"vqav2": "vqav2_val", "vqav2-val": "vqav2_val", "vqav2-testdev": "vqav2_testdev",
            "sqa": "sqa_img", "scienceqa": "sqa_img", "scienceqa_img": "sqa_img",
-           "mmbench_en": "mmbench", "mmbench-dev": "mmbench"}
+           "mmbench_en": "mmbench", "mmbench-dev": "mmbench", "synth": "synthvqa"}
 
 
 def canonical_name(name):
@@ -533,14 +641,18 @@ def canonical_name(name):
     return key
 
 
-def load_benchmark(name, data_root):
-    """Read one benchmark from ``data_root`` (LLaVA's playground/data/eval layout)."""
+def load_benchmark(name, data_root, all_rounds=False):
+    """Read one benchmark from ``data_root`` (LLaVA's playground/data/eval layout).
+    ``all_rounds`` asks MMBench in every option rotation (LLaVA's --all-rounds)."""
     if not data_root:
         raise UserError("--data-root is required (the folder that holds vqav2/, textvqa/, ...)")
     if not os.path.isdir(data_root):
         raise UserError(f"--data-root {data_root} is not a folder ({DOC_HINT})")
     key = canonical_name(name)
-    bench = READERS[key](data_root)
+    if key in ("mmbench", "mmbench_cn"):
+        bench = READERS[key](data_root, all_rounds=bool(all_rounds))
+    else:
+        bench = READERS[key](data_root)
     if key == "pope":
         bench.score_fn = score_pope_both
     return bench

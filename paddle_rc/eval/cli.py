@@ -12,7 +12,7 @@ from paddle_rc.cli import add_config_args, apply_threads, read_overrides
 from paddle_rc.errors import UserError
 
 from . import benchmarks as B
-from .report import write_report
+from .report import partial_reason, rebuild_report
 from .runner import (DEMO_NOTE, answers_path, merge_chunks, run_benchmark, run_tag,
                      score_answers)
 
@@ -20,7 +20,8 @@ DEFAULTS = {
     "model": None, "deploy": None, "benchmark": None, "data_root": None, "method": "rc",
     "budget": None, "limit": None, "conv_mode": None, "max_new_tokens": 128,
     "out": "output/eval", "num_chunks": 1, "chunk_idx": 0, "merge": False, "score_only": False,
-    "answers": None, "progress": True,
+    "answers": None, "progress": True, "batch_size": 1, "overwrite": False,
+    "allow_partial": False, "all_rounds": False,
 }
 
 
@@ -49,6 +50,15 @@ def build_parser():
                    help="score existing answer files under --out (no model)")
     p.add_argument("--answers", help="with --score-only: score this answer file (e.g. one "
                                      "written by LLaVA's own scripts) for a single benchmark")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="questions per model call (default 1; greedy answers do not change)")
+    p.add_argument("--overwrite", action="store_const", const=True,
+                   help="start the selected runs over: remove their answers, errors, manifest "
+                        "and summary first")
+    p.add_argument("--allow-partial", dest="allow_partial", action="store_const", const=True,
+                   help="with --merge: merge even when a chunk has unanswered items")
+    p.add_argument("--all-rounds", dest="all_rounds", action="store_const", const=True,
+                   help="MMBench: ask every row once per option rotation (LLaVA --all-rounds)")
     p.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     return p
 
@@ -128,6 +138,53 @@ def main(argv=None, predictor=None, image_loader=None):
         return 130
 
 
+def _manifest(cfg, predictor, method, budget, layout):
+    from .manifest import model_identity, run_manifest
+
+    options = {}
+    compression = getattr(predictor, "compression", None)
+    if compression is not None:
+        try:
+            from paddle_rc.compression import method_defaults
+            options = dict(method_defaults(method))
+        except (ImportError, KeyError):
+            options = {}
+        options.update(getattr(compression, "options", None) or {})
+    identity = getattr(predictor, "identity", None)
+    if identity is None:
+        identity = model_identity(cfg["model"], cfg["deploy"])
+    return run_manifest(identity=identity, method=method, budget=budget, options=options,
+                        conv_mode=getattr(predictor, "conv_mode", cfg["conv_mode"]),
+                        max_new_tokens=cfg["max_new_tokens"], layout=layout)
+
+
+def _summary_line(s):
+    extra = ", ".join(f"{k}={v:.2f}" for k, v in (s.get("extra_scores") or {}).items()
+                      if v is not None)
+    score = "n/a" if s.get("score") is None else f"{s['score']:.2f}"
+    why = partial_reason(s)
+    line = (f"{s['benchmark']:14s} {s['tag']:16s} {score}"
+            + (f" (partial: {why})" if why else "")
+            + f"  answered {s.get('coverage', '?')}"
+            + (f"  ({extra})" if extra else "")
+            + (f"  upload: {s['upload_file']}" if s.get("upload_file") else ""))
+    return line
+
+
+def _warn_partial(summaries):
+    partial = [f"{s['benchmark']}/{s['tag']} {partial_reason(s)}" for s in summaries
+               if partial_reason(s)]
+    if partial:
+        print(f"warning: {len(partial)} of {len(summaries)} scores cover part of their benchmark "
+              f"({'; '.join(partial)}); the official rule for unanswered items applies "
+              "(docs/eval-data.md)", file=sys.stderr)
+    misaligned = [f"{s['benchmark']}/{s['tag']} {s['n_misaligned']}" for s in summaries
+                  if s.get("n_misaligned")]
+    if misaligned:
+        print("warning: answers out of question order, scored against other questions' labels "
+              f"as eval_pope.py pairs them by position: {'; '.join(misaligned)}", file=sys.stderr)
+
+
 def _main(argv, predictor, image_loader):
     args = build_parser().parse_args(argv)
     apply_threads(args)
@@ -139,12 +196,18 @@ def _main(argv, predictor, image_loader):
     runs = plan_runs(methods, _budgets(cfg["budget"]))
     out = cfg["out"]
     limit = int(cfg["limit"]) if cfg["limit"] else None
+    batch_size = int(cfg["batch_size"] or 1)
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
     nchunks, cidx = _chunks(cfg)
     if cfg["answers"] and not cfg["score_only"]:
         raise UserError("--answers is only used with --score-only")
     if cfg["answers"] and (len(names) != 1 or len(runs) != 1):
         raise UserError("--answers scores one file: give exactly one --benchmark and --method")
-    benches = {n: B.load_benchmark(n, cfg["data_root"]) for n in names}
+    if cfg["allow_partial"] and not cfg["merge"]:
+        raise UserError("--allow-partial is only used with --merge")
+    benches = {n: B.load_benchmark(n, cfg["data_root"], all_rounds=cfg["all_rounds"])
+               for n in names}
     summaries = []
 
     if cfg["score_only"] or cfg["merge"]:
@@ -152,9 +215,12 @@ def _main(argv, predictor, image_loader):
             for m, b in runs:
                 tag = run_tag(m, b)
                 if cfg["merge"]:
-                    info = merge_chunks(bench, out, tag, nchunks, limit)
+                    info = merge_chunks(bench, out, tag, nchunks, limit,
+                                        allow_partial=bool(cfg["allow_partial"]))
                     print(f"merged {nchunks} chunks -> {info['answers']} "
-                          f"({info['n_records']} answers)", file=sys.stderr)
+                          f"({info['n_records']} answers"
+                          + (f", {info['incomplete_chunks']} chunk(s) incomplete"
+                             if info["incomplete_chunks"] else "") + ")", file=sys.stderr)
                 path = cfg["answers"] or answers_path(out, n, tag)
                 summary_path = None
                 if cfg["answers"]:
@@ -165,7 +231,7 @@ def _main(argv, predictor, image_loader):
         demo = not cfg["model"] and not cfg["deploy"]
         if predictor is None:
             try:
-                from paddle_rc.pipeline import build_predictor
+                from paddle_rc.predictor import build_predictor
             except ImportError as e:
                 raise UserError(f"the model pipeline is not available ({e}); "
                                 "--score-only works without it") from None
@@ -176,12 +242,16 @@ def _main(argv, predictor, image_loader):
             print("note: " + DEMO_NOTE, file=sys.stderr)
         for n, bench in benches.items():
             for m, b in runs:
+                predictor.set_method(m, b)
+                manifest = _manifest(cfg, predictor, m, b, bench.layout)
                 info = run_benchmark(bench, predictor, m, b, out, image_loader=image_loader,
                                      limit=limit, max_new_tokens=int(cfg["max_new_tokens"]),
                                      num_chunks=nchunks, chunk_idx=cidx,
-                                     progress=bool(cfg["progress"]), demo=demo)
+                                     progress=bool(cfg["progress"]), demo=demo,
+                                     batch_size=batch_size, manifest=manifest,
+                                     overwrite=bool(cfg["overwrite"]))
                 msg = (f"{n}/{info['tag']}: {info['n_new']} new, {info['n_resumed']} already "
-                       f"on disk, {info['n_errors']} image errors")
+                       f"on disk, {info['n_errors']} failed (image or model)")
                 if info["torn_line_dropped"]:
                     msg += " (dropped a torn last line from an interrupted run)"
                 print(msg, file=sys.stderr)
@@ -194,11 +264,9 @@ def _main(argv, predictor, image_loader):
             return 0
 
     for s in summaries:
-        extra = ", ".join(f"{k}={v:.2f}" for k, v in (s.get("extra_scores") or {}).items())
-        score = "n/a" if s.get("score") is None else f"{s['score']:.2f}"
-        print(f"{s['benchmark']:14s} {s['tag']:16s} {score}" + (f"  ({extra})" if extra else "")
-              + (f"  upload: {s['upload_file']}" if s.get("upload_file") else ""))
-    paths = write_report(summaries, out)
+        print(_summary_line(s))
+    _warn_partial(summaries)
+    paths = rebuild_report(out)
     print("report: " + ", ".join(paths[k] for k in sorted(paths)), file=sys.stderr)
     return 0
 

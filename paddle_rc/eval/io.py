@@ -91,13 +91,21 @@ def atomic_write_json(path, obj):
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data):
     """Write to a temporary file in the same folder, fsync, then os.replace over ``path``:
-    readers see the old or the new file, never half of one."""
+    readers see the old or the new file, never half of one. The file gets the mode a plain
+    open() would give it (0644 under the usual umask), not mkstemp's private 0600."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

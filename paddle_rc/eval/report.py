@@ -1,6 +1,8 @@
 """Tables (Markdown, CSV, JSON) and a score-vs-tokens picture from run summaries."""
 import csv
+import glob
 import io
+import json
 import os
 from collections import defaultdict
 
@@ -8,8 +10,23 @@ from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 STAGES = ("vision", "prefill", "decode")
 COLUMNS = ["benchmark", "metric", "tag", "method", "budget", "score", "rel_to_none_pct",
-           "avg_visual_tokens", "unmapped_pct", "n_answered", "n_items"] + \
+           "avg_visual_tokens", "unmapped_pct", "n_answered", "n_items", "partial"] + \
           [f"{s}_s" for s in STAGES]
+
+
+def partial_reason(summary):
+    """Why a summary's headline covers less than the whole benchmark, or '' when it does not."""
+    parts = []
+    if summary.get("partial"):
+        parts.append(f"{summary.get('coverage')} answered")
+    missing = summary.get("missing_subtasks")
+    if summary.get("benchmark") == "mme" and summary.get("subtasks_in_data"):
+        n_in = len(summary["subtasks_in_data"])
+        if summary.get("n_subtasks_answered", n_in) < n_in:
+            parts.append(f"{summary['n_subtasks_answered']}/{n_in} subtasks")
+    if summary.get("missing_splits"):
+        parts.append("no answers in split " + ",".join(summary["missing_splits"]))
+    return "; ".join(parts)
 
 
 def build_rows(summaries):
@@ -18,12 +35,13 @@ def build_rows(summaries):
     run on the same benchmark x 100, the "Avg %" convention of the pruning papers."""
     rows = []
     for s in summaries:
-        if s.get("score") is None:
+        if s.get("score") is None and s.get("n_items") is None:
             continue
         timings = s.get("mean_timings") or {}
         common = {"tag": s.get("tag"), "method": s.get("method"), "budget": s.get("budget"),
                   "avg_visual_tokens": s.get("avg_visual_tokens"),
                   "n_answered": s.get("n_answered"), "n_items": s.get("n_items"),
+                  "partial": partial_reason(s) or None,
                   **{f"{st}_s": timings.get(st) for st in STAGES}}
         unmapped = s.get("unmapped_ratio")
         rows.append({"benchmark": s["benchmark"], "metric": s.get("metric", ""),
@@ -31,6 +49,8 @@ def build_rows(summaries):
                      "unmapped_pct": 100.0 * unmapped if unmapped is not None else None,
                      **common})
         for label, value in (s.get("extra_scores") or {}).items():
+            if value is None:
+                continue
             rows.append({"benchmark": label, "metric": label, "score": value,
                          "unmapped_pct": None, **common})
     base = {}
@@ -39,7 +59,7 @@ def build_rows(summaries):
             base[r["benchmark"]] = r["score"]
     for r in rows:
         b = base.get(r["benchmark"])
-        r["rel_to_none_pct"] = 100.0 * r["score"] / b if b else None
+        r["rel_to_none_pct"] = 100.0 * r["score"] / b if b and r["score"] is not None else None
     rows.sort(key=lambda r: (r["benchmark"], r["tag"] != "none", str(r["method"]),
                              r["budget"] if isinstance(r["budget"], (int, float)) else -1,
                              str(r["tag"])))
@@ -76,7 +96,8 @@ def to_markdown(rows, summaries=()):
         lines.append("| " + " | ".join([
             r["benchmark"], str(r["tag"]), _fmt(r["score"]) + extra, _fmt(r["rel_to_none_pct"], 1),
             _fmt(r["avg_visual_tokens"], 1), _fmt(r["vision_s"], 4), _fmt(r["prefill_s"], 4),
-            _fmt(r["decode_s"], 4), f"{r['n_answered']}/{r['n_items']}"]) + " |")
+            _fmt(r["decode_s"], 4), f"{r['n_answered']}/{r['n_items']}"
+            + (f" (partial: {r['partial']})" if r["partial"] else "")]) + " |")
     main = {s["benchmark"] for s in summaries if s.get("score") is not None}
     rel = mean_relative(rows, main or None)
     if rel:
@@ -84,6 +105,7 @@ def to_markdown(rows, summaries=()):
                   "perception score / vanilla):", ""]
         for tag, (v, benches) in sorted(rel.items()):
             lines.append(f"- {tag}: {v:.1f}% over {', '.join(sorted(benches))}")
+    lines += question_type_tables(summaries)
     metrics = sorted({(s['benchmark'], s.get('metric', '')) for s in summaries})
     if metrics:
         lines += ["", "Metrics:", ""] + [f"- {b}: {m}" for b, m in metrics]
@@ -91,6 +113,31 @@ def to_markdown(rows, summaries=()):
     if notes:
         lines += ["", "Notes:", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def question_type_tables(summaries, max_types=12):
+    """Markdown lines: per benchmark with a few question types (synthvqa), one row per run with the
+    overall score, each type's score, the mean visual tokens and the vision / prefill seconds."""
+    by_bench = defaultdict(list)
+    for s in summaries:
+        types = s.get("per_question_type")
+        if s.get("score") is not None and types and len(types) <= max_types:
+            by_bench[s["benchmark"]].append(s)
+    lines = []
+    for bench, runs in sorted(by_bench.items()):
+        types = sorted({t for s in runs for t in s["per_question_type"]})
+        head = ["run", "tokens", "overall"] + types + ["vision s", "prefill s"]
+        lines += ["", f"{bench} per question type:", "",
+                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        runs = sorted(runs, key=lambda s: (s.get("tag") != "none", str(s.get("method")),
+                                           s["budget"] if isinstance(s.get("budget"), (int, float)) else -1))
+        for s in runs:
+            t = s.get("mean_timings") or {}
+            lines.append("| " + " | ".join(
+                [str(s.get("tag")), _fmt(s.get("avg_visual_tokens"), 1), _fmt(s["score"], 1)]
+                + [_fmt(s["per_question_type"].get(k), 1) for k in types]
+                + [_fmt(t.get("vision"), 4), _fmt(t.get("prefill"), 4)]) + " |")
+    return lines
 
 
 def to_csv(rows):
@@ -106,7 +153,7 @@ def plot_png(rows, main_benchmarks=None):
     """Score against average visual tokens, one panel per benchmark, one line per method, the
     ``none`` run as a dashed reference. Returns PNG bytes, or None when there is nothing to
     compare (fewer than two runs on every benchmark)."""
-    pts = [r for r in rows if r["avg_visual_tokens"] is not None
+    pts = [r for r in rows if r["avg_visual_tokens"] is not None and r["score"] is not None
            and (main_benchmarks is None or r["benchmark"] in main_benchmarks)]
     by_bench = defaultdict(list)
     for r in pts:
@@ -154,8 +201,29 @@ def plot_png(rows, main_benchmarks=None):
     return buf.getvalue()
 
 
+def read_summaries(out_dir):
+    """Every ``<benchmark>/<run>.summary.json`` under ``out_dir``, in path order."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(out_dir, "*", "*.summary.json"))):
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                s = json.load(f)
+        except (OSError, ValueError):
+            continue  # not ours, or half-written by a tool other than this one
+        if isinstance(s, dict) and "benchmark" in s:
+            out.append(s)
+    return out
+
+
+def rebuild_report(out_dir, name="report"):
+    """The report of everything in ``out_dir``: a narrower rerun does not shrink it, and tables
+    and picture always come from the same summaries."""
+    return write_report(read_summaries(out_dir), out_dir, name)
+
+
 def write_report(summaries, out_dir, name="report"):
-    """Write report.md/.csv/.json (and .png when runs can be compared); returns the paths."""
+    """Write report.md/.csv/.json (and .png when runs can be compared, removing a stale one
+    otherwise); returns the paths."""
     rows = build_rows(summaries)
     paths = {}
     paths["md"] = os.path.join(out_dir, name + ".md")
@@ -165,7 +233,10 @@ def write_report(summaries, out_dir, name="report"):
     paths["json"] = os.path.join(out_dir, name + ".json")
     atomic_write_json(paths["json"], {"rows": rows, "summaries": summaries})
     png = plot_png(rows, {s["benchmark"] for s in summaries if s.get("score") is not None})
+    png_path = os.path.join(out_dir, name + ".png")
     if png is not None:
-        paths["png"] = os.path.join(out_dir, name + ".png")
-        atomic_write_bytes(paths["png"], png)
+        paths["png"] = png_path
+        atomic_write_bytes(png_path, png)
+    elif os.path.exists(png_path):
+        os.unlink(png_path)
     return paths

@@ -2,54 +2,80 @@
 
 Every function here works on plain Python values (strings, lists, dicts) so that it can be
 checked by hand against the official scripts. Percentages are 0-100 unless a name says
-``ratio``. Missing answers are scored the way the official tools do: as wrong.
+``ratio``. A question without an answer is treated the way each official pipeline treats it
+(docs/eval-data.md lists the rule per benchmark); the summary states coverage separately.
 """
 import re
 import string
 from collections import defaultdict
 
-from .normalize import (evalai_process, vqa_normalize_prediction, vqa_process_punctuation)
+from .normalize import (evalai_process, vqa_normalize_prediction, vqa_process_digit_article,
+                        vqa_process_punctuation)
 
 SHORT_ANSWER_SUFFIX = "Answer the question using a single word or phrase."
 
 # --------------------------------------------------------------------------- VQAv2
 
 
-def vqa_accuracy(prediction, gt_answers):
-    """One question's VQA accuracy (0..1) exactly as the official vqaEval.py computes it.
+def _vqa_clean(text):
+    """Newlines and tabs to spaces, outer whitespace off: what vqaEval.py does to every answer
+    (prediction and ground truth) before anything else."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
 
-    ``gt_answers`` are the 10 raw human answers. The prediction gets punctuation and
-    digit/article processing; the ground truths get punctuation processing only, and only
-    when they are not all identical. Each GT is left out in turn and the prediction scores
-    min(1, matches among the other 9 / 3); the question score is the mean.
+
+def _vqa_process(text):
+    return vqa_process_digit_article(vqa_process_punctuation(text))
+
+
+def vqa_accuracy(prediction, gt_answers):
+    """One question's accuracy (0..1) under the current official vqaEval.py (after the
+    "processing answers" fix, GT-Vision-Lab/VQA a013f00).
+
+    ``prediction`` is the submitted string. ``gt_answers`` are the ten annotation dicts
+    (``answer``, ``answer_id``, ...) or plain strings. Both sides are whitespace-cleaned; when
+    the ground truths are not all the same string, both sides also get the punctuation and
+    digit/article processing, otherwise the prediction is compared as submitted. Each ground
+    truth is left out in turn (every annotation dict equal to it leaves, as the official
+    ``item != gtAnsDatum`` does) and the prediction scores min(1, matches among the rest / 3).
     """
-    pred = vqa_normalize_prediction(prediction)
-    gts = list(gt_answers)
-    if len(set(gts)) > 1:
-        gts = [vqa_process_punctuation(g) for g in gts]
+    gts = [dict(a) if isinstance(a, dict) else {"answer": a, "answer_id": i}
+           for i, a in enumerate(gt_answers)]
     if not gts:
         return 0.0
+    for g in gts:
+        g["answer"] = _vqa_clean(g["answer"])
+    pred = _vqa_clean(prediction)
+    if len({g["answer"] for g in gts}) > 1:
+        for g in gts:
+            g["answer"] = _vqa_process(g["answer"])
+        pred = _vqa_process(pred)
     accs = []
-    for i in range(len(gts)):
-        others = gts[:i] + gts[i + 1:]
-        accs.append(min(1.0, sum(1 for g in others if g == pred) / 3.0))
+    for g in gts:
+        matches = sum(1 for o in gts if o != g and o["answer"] == pred)
+        accs.append(min(1.0, matches / 3.0))
     return sum(accs) / len(accs)
+
+
+def vqav2_submitted_answer(text):
+    """What LLaVA's convert_vqav2_for_submission.py uploads for one question: the MMF EvalAI
+    processor's output, or '' when the answer file has no answer for it."""
+    return "" if text is None else evalai_process(text)
 
 
 def score_vqav2(predictions, ground_truth):
     """``predictions``: {qid: text or None}; ``ground_truth``: {qid: {answers, answer_type,
-    question_type}}. LLaVA runs the MMF EvalAI processor on the text before it is submitted,
-    so the same happens here before vqaEval's own normalisation."""
+    question_type}}. Every ground-truth question is scored (the converter uploads '' for a
+    missing answer, and '' can still match); percentages are rounded to 2 places as vqaEval
+    does."""
     per_q, by_atype, by_qtype = {}, defaultdict(list), defaultdict(list)
     for qid, gt in ground_truth.items():
-        text = predictions.get(qid)
-        acc = 0.0 if text is None else vqa_accuracy(evalai_process(text), gt["answers"])
+        acc = vqa_accuracy(vqav2_submitted_answer(predictions.get(qid)), gt["answers"])
         per_q[qid] = acc
         by_atype[gt.get("answer_type", "unknown")].append(acc)
         by_qtype[gt.get("question_type", "unknown")].append(acc)
 
     def pct(xs):
-        return round(100.0 * sum(xs) / len(xs), 2) if xs else 0.0
+        return round(100.0 * sum(xs) / len(xs), 2) if xs else None
 
     return {"overall": pct(list(per_q.values())),
             "per_answer_type": {k: pct(v) for k, v in sorted(by_atype.items())},
@@ -60,8 +86,7 @@ def score_vqav2(predictions, ground_truth):
 def vqav2_submission(predictions, all_question_ids):
     """EvalAI upload list as LLaVA's convert_vqav2_for_submission.py builds it: every question
     of the split, the processed answer, or '' where there is none."""
-    return [{"question_id": qid,
-             "answer": evalai_process(predictions[qid]) if predictions.get(qid) is not None else ""}
+    return [{"question_id": qid, "answer": vqav2_submitted_answer(predictions.get(qid))}
             for qid in all_question_ids]
 
 
@@ -87,9 +112,11 @@ def textvqa_accuracy(prediction, gt_answers):
 
 
 def score_textvqa(predictions, ground_truth):
-    accs = [0.0 if predictions.get(k) is None else textvqa_accuracy(predictions[k], gt["answers"])
-            for k, gt in ground_truth.items()]
-    return {"accuracy": 100.0 * sum(accs) / len(accs) if accs else 0.0, "n": len(accs),
+    """eval_textvqa.py walks the answer file, so the mean runs over the answered questions
+    only; a question without an answer is not in the denominator."""
+    accs = [textvqa_accuracy(predictions[k], gt["answers"])
+            for k, gt in ground_truth.items() if predictions.get(k) is not None]
+    return {"accuracy": 100.0 * sum(accs) / len(accs) if accs else None, "n": len(accs),
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
 
 
@@ -143,24 +170,42 @@ def binary_metrics(preds, labels):
 
 
 def score_pope(predictions, ground_truth):
-    """LLaVA protocol: per split metrics, headline = mean F1 over the splits (x100).
+    """eval_pope.py, per split: the split's answers *in answer-file order* are paired with the
+    lines of its ``coco_pope_<split>.json`` *by position* (``zip``, so a short answer file is
+    scored on its answered prefix). Headline = mean F1 over the splits that have answers (x100).
 
-    ``ground_truth``: {key: {"label": "yes"|"no", "category": split}}. A missing answer is
-    parsed from the empty string, which eval_pope.py would call 'yes'; it is counted in
-    ``n_missing`` so that it is visible.
+    ``predictions``: {key: text} in answer-file order (missing keys are unanswered).
+    ``ground_truth``: {key: {"label", "category", "pos", "split_labels"}} where ``pos`` is the
+    question's line in its label file and ``split_labels`` that file's labels in order. An
+    answer whose position differs from its own question's line is scored against another
+    question's label, exactly as the official script would; ``misaligned`` counts them.
     """
-    by_split = defaultdict(lambda: ([], []))
+    by_split = defaultdict(list)
+    split_labels = {}
     for key, gt in ground_truth.items():
-        text = predictions.get(key)
-        preds, labels = by_split[gt["category"]]
-        preds.append(pope_parse_llava(text if text is not None else ""))
-        labels.append("no" if gt["label"] == "no" else "yes")
-    splits = {s: binary_metrics(p, l) for s, (p, l) in sorted(by_split.items())}
+        split_labels.setdefault(gt["category"], gt["split_labels"])
+    for key, text in predictions.items():
+        gt = ground_truth.get(key)
+        if gt is not None and text is not None:
+            by_split[gt["category"]].append((key, text))
+    splits, misaligned = {}, {}
+    for split in sorted(split_labels):
+        answers = by_split.get(split, [])
+        labels = split_labels[split]
+        pairs = list(zip(answers, labels))
+        if not pairs:
+            continue  # eval_pope.py would divide by zero here; the summary lists the split as missing
+        preds = [pope_parse_llava(text) for (_, text), _ in pairs]
+        labs = ["no" if lab == "no" else "yes" for _, lab in pairs]
+        splits[split] = binary_metrics(preds, labs)
+        misaligned[split] = sum(1 for i, ((key, _), _) in enumerate(pairs)
+                                if ground_truth[key]["pos"] != i)
     f1s = [m["f1"] for m in splits.values()]
     accs = [m["accuracy"] for m in splits.values()]
-    return {"f1_mean": 100.0 * sum(f1s) / len(f1s) if f1s else 0.0,
-            "accuracy_mean": 100.0 * sum(accs) / len(accs) if accs else 0.0,
-            "splits": splits,
+    return {"f1_mean": 100.0 * sum(f1s) / len(f1s) if f1s else None,
+            "accuracy_mean": 100.0 * sum(accs) / len(accs) if accs else None,
+            "splits": splits, "missing_splits": [s for s in sorted(split_labels) if s not in splits],
+            "misaligned": misaligned, "n_misaligned": sum(misaligned.values()),
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
 
 
@@ -210,26 +255,38 @@ def mme_parse(text):
 def score_mme(predictions, ground_truth):
     """``ground_truth``: {key: {"answer": "Yes"/"No", "category": subtask, "image": image id}}.
 
-    Per subtask: acc = % questions right, acc+ = % images with both questions right, score =
-    acc + acc+ (max 200). Perception = sum of the 10, cognition = sum of the 4 (missing
-    subtasks add 0 and are listed)."""
+    LLaVA's convert_answer_to_mme.py writes one line per *answer*, so calculation.py sees the
+    answered questions only. Per subtask: acc = % answered questions right, acc+ = % images
+    whose answered questions are all right, score = acc + acc+ (max 200). Perception = sum of
+    the 10 perception subtasks present, cognition = sum of the 4 cognition ones; a subtask
+    without answers is listed in ``missing_subtasks`` (the official calculation.py stops there).
+    ``images_half_answered`` counts images with one of their two questions answered:
+    calculation.py pairs lines two by two, so such files do not score there at all."""
     per_cat = defaultdict(lambda: defaultdict(list))
+    expected = defaultdict(lambda: defaultdict(int))
     for key, gt in ground_truth.items():
+        expected[gt["category"]][gt["image"]] += 1
         text = predictions.get(key)
-        hit = text is not None and mme_parse(text) == gt["answer"].lower()
-        per_cat[gt["category"]][gt["image"]].append(hit)
-    subtasks = {}
+        if text is None:
+            continue
+        per_cat[gt["category"]][gt["image"]].append(mme_parse(text) == gt["answer"].lower())
+    subtasks, half = {}, 0
     for cat, images in sorted(per_cat.items()):
         hits = [h for v in images.values() for h in v]
         acc = 100.0 * sum(hits) / len(hits)
         acc_plus = 100.0 * sum(1 for v in images.values() if all(v)) / len(images)
         subtasks[cat] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus,
                          "n_questions": len(hits), "n_images": len(images)}
+        half += sum(1 for img, v in images.items() if len(v) < expected[cat][img])
     perception = sum(subtasks[c]["score"] for c in MME_PERCEPTION if c in subtasks)
     cognition = sum(subtasks[c]["score"] for c in MME_COGNITION if c in subtasks)
+    present = sorted(expected)
     return {"perception": perception, "cognition": cognition, "total": perception + cognition,
             "subtasks": subtasks,
             "missing_subtasks": [c for c in MME_PERCEPTION + MME_COGNITION if c not in subtasks],
+            "subtasks_in_data": present,
+            "n_subtasks_answered": sum(1 for c in present if c in subtasks),
+            "images_half_answered": half,
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
 
 
@@ -258,18 +315,33 @@ def sqa_pred_index(letter, n_choices, options=SQA_OPTIONS):
     return options.index(letter) if letter in options[:n_choices] else -1
 
 
-def score_sqa(predictions, ground_truth):
-    """``ground_truth``: {pid: {"answer": int, "n_choices": int, "multimodal": bool}}."""
-    rows = []
+def score_sqa(predictions, ground_truth, prompts=None):
+    """eval_science_qa.py over every problem of the test split.
+
+    ``ground_truth``: {pid: {"answer": int, "n_choices": int}} for *all* test problems (also
+    those without an image); ``prompts``: {pid: the answer record's ``prompt``}. A missing
+    answer becomes text 'FAILED' with prompt 'Unknown' (wrong). ``accuracy`` = correct / all
+    test problems. IMG accuracy counts the problems whose answer record's prompt contains
+    ``<image>`` (LLaVA writes it there for image questions), so an unanswered question leaves
+    the IMG denominator; it is None when no record qualifies (the official script divides by
+    zero)."""
+    prompts = prompts or {}
+    n = correct = mm_total = mm_correct = failed = 0
     for pid, gt in ground_truth.items():
         text = predictions.get(pid)
-        letter = sqa_parse(text) if text is not None else "FAILED"
-        rows.append((sqa_pred_index(letter, gt["n_choices"]) == gt["answer"], gt["multimodal"],
-                     letter == "FAILED"))
-    img = [ok for ok, mm, _ in rows if mm]
-    return {"img_accuracy": 100.0 * sum(img) / len(img) if img else 0.0,
-            "accuracy": 100.0 * sum(ok for ok, _, _ in rows) / len(rows) if rows else 0.0,
-            "n": len(rows), "n_img": len(img), "n_failed": sum(f for _, _, f in rows),
+        prompt = "Unknown" if text is None else str(prompts.get(pid, ""))
+        letter = sqa_parse(text if text is not None else "FAILED")
+        ok = sqa_pred_index(letter, gt["n_choices"]) == gt["answer"]
+        mm = "<image>" in prompt
+        n += 1
+        correct += ok
+        mm_total += mm
+        mm_correct += ok and mm
+        failed += letter == "FAILED"
+    return {"img_accuracy": 100.0 * mm_correct / mm_total if mm_total else None,
+            "accuracy": 100.0 * correct / n if n else None,
+            "n": n, "n_correct": correct, "n_img": mm_total, "n_img_correct": mm_correct,
+            "n_failed": failed,
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
 
 
@@ -325,11 +397,15 @@ def mmbench_round_answer(answer_letter, n_options, round_idx):
 
 
 def score_mmbench(predictions, ground_truth):
-    """CircularEval: a question counts only if every round is right. An answer neither rule
-    maps counts as wrong and is reported in ``unmapped_ratio``.
+    """CircularEval. Every presentation of a question (the tsv's circular copies, whose index
+    is the original's + k x 1e6, and with --all-rounds every rotation of every row) falls into
+    the group ``index % 1e6``; a group counts as right only if every presentation in it was
+    answered and its answer maps to the right letter. A missing answer is wrong (the upload
+    sheet then has no prediction for that row). An answer neither extraction rule maps is wrong
+    and counted in ``unmapped_ratio``.
 
-    ``ground_truth``: {key: {"index", "round", "answer" (letter for that round), "choices"
-    ({letter: text} as shown in that round), "category", "l2_category"}}."""
+    ``ground_truth``: {key: {"group", "index", "round", "answer" (letter as presented),
+    "choices" ({letter: text} as presented), "category", "l2_category"}}."""
     groups = defaultdict(list)
     n_answers = unmapped = 0
     for key, gt in ground_truth.items():
@@ -338,23 +414,45 @@ def score_mmbench(predictions, ground_truth):
         if text is not None:
             n_answers += 1
             unmapped += letter is None
-        groups[gt["index"]].append((gt, letter))
+        groups[gt["group"]].append((gt, letter))
     hits, by_cat, by_l2, single = [], defaultdict(list), defaultdict(list), []
-    for idx, rounds in sorted(groups.items()):
-        ok = all(letter is not None and letter == gt["answer"] for gt, letter in rounds)
+    for _, shown in sorted(groups.items()):
+        ok = all(letter is not None and letter == gt["answer"] for gt, letter in shown)
         hits.append(ok)
-        gt0 = rounds[0][0]
-        by_cat[gt0.get("category", "")].append(ok)
-        by_l2[gt0.get("l2_category", "")].append(ok)
-        first = [letter == gt["answer"] for gt, letter in rounds if gt["round"] == 0]
-        single.extend(first)
+        gt0 = min(shown, key=lambda s: (s[0]["index"], s[0]["round"]))[0]
+        by_cat[gt0.get("category") or ""].append(ok)
+        by_l2[gt0.get("l2_category") or ""].append(ok)
+        single.extend(letter == gt["answer"] for gt, letter in shown
+                      if gt["index"] == gt["group"] and gt["round"] == 0)
 
     def pct(v):
-        return 100.0 * sum(v) / len(v) if v else 0.0
+        return 100.0 * sum(v) / len(v) if v else None
 
     return {"circular_accuracy": pct(hits), "round0_accuracy": pct(single),
             "per_category": {k: pct(v) for k, v in sorted(by_cat.items())},
             "per_l2_category": {k: pct(v) for k, v in sorted(by_l2.items())},
-            "n_questions": len(hits), "n_answers": n_answers, "n_unmapped": unmapped,
+            "n_questions": len(hits), "n_presentations": len(ground_truth),
+            "n_answers": n_answers, "n_unmapped": unmapped,
             "unmapped_ratio": unmapped / n_answers if n_answers else 0.0,
             "n_missing": sum(1 for k in ground_truth if predictions.get(k) is None)}
+
+
+# --------------------------------------------------------------------------- SynthVQA
+
+
+def score_synthvqa(predictions, ground_truth):
+    """``ground_truth``: {uid: {"answer": one lower-case word or digit, "qtype": str}}. Exact match
+    of the prediction after the VQAv2 prediction normalisation ("Two." -> "2", "Yes" -> "yes",
+    articles dropped), overall and per question type; a missing answer is wrong."""
+    hits, by_type = [], defaultdict(list)
+    for uid, gt in ground_truth.items():
+        text = predictions.get(uid)
+        ok = 0.0 if text is None else float(vqa_normalize_prediction(text) == gt["answer"])
+        hits.append(ok)
+        by_type[gt["qtype"]].append(ok)
+
+    def pct(xs):
+        return round(100.0 * sum(xs) / len(xs), 2) if xs else 0.0
+
+    return {"accuracy": pct(hits), "per_question_type": {k: pct(v) for k, v in sorted(by_type.items())},
+            "n_per_question_type": {k: len(v) for k, v in sorted(by_type.items())}, "n": len(hits), "n_missing": sum(1 for u in ground_truth if predictions.get(u) is None)}

@@ -3,7 +3,8 @@
 The deployed model offers the dynamic model's interface to paddle_rc.pipeline.Predictor
 (config, compression, set_compression, get_text_features, reference_text_features, generate), so
 prompt building, tokenization, splicing and the sampling loop are the very same code; only the
-three networks are Paddle Inference predictors instead of Layers.
+three networks are Paddle Inference predictors instead of Layers. paddle_rc.predictor.build_predictor
+puts a Predictor on top; this module does not know about it.
 """
 from __future__ import annotations
 
@@ -254,16 +255,3 @@ class DeployedLlava:
 DeployedLlava.splice = _model_class().splice
 DeployedLlava.generate = _model_class().generate
 
-
-def build_deployed_predictor(deploy_dir: str, conv_mode: Optional[str] = None, device: str = "cpu",
-                             threads: Optional[int] = None, onednn: bool = False):
-    from paddle_rc.pipeline import Predictor, Tokenizers
-
-    model = DeployedLlava(deploy_dir, RunnerOptions(device=device, threads=threads, onednn=onednn))
-    try:
-        tokenizers = Tokenizers(deploy_dir)
-    except UserError as e:
-        raise UserError(f"{e} ({FIX})") from None
-    model_id = "deploy:" + os.path.basename(os.path.normpath(deploy_dir))
-    return Predictor(model, tokenizers, conv_mode, model_id=model_id,
-                     is_demo=model.config.source == "demo")

@@ -14,8 +14,9 @@ import numpy as np
 import paddle
 
 
-def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """Greedy when temperature <= 0; otherwise temperature + nucleus (top-p) sampling."""
+def sample_next(logits: np.ndarray, temperature: float, top_p: float, rngs) -> np.ndarray:
+    """Greedy when temperature <= 0; otherwise temperature + nucleus (top-p) sampling, row b drawing
+    from rngs[b] (one generator per sample, so a sample's draws do not depend on its batch)."""
     logits = logits.astype(np.float64)
     if temperature <= 0:
         return logits.argmax(axis=-1)
@@ -33,16 +34,17 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rng: np.ra
             q = np.zeros_like(p)
             q[keep] = p[keep]
             p = q / q.sum()
-        out[b] = rng.choice(len(p), p=p)
+        out[b] = rngs[b].choice(len(p), p=p)
     return out
 
 
 def generate_loop(prefill: Callable, decode: Callable, inputs_embeds, attention_mask, position_ids, *,
                   max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 0.0,
-                  top_p: float = 1.0, seed: int = 0):
-    """-> (tokens int64 [B, n] with pad after each sample's EOS, timings dict)."""
-    rng = np.random.default_rng(seed)
+                  top_p: float = 1.0, seed=0):
+    """-> (tokens int64 [B, n] with pad after each sample's EOS, timings dict). `seed`: one int for
+    every sample, or one per sample."""
     batch = inputs_embeds.shape[0]
+    rngs = seed_generators(seed, batch)
     t0 = time.perf_counter()
     logits, k, v = prefill(inputs_embeds, attention_mask, position_ids)
     logits = _np(logits)
@@ -52,7 +54,7 @@ def generate_loop(prefill: Callable, decode: Callable, inputs_embeds, attention_
     mask = attention_mask.astype("int64")
     pos = position_ids[:, -1:]
     for step in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_p, rng)
+        nxt = sample_next(logits, temperature, top_p, rngs)
         nxt = np.where(finished, pad_token_id, nxt)
         out.append(nxt)
         finished |= nxt == eos_token_id
@@ -66,6 +68,13 @@ def generate_loop(prefill: Callable, decode: Callable, inputs_embeds, attention_
     t2 = time.perf_counter()
     tokens = np.stack(out, axis=1) if out else np.zeros((batch, 0), dtype=np.int64)
     return tokens, {"prefill": t1 - t0, "decode": t2 - t1, "new_tokens": int(tokens.shape[1])}
+
+
+def seed_generators(seed, batch: int) -> list:
+    seeds = [seed] * batch if isinstance(seed, (int, np.integer)) else list(seed)
+    if len(seeds) != batch:
+        raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    return [np.random.default_rng(int(s)) for s in seeds]
 
 
 def _np(x) -> np.ndarray:

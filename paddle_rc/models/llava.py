@@ -211,7 +211,7 @@ class LlavaForConditionalGeneration(nn.Layer):
     def generate(self, input_ids, pixel_values=None, attention_mask=None, text_embeds=None, has_text=None, *,
                  max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                  eos_token_id: Optional[int] = None, pad_token_id: Optional[int] = None,
-                 seed: int = 0) -> GenerateOutput:
+                 seed=0) -> GenerateOutput:
         t0 = time.perf_counter()
         visual = None
         if pixel_values is not None:

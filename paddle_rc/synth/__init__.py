@@ -6,7 +6,7 @@ count, existence (POPE-adversarial negatives) or a left/right/above/below relati
 seed; numpy and PIL only.
 """
 from paddle_rc.synth.items import SynthItem, generate, item_from, iter_items, make_item
-from paddle_rc.synth.questions import Question, all_questions, ask, caption, phrase, questions_for_scene
+from paddle_rc.synth.questions import Question, all_questions, ask, caption, phrase, prompt, questions_for_scene
 from paddle_rc.synth.scene import Scene, SynthObject, generate_scene, render
 from paddle_rc.synth.vocab import ANSWERS, COLOURS, IMAGE_SIZE, QTYPES, SHAPES, WORDS
 
@@ -24,5 +24,5 @@ def vocabulary() -> list:
 
 
 __all__ = ["Scene", "SynthObject", "SynthItem", "Question", "generate_scene", "questions_for_scene",
-           "all_questions", "ask", "generate", "iter_items", "make_item", "item_from", "phrase", "caption",
+           "all_questions", "ask", "generate", "iter_items", "make_item", "item_from", "phrase", "caption", "prompt",
            "render", "vocabulary", "COLOURS", "SHAPES", "WORDS", "QTYPES", "ANSWERS", "IMAGE_SIZE"]

@@ -6,6 +6,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from paddle_rc.eval.scorers import SHORT_ANSWER_SUFFIX
 from paddle_rc.synth import vocab as V
 from paddle_rc.synth.scene import Scene, SynthObject
 
@@ -16,6 +17,12 @@ class Question:
     text: str
     answer: str
     target: Tuple[int, ...]   # indices of the objects the answer depends on
+
+
+def prompt(question: str) -> str:
+    """The user turn for a question (without <image>): LLaVA-1.5's short-answer VQA instruction, the
+    same text the synthvqa benchmark files carry, so train and eval prompts match."""
+    return question + "\n" + SHORT_ANSWER_SUFFIX
 
 
 def phrase(obj: SynthObject) -> str:

@@ -1,0 +1,95 @@
+"""One predictor interface over both backends: layering, the batched call, inputs it accepts."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from paddle_rc.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _imported_after(module: str) -> set:
+    code = f"import sys, {module}; print(' '.join(m for m in sys.modules if m.startswith('paddle_rc')))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=ROOT))
+    return set(out.stdout.split())
+
+
+def test_layers_read_one_way():
+    """The pipeline knows no backend, the deployed backend no pipeline; the predictor module sits above."""
+    assert not {"paddle_rc.export.runner", "paddle_rc.predictor"} & _imported_after("paddle_rc.pipeline")
+    assert not {"paddle_rc.pipeline", "paddle_rc.predictor"} & _imported_after("paddle_rc.export.runner")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from paddle_rc.predictor import build_predictor
+
+    return build_predictor()
+
+
+def _images():
+    from paddle_rc.demo import demo_image
+
+    rng = np.random.default_rng(0)
+    return [demo_image(), Image.fromarray(rng.integers(0, 255, (90, 200, 3), dtype=np.uint8)),
+            demo_image().rotate(90).resize((120, 300)), demo_image().convert("L")]
+
+
+QUESTIONS = ["What is this?", "Describe the picture.", "What color is the car?", ""]
+
+
+@pytest.mark.parametrize("method,budget", [("rc", None), ("prumerge+", None), ("cls-topk", 12)])
+def test_batch_answers_equal_one_at_a_time(demo, method, budget):
+    demo.set_method(method, budget)
+    images = _images()
+    batch = demo.answer_batch(images, QUESTIONS, max_new_tokens=12)
+    single = [demo.answer(im, q, max_new_tokens=12) for im, q in zip(images, QUESTIONS)]
+    for b, s in zip(batch, single):
+        for key in ("text", "visual_tokens", "stage_counts", "new_tokens", "prompt", "question"):
+            assert b[key] == s[key], key
+    if budget is None:  # adaptive methods: the items of one batch keep different numbers of tokens
+        assert len({b["visual_tokens"] for b in batch}) > 1
+    assert batch[0]["timings"]["batch_size"] == 4 and single[0]["timings"]["batch_size"] == 1
+
+
+def test_sampled_batch_equals_one_at_a_time_with_the_same_seeds(demo):
+    demo.set_method("rc")
+    images = _images()[:3]
+    kw = dict(max_new_tokens=10, temperature=1.0, top_p=0.9)
+    batch = demo.answer_batch(images, QUESTIONS[:3], seed=[5, 6, 7], **kw)
+    single = [demo.answer(im, q, seed=s, **kw) for im, q, s in zip(images, QUESTIONS[:3], [5, 6, 7])]
+    assert [b["text"] for b in batch] == [s["text"] for s in single]
+    assert len({b["text"] for b in demo.answer_batch(images[:1] * 3, ["Hi"] * 3, seed=[1, 2, 3], **kw)}) > 1
+
+
+def test_answer_takes_paths_bytes_pil_and_arrays(demo, tmp_path):
+    demo.set_method("none")
+    img = _images()[1]
+    path = tmp_path / "x.png"
+    img.save(path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    answers = {demo.answer(src, "What?", max_new_tokens=6)["text"]
+               for src in (img, str(path), path, buf.getvalue(), np.asarray(img))}
+    assert len(answers) == 1
+    with pytest.raises(UserError, match="image not found"):
+        demo.answer(str(tmp_path / "missing.png"), "What?")
+    with pytest.raises(UserError, match="cannot read image"):
+        demo.answer(b"not an image", "What?")
+
+
+def test_build_predictor_argument_checks(tmp_path):
+    from paddle_rc.predictor import build_predictor
+
+    with pytest.raises(UserError, match="needs a method"):
+        build_predictor(budget=64)
+    with pytest.raises(UserError, match="not both"):
+        build_predictor(str(tmp_path), str(tmp_path))
+    with pytest.raises(UserError, match="not found"):
+        build_predictor(str(tmp_path / "nope"))
