@@ -239,7 +239,7 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
     tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
     from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import random_checkpoint
     from paddle_rc.models.config import LlavaConfig
 
     say = progress or (lambda m: None)
@@ -250,7 +250,7 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
         out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
                             "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps,
                             "clip_search": clip_search}}
-        demo = demo_dir or demo_checkpoint()
+        demo = demo_dir or random_checkpoint()
         vocab = LlavaConfig.load(demo).llm.vocab_size
         random_set = {"random": (make_prompts(vocab, prompts, prompt_len), None)}
         out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say,

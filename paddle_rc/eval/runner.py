@@ -24,8 +24,8 @@ from paddle_rc.errors import UserError
 from .io import (JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_tolerant,
                  repair_jsonl)
 
-DEMO_NOTE = ("built-in demo model (random weights, fixed seed): the answers and scores are "
-             "not meaningful; pass --model DIR for real results")
+DEMO_NOTE = ("built-in demo model (trained only on the synthetic task): its synthvqa scores are real, its "
+             "scores on any other benchmark mean nothing; pass --model DIR for real results")
 
 
 def run_tag(method, budget=None):

@@ -15,7 +15,7 @@ def evaluate_model(model_dir: str, seed: int, n: int, method: str = "none", budg
     """Exact-match accuracy (after the VQA answer normalisation) on generate(seed, n), overall and per
     question type, through the same predictor the tools use."""
     from paddle_rc.eval.normalize import vqa_normalize_prediction
-    from paddle_rc.pipeline import build_predictor
+    from paddle_rc.predictor import build_predictor
     from paddle_rc.synth import QTYPES, generate
 
     predictor = build_predictor(model_dir, method=method, budget=budget)

@@ -110,10 +110,19 @@ class DemoTrainer:
             self.heads.set_state_dict(extra["heads"])
             self.scales.set_value(extra["scales"])
 
+    def _stable_names(self) -> dict:
+        """Paddle's parameter names (linear_125.w_0) depend on how many layers the process made before;
+        the optimizer state is stored under the structural names instead, so any process can resume it."""
+        names = {self.scales.name: "scales"}
+        for prefix, layer in (("model", self.model), ("heads", self.heads)):
+            for n, p in layer.named_parameters():
+                names[p.name] = f"{prefix}.{n}"
+        return names
+
     def _save(self, state: dict, opt) -> None:
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "scales": self.scales}),
-                          ("opt.pdopt", opt.state_dict())):
+                          ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
             os.replace(path + ".tmp", path)
@@ -152,7 +161,8 @@ class DemoTrainer:
                                      grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
         opt_path = os.path.join(self.work, "opt.pdopt")
         if state["step"] > 0 and os.path.isfile(opt_path):
-            opt.set_state_dict(paddle.load(opt_path))
+            back = {v: k for k, v in self._stable_names().items()}
+            opt.set_state_dict(_rename(paddle.load(opt_path), back))
         m.train()
         step_fn = self._clip_step if stage == "clip" else self._llm_step
         data_fn = self._clip_data if stage == "clip" else self._llm_data
@@ -301,6 +311,19 @@ class DemoTrainer:
         self.model.config.save(directory)
         save_weights(self.model, directory)
         return directory
+
+
+def _rename(state: dict, names: dict) -> dict:
+    """Optimizer-state keys are '<parameter name>_<accumulator>': swap the parameter-name prefix."""
+    order = sorted(names, key=len, reverse=True)
+    out = {}
+    for key, value in state.items():
+        for old in order:
+            if key.startswith(old + "_"):
+                key = names[old] + key[len(old):]
+                break
+        out[key] = value
+    return out
 
 
 class _AttributeHeads(nn.Layer):
