@@ -86,6 +86,8 @@ def _add_quant_parser(sub):
     q.add_argument("--clip-search", action="store_true", help="quantize with the clip search")
     q.add_argument("--train-steps", type=int, default=80,
                    help="training steps of the trained tiny model (0: leave it out)")
+    q.add_argument("--accuracy-questions", type=int, default=300,
+                   help="synthvqa questions for the built-in model's fp32/int8/int4 accuracy (0: leave it out)")
     q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -150,11 +152,12 @@ def _run_quant(args):
 
     if args.prompts < 1:
         raise UserError("--prompts must be at least 1")
-    if args.train_steps < 0:
-        raise UserError("--train-steps must be 0 or more")
+    if args.train_steps < 0 or args.accuracy_questions < 0:
+        raise UserError("--train-steps and --accuracy-questions must be 0 or more")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
                             group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
                             train_steps=args.train_steps, clip_search=args.clip_search,
+                            accuracy_questions=args.accuracy_questions,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_quant_report(result))
     _write_json(args.json, result)
