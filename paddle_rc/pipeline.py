@@ -15,7 +15,7 @@ import numpy as np
 import paddle
 from PIL import Image
 
-from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, question_for_text_encoder
+from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, ocr_hint, question_for_text_encoder
 from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
@@ -68,6 +68,13 @@ class Predictor:
         """The CompressionSpec in force (method, budget, options)."""
         return self.model.compression
 
+    def _options(self) -> dict:
+        from paddle_rc.compression import method_defaults
+
+        opts = method_defaults(self.method)
+        opts.update(self.compression.options)
+        return opts
+
     def set_method(self, method: str, budget: Optional[int] = None, **options) -> None:
         self.model.set_compression(method, budget, **options)
 
@@ -83,39 +90,43 @@ class Predictor:
         return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
-        """The question's CLIP embedding per sample, and which samples have one (rc-algorithm.md §4)."""
-        method = self.method
-        if method not in ("rc", "rc-reference"):
+        """The question's CLIP embedding per sample, in the text mode the method declares (registry
+        TEXT_MODES), and which samples have one (rc-algorithm.md §4)."""
+        from paddle_rc.compression.registry import get_method
+
+        mode = get_method(self.method).text_mode
+        if mode is None:
             return None, None
         clip = self.tok.clip
-        if method == "rc":
-            rows = [clip.encode(q, max_length=self.config.text.max_position_embeddings) if q.strip() else []
-                    for q in questions]
-            # A sample without a question gets a filler embedding and has_text False, even when no
-            # sample has one: the result (and its notes) then do not depend on the batch.
-            has_text = np.array([len(r) > 0 for r in rows])
-            filler = clip.encode("", max_length=self.config.text.max_position_embeddings)
-            rows = [r if r else filler for r in rows]
-            length = max(len(r) for r in rows)
-            ids = np.full((len(rows), length), self.config.text.pad_token_id, dtype=np.int64)
-            for i, r in enumerate(rows):
-                ids[i, :len(r)] = r
-            feats = self.model.get_text_features(paddle.to_tensor(ids))
-            return feats, paddle.to_tensor(has_text)
-        # rc-reference: the released code decodes the whole LLM prompt (placeholder removed), keeps
-        # the text before its first newline (the system prompt under vicuna_v1) and pools the last
-        # of a fixed 20 positions.
-        texts = []
-        for p in prompts:
-            ids = self.tok.llm.tokenize_with_image(p, self.config.image_token_index)
-            ids = [i for i in ids if i != self.config.image_token_index]
-            texts.append(self.tok.llm.decode(ids).split("\n", 1)[0])
-        rows = [clip.encode(t, max_length=REFERENCE_TEXT_LENGTH) for t in texts]
-        ids = np.full((len(rows), REFERENCE_TEXT_LENGTH), self.config.text.pad_token_id, dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-        feats = self.model.reference_text_features(paddle.to_tensor(ids))
-        return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
+        length = self.config.text.max_position_embeddings
+        if mode == "prompt-first-line":
+            # The released RC code decodes the whole LLM prompt (placeholder removed), keeps the text
+            # before its first newline (the system prompt under vicuna_v1) and pools the last of a
+            # fixed 20 positions.
+            texts = []
+            for p in prompts:
+                ids = self.tok.llm.tokenize_with_image(p, self.config.image_token_index)
+                ids = [i for i in ids if i != self.config.image_token_index]
+                texts.append(self.tok.llm.decode(ids).split("\n", 1)[0])
+            rows = [clip.encode(t, max_length=REFERENCE_TEXT_LENGTH) for t in texts]
+            ids = _pad_rows(rows, REFERENCE_TEXT_LENGTH, self.config.text.pad_token_id)
+            feats = self.model.question_features(paddle.to_tensor(ids), mode)
+            return feats, paddle.to_tensor(np.ones(len(rows), dtype=bool))
+        segments = mode == "question-segments"
+        rows = [clip.encode(q, max_length=length, truncate=not segments) if q.strip() else [] for q in questions]
+        # A sample without a question gets a filler embedding and has_text False, even when no
+        # sample has one: the result (and its notes) then do not depend on the batch.
+        has_text = np.array([len(r) > 0 for r in rows])
+        filler = clip.encode("", max_length=length)
+        rows = [r if r else filler for r in rows]
+        if segments:
+            # CDPruner cuts the tokenized question into zero-padded segments of the tower's length.
+            width = length * max((len(r) + length - 1) // length for r in rows)
+            ids = _pad_rows(rows, width, 0)
+        else:
+            ids = _pad_rows(rows, max(len(r) for r in rows), self.config.text.pad_token_id)
+        feats = self.model.question_features(paddle.to_tensor(ids), mode)
+        return feats, paddle.to_tensor(has_text)
 
     # ---- answering ---------------------------------------------------------------------------
     def answer_batch(self, images: Sequence, user_texts: Sequence[str],
@@ -134,6 +145,9 @@ class Predictor:
         if questions is None:
             questions = [None] * n
         questions = [question_for_text_encoder(u) if q is None else q for q, u in zip(questions, user_texts)]
+        if self._options().get("ocr_hint"):
+            # RC's question stops before the OCR line; this option lets the line reach the encoder.
+            questions = [" ".join(filter(None, [q, ocr_hint(u)])) for q, u in zip(questions, user_texts)]
         prompts = [self.build_prompt(u) for u in user_texts]
         t0 = time.perf_counter()
         pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
@@ -169,6 +183,13 @@ class Predictor:
         return self.answer_batch([image], [prompt], [question], **kw)[0]
 
 
+def _pad_rows(rows, width: int, pad: int) -> np.ndarray:
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids
+
+
 def until_eos(tokens, eos_token_id: int) -> list:
     """A sample's generated ids before its first EOS (what follows it is padding)."""
     ids = []
@@ -177,6 +198,8 @@ def until_eos(tokens, eos_token_id: int) -> list:
             break
         ids.append(int(i))
     return ids
+
+
 def _stage_counts(visual, b: int) -> dict:
     if visual is None or visual.result is None:
         return {"total": int(visual.lengths[b]) if visual is not None else 0}

@@ -5,7 +5,8 @@ METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "
 
 
 def test_vision_benchmark_rows():
-    rows = run_vision_benchmark(METHODS, width=32, layers=3, heads=4, image_size=56, projection_dim=16, repeats=1)
+    rows = run_vision_benchmark(METHODS, width=32, layers=3, heads=4, image_size=56, projection_dim=16, llm_width=24,
+                                repeats=1)
     names = [r["method"] for r in rows]
     assert names[:2] == ["none (layers to -2)", "full tower (all layers)"]
     assert names[2:] == METHODS[1:]

@@ -8,7 +8,7 @@ import paddle
 import pytest
 from sklearn.neighbors import LocalOutlierFactor
 
-from paddle_rc.compression import (available_methods, compress, load_method_preset,
+from paddle_rc.compression import (available_methods, compress, get_method, load_method_preset,
                                    method_defaults, text_score, visual_score)
 
 ALL = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
@@ -567,3 +567,29 @@ def test_count_rounding_exact_for_rc_float_for_reference():
     assert exact == [(a * b) // d for a, b, d in cases]
     assert released == [int(a * (b / d)) for a, b, d in cases]
     assert exact[-1] == 23 and released[-1] == 22  # the float product lands just below 23
+
+
+def test_registry_declares_what_each_method_reads():
+    from paddle_rc.compression.registry import CLS_STATS, P_FEATURE, P_NEXT, QK, TEXT
+
+    assert get_method("rc").inputs() == {QK, TEXT, P_NEXT}
+    assert get_method("rc").inputs({"p_source": "feature-postln"}) == {QK, TEXT, P_FEATURE}
+    assert get_method("rc").needs_next_layer() and get_method("cls-topk").needs_next_layer()
+    assert get_method("visionzip").inputs() == {CLS_STATS} and not get_method("visionzip").needs_next_layer()
+    assert get_method("divprune").inputs() == set() and get_method("divprune").text_mode is None
+    assert get_method("rc-reference").text_mode == "prompt-first-line"
+    with pytest.raises(ValueError, match="p_source"):
+        get_method("rc").inputs({"p_source": "layer-3"})
+
+
+def test_rc_text_sign_negates_the_text_score():
+    """text_sign=-1 ranks by -cos(P, t): the same as handing RC the negated question embedding."""
+    inp, _ = make_inputs(3, b=2, n=48)
+    neg = run("rc", inp, text_sign=-1)
+    flipped = run("rc", dict(inp, t=-inp["t"]))
+    for field in ("lengths", "stage", "members"):
+        np.testing.assert_array_equal(getattr(neg, field).numpy(), getattr(flipped, field).numpy())
+    np.testing.assert_array_equal(neg.tokens.numpy(), flipped.tokens.numpy())
+    assert (run("rc", inp).stage.numpy() != neg.stage.numpy()).any()
+    with pytest.raises(ValueError, match="text_sign"):
+        run("rc", inp, text_sign=0)

@@ -12,18 +12,18 @@ import pytest
 
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
+from paddle_rc.compression import available_methods, get_method
 from paddle_rc.export import exporter
 from paddle_rc.export.runner import DeployedLlava
 from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-ALL_METHODS = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
-               "rc-reference"]
+ALL_METHODS = available_methods()
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
 VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
     ("rc", 9, {}), ("prumerge+", 7, {}), ("rc-reference", 12, {}), ("visionzip", 10, {}),
-    ("prumerge", None, {"topk": 3}),
+    ("prumerge", None, {"topk": 3}), ("rc", None, {"text_sign": -1, "p_source": "feature-postln"}),
 ]
 
 
@@ -77,12 +77,15 @@ def _clip_ids(model, batch, length, rng):
 
 def _dynamic_vision(model, method, budget, options, pixels, ids, has_text):
     model.set_compression(method, budget, **options)
-    t = None
-    if method == "rc":
-        t = model.get_text_features(ids)
-    elif method == "rc-reference":
-        t = model.reference_text_features(ids)
+    mode = get_method(method).text_mode
+    t = None if mode is None else model.question_features(ids, mode)
     return model.encode_images(pixels, t, has_text)
+
+
+def _text_length(model, method):
+    """CLIP ids per sample the method's text mode takes (two segments for the segmented mode)."""
+    return {"prompt-first-line": 20, "question-segments": 2 * model.config.text.max_position_embeddings
+            }.get(get_method(method).text_mode, 7)
 
 
 def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
@@ -98,11 +101,10 @@ def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
         pred = _predictor(os.path.join(tmp_path, name))
         for batch in (3, 1):
             pixels = paddle.to_tensor(rng.standard_normal((batch, 3, size, size)).astype(np.float32))
-            length = 20 if method == "rc-reference" else 7
-            ids = _clip_ids(model, batch, length, rng)
+            ids = _clip_ids(model, batch, _text_length(model, method), rng)
             has_text = paddle.ones([batch], dtype="bool")
             ref = _dynamic_vision(model, method, budget, options, pixels, ids, has_text)
-            inputs = [pixels] + ([ids, has_text] if method in ("rc", "rc-reference") else [])
+            inputs = [pixels] + ([ids, has_text] if get_method(method).uses_text else [])
             outs = pred.run(inputs)
             lengths = outs[1].numpy()
             np.testing.assert_array_equal(lengths, ref.lengths, err_msg=f"{method} lengths")
@@ -111,7 +113,7 @@ def test_vision_graph_equals_dynamic_for_every_method(vision_model, tmp_path):
             got, want = outs[0].numpy(), ref.embeds.numpy()
             assert got.shape == want.shape, (method, got.shape, want.shape)
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=method)
-            if method == "none":
+            if method == "none" or get_method(method).stage == "llm":
                 assert len(outs) == 2
             else:
                 r = ref.result
@@ -178,7 +180,7 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
     kw = dict(max_new_tokens=10, eos_token_id=-1, pad_token_id=0)  # eos -1: run every step
     t_dyn = model.get_text_features(clip) if method == "rc" else None
     want = model.generate(ids, pixels, mask, t_dyn, has_text, **kw)
-    t_dep = deployed.get_text_features(clip) if method == "rc" else None
+    t_dep = deployed.question_features(clip, "question") if method == "rc" else None
     got = deployed.generate(ids, pixels, mask, t_dep, has_text, **kw)
     assert got.tokens.shape == (2, 10)
     np.testing.assert_array_equal(got.tokens, want.tokens)

@@ -15,15 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import add_threads_arg, apply_threads, run  # noqa: E402
 
-ALL_METHODS = "none,random,cls-topk,prumerge,prumerge+,visionzip,divprune,rc,rc-reference"
-
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_threads_arg(p)
     sub = p.add_subparsers(dest="mode", required=True)
     v = sub.add_parser("vision", help="vision tower time with each compression method vs without")
-    v.add_argument("--methods", default=ALL_METHODS)
+    v.add_argument("--methods", help="comma-separated (default: every registered method)")
     v.add_argument("--repeats", type=int, default=5)
     v.add_argument("--batch", type=int, default=1)
     v.add_argument("--budget", type=int)
@@ -31,6 +28,7 @@ def build_parser():
     v.add_argument("--layers", type=int, default=24, help="ViT layers (ViT-L: 24)")
     v.add_argument("--heads", type=int, default=16)
     v.add_argument("--image-size", type=int, default=336)
+    v.add_argument("--llm-width", type=int, default=4096, help="projector output width (7B: 4096)")
     v.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     _add_compute_parser(sub)
     _add_quant_parser(sub)
@@ -38,8 +36,8 @@ def build_parser():
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
-    cv.add_argument("--runs", default=ALL_METHODS.replace("none,", "none,rc:no-text,"),
-                    help="comma list of METHOD[:no-text][@BUDGET] (default: every method, adaptive)")
+    cv.add_argument("--runs", help="comma list of METHOD[:no-text][@BUDGET] (default: every method that "
+                                   "compresses before the LLM, adaptive, plus rc:no-text)")
     cv.add_argument("--limit", type=int, help="only the first N questions that have a target")
     cv.add_argument("--batch", type=int, default=16)
     cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
@@ -169,7 +167,15 @@ def main(argv=None) -> int:
     if args.mode == "vision":
         from paddle_rc.benchmark.vision import format_vision_table, run_vision_benchmark
 
-        rows = run_vision_benchmark([m.strip() for m in args.methods.split(",") if m.strip()],
+        from paddle_rc.compression import available_methods
+        from paddle_rc.errors import UserError
+
+        methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+                   else available_methods())
+        unknown = sorted(set(methods) - set(available_methods()))
+        if unknown:
+            raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available_methods())}")
+        rows = run_vision_benchmark(methods, llm_width=args.llm_width,
                                     width=args.width, layers=args.layers, heads=args.heads,
                                     image_size=args.image_size, batch=args.batch, repeats=args.repeats,
                                     budget=args.budget)
@@ -186,11 +192,20 @@ def main(argv=None) -> int:
         from paddle_rc.predictor import build_predictor
 
         rows = run_coverage(build_predictor(model_dir=args.model), args.data_root,
-                            [r.strip() for r in args.runs.split(",") if r.strip()], limit=args.limit,
+                            _coverage_runs(args.runs), limit=args.limit,
                             batch=args.batch)
         print(format_coverage_table(rows))
         _write_json(args.json, rows)
     return 0
+
+
+def _coverage_runs(text):
+    if text:
+        return [r.strip() for r in text.split(",") if r.strip()]
+    from paddle_rc.compression import available_methods, get_method
+
+    runs = [m for m in available_methods() if get_method(m).stage == "vision"]
+    return runs + ["rc:no-text"]
 
 
 def _write_json(path, rows):

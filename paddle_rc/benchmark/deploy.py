@@ -82,15 +82,16 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
         clip = paddle.to_tensor(ids.astype(np.int64))
         has_text = paddle.ones([1], dtype="bool")
         uses_text = manifest["compression"]["uses_text"]
-        if method == "rc-reference":
+        mode = manifest["compression"]["text_mode"]
+        if mode == "prompt-first-line":
             clip = paddle.to_tensor(np.resize(ids, (1, 20)).astype(np.int64))
+        elif mode == "question-segments":
+            seg = np.zeros((1, cfg.text.max_position_embeddings), dtype=np.int64)
+            seg[0, :ids.shape[1]] = ids[0]
+            clip = paddle.to_tensor(seg)
 
         def dyn_vision():
-            t = None
-            if method == "rc":
-                t = model.get_text_features(clip)
-            elif method == "rc-reference":
-                t = model.reference_text_features(clip)
+            t = model.question_features(clip, mode) if uses_text else None
             v = model.encode_images(pixels, t, has_text)
             return v.embeds.numpy(), v.lengths
 

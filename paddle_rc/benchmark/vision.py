@@ -12,49 +12,78 @@ import numpy as np
 import paddle
 
 
-def _tower(width, layers, heads, image_size, patch, projection_dim, seed):
-    from paddle_rc.models.clip import CLIPVisionTower
-    from paddle_rc.models.config import CLIPVisionConfig
+class VisionSide(paddle.nn.Layer):
+    """The tower, the CLIP projection and LLaVA's projector: the vision half of the model, with the
+    model's own code for the tower pass and the method's inputs (what the registry says it reads)."""
 
-    paddle.seed(seed)
-    cfg = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                           num_attention_heads=heads, image_size=image_size, patch_size=patch,
-                           projection_dim=projection_dim)
-    tower = CLIPVisionTower(cfg)
-    proj = paddle.nn.Linear(width, projection_dim, bias_attr=False)
-    tower.eval()
-    return tower, proj
+    def __init__(self, width, layers, heads, image_size, patch, projection_dim, llm_width, seed):
+        super().__init__()
+        from paddle_rc.models.clip import CLIPVisionTower
+        from paddle_rc.models.config import CLIPVisionConfig, LlavaConfig
+        from paddle_rc.models.projector import MLPProjector
+
+        paddle.seed(seed)
+        vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                                  num_attention_heads=heads, image_size=image_size, patch_size=patch,
+                                  projection_dim=projection_dim)
+        self.config = LlavaConfig(vision=vision)
+        self.vision_tower = CLIPVisionTower(vision)
+        self.visual_projection = paddle.nn.Linear(width, projection_dim, bias_attr=False)
+        self.projector = MLPProjector(width, llm_width)
+        self.eval()
+
+    from paddle_rc.models.llava import LlavaForConditionalGeneration as _Llava
+
+    run_vision_tower = _Llava.run_vision_tower
+    compression_inputs = _Llava.compression_inputs
+    del _Llava
 
 
 def run_vision_benchmark(methods, *, width=1024, layers=24, heads=16, image_size=336, patch=14,
-                         projection_dim=768, batch=1, repeats=5, budget=None, seed=0):
+                         projection_dim=768, llm_width=4096, batch=1, repeats=5, budget=None, seed=0):
     """-> rows {method, seconds (min over repeats), median, vs_none, vs_full_tower, tokens,
-    compress_seconds (the compression step alone), compress_vs_none}."""
-    from paddle_rc.compression import compress
-    from paddle_rc.models.llava import _NEEDS_CLS_STATS, _NEEDS_QKP, _NEEDS_TEXT
+    compress_seconds (the compression step alone), compress_vs_none}.
 
-    tower, proj = _tower(width, layers, heads, image_size, patch, projection_dim, seed)
+    Every case ends with the tokens in the LLM's space (LLaVA's projector applied), so a method that
+    reads projected features (CDPruner) pays for projecting all N patches and the others for
+    projecting what they keep. In-LLM methods (FastV) leave the tower as `none` does."""
+    from paddle_rc.compression import compress, method_defaults
+    from paddle_rc.compression.registry import get_method
+
+    side = VisionSide(width, layers, heads, image_size, patch, projection_dim, llm_width, seed)
+    tower = side.vision_tower
     rng = np.random.default_rng(seed)
     pixels = paddle.to_tensor(rng.standard_normal((batch, 3, image_size, image_size)).astype("float32"))
     t = paddle.to_tensor(rng.standard_normal((batch, projection_dim)).astype("float32"))
 
     def plain():
-        return tower(pixels, -2).F
+        return side.projector(tower(pixels, -2).F)
 
     def full_tower():
         # What HF LLaVA computes: every layer, then picks hidden_states[-2].
-        return tower(pixels, -1).F
+        return side.projector(tower(pixels, -1).F)
+
+    def step_fn(method, feats):
+        spec = get_method(method)
+
+        def step():
+            args = side.compression_inputs(feats, spec, method_defaults(method),
+                                           t if spec.uses_text else None, None)
+            args.pop("has_text", None)
+            opts = args.pop("options")
+            res = compress(method, budget=budget, **args, **opts)
+            out = res.tokens if spec.after_projector else side.projector(res.tokens)
+            return out, res.lengths
+        return step
 
     def with_method(method):
+        spec = get_method(method)
+        if spec.stage == "llm":
+            return plain
+
         def fn():
-            feats = tower(pixels, -2, need_qkp=method in _NEEDS_QKP, need_cls_stats=method in _NEEDS_CLS_STATS)
-            extra = {}
-            if method in _NEEDS_CLS_STATS:
-                extra.update(cls_attn=feats.cls_attn, metric=feats.metric)
-            P = proj(feats.P) if feats.P is not None else None
-            res = compress(method, feats.F, feats.Q, feats.K, P=P, t=t if method in _NEEDS_TEXT else None,
-                           budget=budget, **extra)
-            return res.tokens, res.lengths
+            feats = side.run_vision_tower(pixels, spec, method_defaults(method))
+            return step_fn(method, feats)()
         return fn
 
     cases = [("none (layers to -2)", plain), ("full tower (all layers)", full_tower)]
@@ -73,17 +102,12 @@ def run_vision_benchmark(methods, *, width=1024, layers=24, heads=16, image_size
                 times[name].append(time.perf_counter() - t0)
         # The compression step alone, on fixed tower outputs: small next to the tower, so it is
         # timed separately (many repeats) rather than read off the difference of two noisy totals.
-        feats = tower(pixels, -2, need_qkp=True, need_cls_stats=True)
-        P = proj(feats.P)
         compress_s = {}
         for m in methods:
-            if m == "none":
+            spec = get_method(m)
+            if m == "none" or spec.stage == "llm":
                 continue
-            extra = {"cls_attn": feats.cls_attn, "metric": feats.metric} if m in _NEEDS_CLS_STATS else {}
-            def step(m=m, extra=extra):
-                res = compress(m, feats.F, feats.Q, feats.K, P=P, t=t if m in _NEEDS_TEXT else None,
-                               budget=budget, **extra)
-                return res.tokens, res.lengths
+            step = step_fn(m, side.run_vision_tower(pixels, spec, method_defaults(m)))
             _sync(step())
             compress_s[m] = _best_of(step, max(10, 4 * repeats))
     # Minimum over repeats: the cost of the work itself; slower repeats measure other load.

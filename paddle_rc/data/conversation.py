@@ -67,3 +67,12 @@ def question_for_text_encoder(user_text: str) -> str:
             break
         text = stripped
     return " ".join(text.split())
+
+
+_OCR_RE = re.compile(r"Reference OCR token:[^\n]*")
+
+
+def ocr_hint(user_text: str) -> str:
+    """The "Reference OCR token: ..." line of LLaVA's TextVQA prompt, or "" when there is none."""
+    m = _OCR_RE.search(user_text)
+    return " ".join(m.group(0).split()) if m else ""

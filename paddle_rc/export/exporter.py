@@ -41,11 +41,12 @@ UNTRACEABLE: dict = {}
 def _vision_inputs(config, method: str) -> list:
     size = config.vision.image_size
     specs = [InputSpec([None, 3, size, size], "float32", "pixel_values")]
+    from paddle_rc.compression.registry import get_method
     from paddle_rc.export.graphs import REFERENCE_TEXT_LENGTH
-    from paddle_rc.models.llava import _NEEDS_TEXT
 
-    if method in _NEEDS_TEXT:
-        length = REFERENCE_TEXT_LENGTH if method == "rc-reference" else None
+    mode = get_method(method).text_mode
+    if mode is not None:
+        length = REFERENCE_TEXT_LENGTH if mode == "prompt-first-line" else None
         specs += [InputSpec([None, length], "int64", "clip_ids"), InputSpec([None], "bool", "has_text")]
     return specs
 
@@ -146,11 +147,11 @@ def _looks_like_partial_export(directory: str) -> bool:
 
 def export_vision(model, out_dir: str, method: str, budget=None, options=None, name: str = "vision") -> list:
     """Trace and save the vision graph; returns its input specs."""
+    from paddle_rc.compression.registry import get_method
     from paddle_rc.export.graphs import VisionNoText, VisionWithText
-    from paddle_rc.models.llava import _NEEDS_TEXT
 
     specs = _vision_inputs(model.config, method)
-    cls = VisionWithText if method in _NEEDS_TEXT else VisionNoText
+    cls = VisionWithText if get_method(method).uses_text else VisionNoText
     _save_graph(cls(model, method, budget, dict(options or {})), specs, os.path.join(out_dir, name))
     return specs
 
@@ -169,9 +170,10 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
     The caller adds tokenizers and then calls finish_manifest (split so tests can export a model
     built in memory without writing a checkpoint first).
     """
-    from paddle_rc.models.llava import _NEEDS_TEXT
+    from paddle_rc.compression.registry import get_method
 
     say = say or (lambda msg: None)
+    spec = get_method(method)
     config = model.config
     n_patches = config.vision.num_patches
     budget_used = None if budget is None else min(int(budget), n_patches)
@@ -197,7 +199,8 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
         "dtype": "float32",
         "compression": {"method": method, "budget": budget, "budget_applied": budget_used,
                         "options": _jsonable(options), "n_patches": n_patches,
-                        "uses_text": method in _NEEDS_TEXT},
+                        "uses_text": spec.uses_text, "text_mode": spec.text_mode,
+                        "stage": spec.stage},
         "graphs": {
             "vision": {"inputs": _spec_json(vision_specs), "outputs": names["vision"],
                        "notes": "image_embeds [B,Tmax,H] zero-padded after each sample's lengths[b] tokens"},

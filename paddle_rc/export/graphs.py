@@ -9,8 +9,8 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-# Which tower extras a method needs and which text pooling it uses (same sets the model uses).
-from paddle_rc.models.llava import _NEEDS_CLS_STATS, _NEEDS_QKP, _NEEDS_TEXT, LlavaForConditionalGeneration
+from paddle_rc.compression.registry import P_FEATURE, P_NEXT, get_method
+from paddle_rc.models.llava import LlavaForConditionalGeneration
 
 # rc-reference pads/truncates the question to this many CLIP tokens (pipeline.REFERENCE_TEXT_LENGTH).
 REFERENCE_TEXT_LENGTH = 20
@@ -22,57 +22,50 @@ INDEX_OUTPUTS = ("kinds", "sources", "stage", "members", "extra_members")
 class VisionGraph(nn.Layer):
     """pixels (+ CLIP ids, has_text) -> tower (one pass) -> compression core -> projector.
 
-    Outputs: image_embeds [B,Tmax,H] zero-padded, lengths [B] int64, then for every method but
-    `none` the per-stage index tensors (INDEX_OUTPUTS), so the deployed runner can report stage
-    counts and draw the kept-token picture without the dynamic model.
+    Outputs: image_embeds [B,Tmax,H] zero-padded, lengths [B] int64, then for every method that
+    compresses before the LLM the per-stage index tensors (INDEX_OUTPUTS), so the deployed runner
+    can report stage counts and draw the kept-token picture without the dynamic model.
     """
 
     def __init__(self, model, method: str, budget=None, options=None):
         super().__init__()
+        self.config = model.config
         self.vision_tower = model.vision_tower
         self.projector = model.projector
-        self.feature_layer = model.config.vision_feature_layer
         self.method = method
+        self.spec = get_method(method)
+        if self.spec.inputs(options) & {P_NEXT, P_FEATURE}:
+            self.visual_projection = model.visual_projection
         self.budget = budget
         self.options = dict(options or {})
-        self.uses_text = method in _NEEDS_TEXT
-        if method in _NEEDS_QKP:
-            self.visual_projection = model.visual_projection
-        if self.uses_text:
+        if self.spec.uses_text:
             self.text_tower = model.text_tower
             self.text_projection = model.text_projection
 
-    # The model's own text-feature code, run on this wrapper (it only needs the two sub-layers).
+    # The model's own code, run on this wrapper (it only needs the sub-layers held above).
     get_text_features = LlavaForConditionalGeneration.get_text_features
     reference_text_features = LlavaForConditionalGeneration.reference_text_features
-
-    def _text(self, clip_ids):
-        if self.method == "rc-reference":
-            return self.reference_text_features(clip_ids)
-        return self.get_text_features(clip_ids)
+    segment_text_features = LlavaForConditionalGeneration.segment_text_features
+    question_features = LlavaForConditionalGeneration.question_features
+    run_vision_tower = LlavaForConditionalGeneration.run_vision_tower
+    compression_inputs = LlavaForConditionalGeneration.compression_inputs
 
     def _compress(self, pixel_values, clip_ids=None, has_text=None):
         from paddle_rc.compression import compress_tensors
 
-        feats = self.vision_tower(pixel_values.astype(self.projector.linear_1.weight.dtype), self.feature_layer,
-                                  need_qkp=self.method in _NEEDS_QKP,
-                                  need_cls_stats=self.method in _NEEDS_CLS_STATS)
-        if self.method == "none":
+        feats = self.run_vision_tower(pixel_values, self.spec, self.options)
+        if self.method == "none" or self.spec.stage == "llm":
             embeds = self.projector(feats.F)
             lengths = paddle.full_like(embeds[:, 0, 0], feats.F.shape[1], dtype="int64")
             return embeds, lengths
-        options = dict(self.options)
-        if self.method in _NEEDS_CLS_STATS:
-            options.update(cls_attn=feats.cls_attn, metric=feats.metric)
-        P = t = None
-        if self.uses_text:
-            P = self.visual_projection(feats.P)
-            t = self._text(clip_ids)
-        core = compress_tensors(self.method, feats.F, feats.Q, feats.K, P=P, t=t,
-                                has_text=has_text if self.uses_text else None,
-                                budget=self.budget, options=options)
+        t = self.question_features(clip_ids, self.spec.text_mode) if self.spec.uses_text else None
+        args = self.compression_inputs(feats, self.spec, self.options, t, has_text)
+        core = compress_tensors(self.method, args["F"], args["Q"], args["K"], P=args["P"], t=args["t"],
+                                has_text=args.get("has_text"), budget=self.budget,
+                                options=args["options"])
         tokens, lengths = core[0], core[1]
-        return (self.projector(tokens), lengths) + tuple(core[2:])
+        embeds = tokens if self.spec.after_projector else self.projector(tokens)
+        return (embeds, lengths) + tuple(core[2:])
 
 
 class VisionNoText(VisionGraph):

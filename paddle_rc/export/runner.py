@@ -1,7 +1,7 @@
 """Run an exported deployment directory through paddle.inference.
 
 The deployed model offers the dynamic model's interface to paddle_rc.pipeline.Predictor
-(config, compression, set_compression, get_text_features, reference_text_features, generate), so
+(config, compression, set_compression, question_features, generate), so
 prompt building, tokenization, splicing and the sampling loop are the very same code; only the
 three networks are Paddle Inference predictors instead of Layers. paddle_rc.predictor.build_predictor
 puts a Predictor on top; this module does not know about it.
@@ -133,7 +133,7 @@ def _first_line(e: Exception) -> str:
 # ---- the deployed model ---------------------------------------------------------------------------
 
 class ClipIds:
-    """What the deployed model's get_text_features returns: the exported vision graph embeds the
+    """What the deployed model's question_features returns: the exported vision graph embeds the
     question itself, so the "text embedding" handed to generate() is the CLIP token ids."""
 
     def __init__(self, ids):
@@ -188,10 +188,7 @@ class DeployedLlava:
             raise UserError(f"{self.directory} was exported with method {have}; for {want} export again: "
                             f"tools/export.py --method {method}" + ("" if budget is None else f" --budget {budget}"))
 
-    def get_text_features(self, input_ids):
-        return ClipIds(input_ids)
-
-    def reference_text_features(self, input_ids):
+    def question_features(self, input_ids, mode):
         return ClipIds(input_ids)
 
     def encode_images(self, pixel_values, text_embeds=None, has_text=None):
@@ -206,7 +203,7 @@ class DeployedLlava:
         embeds = outs[0]
         lengths = outs[1].numpy().astype(np.int64)
         n = int(comp["n_patches"])
-        if self.compression.method == "none":
+        if len(outs) == 2:  # none, or a method that prunes inside the LLM
             return VisualTokens(embeds, lengths, n)
         return VisualTokens(embeds, lengths, n, self._result(outs, has_text if comp["uses_text"] else None))
 
@@ -215,10 +212,12 @@ class DeployedLlava:
             ids = text_embeds.ids
         elif text_embeds is None:
             # No sample has a question: any ids do, has_text=False skips every text stage in the graph.
-            length = 20 if self.compression.method == "rc-reference" else 1
+            mode = self.manifest["compression"].get("text_mode")
+            length = {"prompt-first-line": 20,
+                      "question-segments": self.config.text.max_position_embeddings}.get(mode, 1)
             ids = paddle.full([batch, length], self.config.text.eos_token_id, dtype="int64")
         else:
-            raise TypeError("the deployed model takes the question as CLIP token ids (get_text_features)")
+            raise TypeError("the deployed model takes the question as CLIP token ids (question_features)")
         if has_text is None:
             has_text = paddle.full([batch], text_embeds is not None, dtype="bool")
         return ids.astype("int64"), has_text.astype("bool")

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as nnf
 
 from paddle_rc.data.padding import left_pad
 from paddle_rc.models.clip import CLIPTextTower, CLIPVisionTower
@@ -19,13 +20,6 @@ from paddle_rc.models.config import LlavaConfig
 from paddle_rc.models.generation import generate_loop
 from paddle_rc.models.llama import LlamaModel, positions_from_mask
 from paddle_rc.models.projector import MLPProjector
-
-# Which tower outputs each method reads (rc-algorithm.md §1, §8). The layer after the feature layer
-# is run only when a method needs Q, K or P.
-_NEEDS_QKP = {"cls-topk", "prumerge", "prumerge+", "rc", "rc-reference"}
-_NEEDS_TEXT = {"rc", "rc-reference"}
-_NEEDS_CLS_STATS = {"visionzip"}
-
 
 @dataclass
 class CompressionSpec:
@@ -117,35 +111,78 @@ class LlavaForConditionalGeneration(nn.Layer):
         """rc-reference (released code): the LAST position of last_hidden_state, projected."""
         return self.text_projection(self.text_tower(input_ids)[:, -1, :])
 
+    def segment_text_features(self, input_ids):
+        """CDPruner's long-question embedding: input_ids [B, M*L] hold M segments of the tower's
+        length L (zero-padded, as the authors pad); each segment is pooled and projected, unit-
+        normalised, and the segments of a sample are averaged. A segment of zeros only is padding
+        of a shorter sample in the batch and is left out. -> [B, D] (not unit length)."""
+        length = self.text_tower.config.max_position_embeddings
+        seg = input_ids.reshape([-1, length])
+        feats = nnf.normalize(self.get_text_features(seg), p=2, axis=-1)
+        feats = feats.reshape([paddle.shape(input_ids)[0], -1, feats.shape[-1]])
+        valid = (seg != 0).any(axis=-1).astype(feats.dtype).reshape([paddle.shape(input_ids)[0], -1, 1])
+        return (feats * valid).sum(axis=1) / paddle.clip(valid.sum(axis=1), min=1.0)
+
+    def question_features(self, input_ids, mode: str):
+        """The question's embedding t in the text mode a method declares (registry.TEXT_MODES)."""
+        if mode == "prompt-first-line":
+            return self.reference_text_features(input_ids)
+        if mode == "question-segments":
+            return self.segment_text_features(input_ids)
+        return self.get_text_features(input_ids)
+
     # ---- vision side -------------------------------------------------------------------------
+    def run_vision_tower(self, pixel_values, spec, options):
+        """One tower pass with the extras the method declares it reads."""
+        from paddle_rc.compression.registry import CLS_STATS
+
+        return self.vision_tower(pixel_values.astype(self.projector.linear_1.weight.dtype),
+                                 self.config.vision_feature_layer,
+                                 need_qkp=spec.needs_next_layer(options),
+                                 need_cls_stats=CLS_STATS in spec.inputs(options))
+
+    def compression_inputs(self, feats, spec, options, text_embeds=None, has_text=None) -> dict:
+        """compress()/compress_tensors() keyword arguments for the method, from one tower pass."""
+        from paddle_rc.compression.registry import CLS_STATS, P_FEATURE, P_NEXT, TEXT
+
+        reads = spec.inputs(options)
+        F = self.projector(feats.F) if spec.after_projector else feats.F
+        args = {"F": F, "Q": feats.Q, "K": feats.K, "P": None, "t": None, "options": dict(options)}
+        if CLS_STATS in reads:
+            args["options"].update(cls_attn=feats.cls_attn, metric=feats.metric)
+        # P and t go together or not at all (no question: the text stages are skipped).
+        if TEXT in reads and text_embeds is not None:
+            if P_NEXT in reads:
+                args["P"] = self.visual_projection(feats.P)
+            elif P_FEATURE in reads:
+                args["P"] = self.visual_projection(self.vision_tower.post_layernorm(feats.F))
+            args["t"] = text_embeds
+            args["has_text"] = has_text
+        return args
+
     def encode_images(self, pixel_values, text_embeds=None, has_text=None) -> VisualTokens:
         """Tower (one pass) -> compression -> projector.
 
         text_embeds [B, D] is the question's CLIP embedding; has_text [B] bool marks samples with a
-        question (rc skips text recovery for the others).
+        question (text-guided methods skip their text stage for the others).
         """
-        spec = self.compression
-        method = spec.method
-        feats = self.vision_tower(pixel_values.astype(self.projector.linear_1.weight.dtype),
-                                  self.config.vision_feature_layer,
-                                  need_qkp=method in _NEEDS_QKP,
-                                  need_cls_stats=method in _NEEDS_CLS_STATS)
+        from paddle_rc.compression.registry import get_method
+
+        comp = self.compression
+        spec = get_method(comp.method)
+        feats = self.run_vision_tower(pixel_values, spec, comp.options)
         n = feats.F.shape[1]
-        if method == "none":
+        if comp.method == "none" or spec.stage == "llm":
             embeds = self.projector(feats.F)
             return VisualTokens(embeds, np.full([embeds.shape[0]], n, dtype=np.int64), n)
         from paddle_rc.compression import compress
 
-        extra = dict(spec.options)
-        if method in _NEEDS_CLS_STATS:
-            extra.update(cls_attn=feats.cls_attn, metric=feats.metric)
-        t = text_embeds if method in _NEEDS_TEXT else None
-        # compress() takes P and t together or not at all (no question: text recovery is skipped).
-        P = self.visual_projection(feats.P) if feats.P is not None and t is not None else None
-        if t is not None and has_text is not None:
-            extra["has_text"] = has_text
-        result = compress(method, feats.F, feats.Q, feats.K, P=P, t=t, budget=spec.budget, **extra)
-        embeds = self.projector(result.tokens)
+        args = self.compression_inputs(feats, spec, comp.options, text_embeds, has_text)
+        opts = args.pop("options")
+        if args.get("has_text") is None:
+            args.pop("has_text", None)
+        result = compress(comp.method, budget=comp.budget, **args, **opts)
+        embeds = result.tokens if spec.after_projector else self.projector(result.tokens)
         return VisualTokens(embeds, result.lengths.numpy().astype(np.int64), n, result)
 
     # ---- splicing ----------------------------------------------------------------------------

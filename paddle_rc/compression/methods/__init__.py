@@ -1,3 +1,7 @@
-"""One module per method; importing this package registers them all."""
-from paddle_rc.compression.methods import (  # noqa: F401
-    cls_topk, divprune, none, prumerge, random, rc, visionzip)
+"""One module per method; importing this package registers every module in it."""
+import importlib
+import pkgutil
+
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name != "common":
+        importlib.import_module(f"{__name__}.{_info.name}")

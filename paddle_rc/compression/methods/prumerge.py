@@ -6,7 +6,7 @@ from paddle_rc.compression.assemble import (CENTRE, GROUP_NONE, GROUP_RANKED, GR
 from paddle_rc.compression.methods.common import code, full_count, knn_merge, weighted_sum
 from paddle_rc.compression.ops import (floor_scaled, iqr_outlier_count, rank_desc, topk_mask,
                                        visual_score)
-from paddle_rc.compression.registry import register
+from paddle_rc.compression.registry import QK, register
 
 PRUMERGE_DEFAULTS = {"topk": 32}
 
@@ -33,7 +33,7 @@ def _merge_and_assemble(x, s_vis, centre, spatial):
                     out_dtype=x.out_dtype, trim=x.trim)
 
 
-@register("prumerge", defaults=PRUMERGE_DEFAULTS)
+@register("prumerge", defaults=PRUMERGE_DEFAULTS, reads={QK})
 def prumerge(x):
     """n = floor(N * iqr_ratio(s_vis)) centres + 1 extra token.
 
@@ -63,7 +63,7 @@ def _spread(mask, count):
     return paddle.logical_and(mask, a < b)
 
 
-@register("prumerge+", defaults=PRUMERGE_DEFAULTS)
+@register("prumerge+", defaults=PRUMERGE_DEFAULTS, reads={QK})
 def prumerge_plus(x):
     """PruMerge plus spatially sampled centres.
 

@@ -8,6 +8,7 @@ from paddle_rc.compression.assemble import (CENTRE, GROUP_NONE, GROUP_RANKED, GR
 from paddle_rc.compression.methods.common import code, full_count, knn_merge, weighted_sum
 from paddle_rc.compression.ops import (floor_scaled, floor_scaled_float, lof_outlier_count, rank_desc,
                                        text_score, topk_mask, visual_score)
+from paddle_rc.compression import registry as reads
 from paddle_rc.compression.registry import register
 
 RC_DEFAULTS = {
@@ -16,7 +17,19 @@ RC_DEFAULTS = {
     "n_neighbors_merge": 10,    # LOF k deciding the number of merge centres (step 4)
     "topk": 32,                 # members per centre, capped at n_rest - 1
     "text_weight": 50.0,        # weight of the text score in the member ranking
+    # The open design choices (docs/algorithm.md, "RC's options"); defaults = the paper's behaviour.
+    "text_sign": 1,             # -1: rank patches by negated text similarity (as TRIM / CDPruner do)
+    "p_source": "next-layer",   # or "feature-postln": visual_projection(post_layernorm(F))
+    "ocr_hint": False,          # True: TextVQA's "Reference OCR token" line reaches the text encoder
 }
+P_SOURCES = {"next-layer": reads.P_NEXT, "feature-postln": reads.P_FEATURE}
+
+
+def rc_reads(opts):
+    source = opts["p_source"]
+    if source not in P_SOURCES:
+        raise ValueError(f"rc option p_source must be one of {', '.join(P_SOURCES)}, got {source!r}")
+    return {reads.QK, reads.TEXT, P_SOURCES[source]}
 
 
 def largest_remainder(counts, total, fallback):
@@ -56,6 +69,11 @@ def _select(s_vis, s_txt, n_v, n_t):
     return vis, txt, rest, s_txt_m
 
 
+# The released code has none of the options: its text, P and sign are what it is reproducing.
+REFERENCE_DEFAULTS = {k: RC_DEFAULTS[k] for k in
+                      ("n_neighbors_visual", "n_neighbors_text", "n_neighbors_merge", "topk", "text_weight")}
+
+
 def rc_core(x, reference=False):
     o = x.opts
     n, c = x.n, x.c
@@ -65,7 +83,10 @@ def rc_core(x, reference=False):
         s_txt = paddle.zeros_like(s_vis)
         has_text = paddle.zeros_like(s_vis[:, 0], dtype="bool")
     else:
-        s_txt = text_score(x.P, x.t)
+        sign = float(o.get("text_sign", 1))
+        if sign not in (1.0, -1.0):
+            raise ValueError(f"rc option text_sign must be 1 or -1, got {o['text_sign']!r}")
+        s_txt = text_score(x.P, x.t) * sign
         has_text = x.has_text
     n_all = full_count(s_vis, n)
 
@@ -126,13 +147,14 @@ def rc_core(x, reference=False):
                     out_dtype=x.out_dtype, trim=x.trim)
 
 
-@register("rc", defaults=RC_DEFAULTS, uses_text=True)
+@register("rc", defaults=RC_DEFAULTS, reads=rc_reads, text_mode="question")
 def rc(x):
     """RC, mode `rc` (§5). Empty question / t=None: n_t = 0 and the merge text term is 0."""
     return rc_core(x, reference=False)
 
 
-@register("rc-reference", defaults=RC_DEFAULTS, uses_text=True)
+@register("rc-reference", defaults=REFERENCE_DEFAULTS, reads={reads.QK, reads.TEXT, reads.P_NEXT},
+          text_mode="prompt-first-line")
 def rc_reference(x):
     """RC with the released code's quirks (§6): L = floor(C * ratio) capped at n_rest, and
     member keys taken as K[:, 1 + r] for the patch at rest-list position r."""

@@ -7,7 +7,7 @@ from paddle_rc.compression.assemble import (CENTRE, GROUP_NONE, GROUP_RASTER, GR
                                             REST, VISUAL, assemble)
 from paddle_rc.compression.methods.common import code
 from paddle_rc.compression.ops import as_f32, topk_mask
-from paddle_rc.compression.registry import register
+from paddle_rc.compression.registry import CLS_STATS, register
 
 
 def visionzip_counts(n, budget, dominant, contextual):
@@ -21,7 +21,7 @@ def visionzip_counts(n, budget, dominant, contextual):
     return dominant, contextual
 
 
-@register("visionzip", defaults={"dominant": 54, "contextual": 10})
+@register("visionzip", defaults={"dominant": 54, "contextual": 10}, reads={CLS_STATS})
 def visionzip(x):
     """Needs two extra inputs from the vision tower, passed as options:
 
