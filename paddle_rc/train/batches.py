@@ -156,3 +156,23 @@ def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng
         answer_len.append(len(full) - len(head))
     ids, mask = left_pad(rows, llm_tok.pad_token_id)
     return ids, mask, np.asarray(answer_len, np.int64)
+
+
+def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
+    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
+    where L' is the length after the image placeholder became N visual tokens (left-padded, so every
+    row ends at L'). Count questions target every counted object; questions with no target object
+    (a negative existence question, a count of zero) get an all-zero row."""
+    n = labels.owner.shape[1]
+    spliced = mask.sum(axis=1) - 1 + n
+    length = int(spliced.max())
+    out = np.zeros((len(items), length), np.float32)
+    for b, it in enumerate(items):
+        if not it.target:
+            continue
+        real = np.nonzero(mask[b])[0]
+        at = int(np.nonzero(ids[b, real] == image_token_index)[0][0])  # tokens before the image
+        start = length - int(spliced[b]) + at
+        cells = np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]
+        out[b, start + cells] = 1.0
+    return out

@@ -271,24 +271,46 @@ class DemoTrainer:
         rng = bt.batch_rng(r.seed, "llm", 10_000_000 + step)
         pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
-        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen}
+        labels = bt.patch_labels(items, r.image_size, r.patch_size)
+        looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
+        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at}
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
-        from paddle_rc.train.losses import answer_loss
+        from paddle_rc.train.losses import answer_loss, attention_target_loss
 
-        m = self.model
+        m, r = self.model, self.recipe
         ids, mask, alen = d["ids"], d["mask"], d["alen"]
         with paddle.no_grad():
             F = m.vision_tower(paddle.to_tensor(d["pixels"]), m.config.vision_feature_layer).F
         n = F.shape[1]
         visual = VisualTokens(m.projector(F), np.full([len(ids)], n, np.int64), n)
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
-        hidden, _, _ = m.language_model(embeds, attn, pos)
+        lm = m.language_model
+        length = embeds.shape[1]
+        # The decoder's own forward, unrolled so the grounding loss can read the attention of the position
+        # that predicts the reply's first token (LlamaModel.forward does exactly this loop).
+        x = embeds
+        cos, sin = lm._rope(pos, x.dtype)
+        bias = lm.attention_bias(attn, length, x.dtype)
+        heads = [-1, lm.config.num_attention_heads, -1, -1]
+        cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
+        query = paddle.to_tensor(length - 1 - alen)  # [B]
+        target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
+        grounding = []
+        for i, layer in enumerate(lm.layers):
+            if r.grounding_weight > 0 and i >= 1:
+                grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos, sin, bias,
+                                                       query, target))
+            x, _, _ = layer(x, cos, sin, bias)
+        hidden = lm.norm(x)
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
         loss = answer_loss(logits, paddle.to_tensor(ids[:, -width:]), paddle.to_tensor(alen))
-        return loss, {}
+        if not grounding:
+            return loss, {}
+        g = paddle.add_n(grounding) / len(grounding)
+        return loss + r.grounding_weight * g, {"answer": float(loss), "ground": float(g)}
 
     def drop_resume_state(self) -> None:
         """After the checkpoint is written: the weights and optimizer state are no longer needed."""
