@@ -4,6 +4,7 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
@@ -33,6 +34,7 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    _add_evalbatch_parser(sub)
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
@@ -100,6 +102,41 @@ def _add_deploy_parser(sub):
     d.add_argument("--repeats", type=int, default=5)
     d.add_argument("--onednn", action="store_true", help="enable oneDNN in the predictors")
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _add_evalbatch_parser(sub):
+    e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
+                                         "dynamic model and its export (synthetic benchmark)")
+    e.add_argument("--model", help="converted checkpoint (default: a random one of --preset)")
+    e.add_argument("--preset", default="demo", help="random model size without --model: demo or wide")
+    e.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
+    e.add_argument("--items", type=int, default=32)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--max-new-tokens", type=int, default=8)
+    e.add_argument("--method", default="rc")
+    e.add_argument("--budget", type=int)
+    e.add_argument("--backends", default="dynamic,deploy")
+    e.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _run_evalbatch(args):
+    from paddle_rc.benchmark.eval_batch import format_rows, run_eval_batch_benchmark
+    from paddle_rc.errors import UserError
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - {"dynamic", "deploy"}:
+        raise UserError("--backends takes dynamic and/or deploy")
+    from paddle_rc.benchmark.eval_batch import PRESETS
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.items < 1 or args.repeats < 1 or min(args.batch_sizes or (0,)) < 1:
+        raise UserError("--items, --repeats and every batch size must be at least 1")
+    rows = run_eval_batch_benchmark(args.model, tuple(args.batch_sizes), args.items, args.repeats,
+                                    args.max_new_tokens, args.method, args.budget, backends,
+                                    say=lambda m: print(m, file=sys.stderr, flush=True),
+                                    preset=args.preset)
+    print(format_rows(rows))
+    _write_json(args.json, rows)
 
 
 def _run_deploy(args):
@@ -187,6 +224,8 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "evalbatch":
+        _run_evalbatch(args)
     elif args.mode == "coverage":
         from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
         from paddle_rc.predictor import build_predictor

@@ -5,7 +5,10 @@ Files under ``out/<benchmark>/`` for a run tag (``none``, ``rc``, ``rc-b64``, ..
 * ``<tag>.jsonl``           answers, LLaVA layout (question_id, prompt, text, model_id, metadata)
 * ``<tag>.<N>_<k>.jsonl``   answers of chunk k of N (``--num-chunks/--chunk-idx``), merged
                             into ``<tag>.jsonl`` by :func:`merge_chunks`
-* ``<tag>.errors.jsonl``    items skipped because their image could not be read
+* ``<tag>.manifest.json``   the setup that wrote the answers (model checksums, method, budget,
+                            options, conv mode, generation settings); answers are reused only
+                            under an equal manifest
+* ``<tag>.errors.jsonl``    items still failing (unreadable image, or the model raised)
 * ``<tag>.summary.json``    scores (written atomically)
 * ``<tag>.upload.json``     server upload file where the benchmark has one (VQAv2 test-dev)
 
@@ -88,7 +91,7 @@ def _record(item, out, method, budget, model_id):
                  "visual_tokens": out.get("visual_tokens"),
                  "visual_tokens_before": out.get("visual_tokens_before"),
                  "stage_counts": out.get("stage_counts"), "timings": out.get("timings")})
-    rec = {"question_id": item.question_id, "prompt": item.prompt, "text": out["text"],
+    rec = {"question_id": item.question_id, "prompt": item.record_prompt, "text": out["text"],
            "answer_id": uuid.uuid4().hex, "model_id": model_id, "uid": item.uid,
            "metadata": meta}
     if "round_id" in item.metadata:  # LLaVA's MMBench answer files carry these at top level
