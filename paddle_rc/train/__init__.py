@@ -86,7 +86,7 @@ def model_card(log: dict) -> str:
         f"({r.text_layers} layers, width {r.text_width}), projections to {r.projection_dim}, mlp2x_gelu "
         f"projector, LLaMA ({r.llm_layers} layers, width {r.llm_width}, {r.llm_heads} heads), vicuna_v1 "
         "template, sentencepiece and CLIP BPE tokenizers built from the task's text. 224 px instead of "
-        "336 px: at 577 tokens a ViT training step cost ~3.5x one at 257 here, past the time limit.",
+        "336 px: at 577 tokens a ViT training step cost about 3-4x one at 257 here (measured ad hoc), past the time limit.",
         "",
         "## Data",
         "Procedural scenes of `paddle_rc.synth` (336 px: 1-2 large distractors, 3-7 small shapes, at most "

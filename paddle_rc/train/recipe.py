@@ -3,7 +3,7 @@
 Architecture is LLaVA-1.5's (CLIP ViT + CLIP text tower + both projections + mlp2x_gelu projector +
 LLaMA, vicuna_v1 template, feature layer -2), scaled down to train on a 2-core CPU. The one departure
 from LLaVA-1.5's geometry is the image size: 224 px in 14 px patches = 256 visual tokens, not 336 px =
-576. On this machine a training step of the ViT at 577 tokens cost ~3.5x the step at 257 (attention
+576. On this machine a training step of the ViT at 577 tokens cost about 3-4x the step at 257 (attention
 grows with the square of the tokens), which would push the full recipe past the 90-minute limit.
 """
 from __future__ import annotations
