@@ -1,12 +1,6 @@
-"""The built-in model and picture: what every tool uses when given no --model or --image.
-
-The built-in model is a small LLaVA-1.5 trained on this project's synthetic VQA task
-(paddle_rc/synth, paddle_rc/train; `tools/train_demo.py` reproduces it), shipped in
-paddle_rc/assets/synthvqa-demo with its model card. It knows only that toy world (coloured shapes and
-small signs), where it answers correctly, so compression's effect on answers can be seen and measured.
-
-`random_checkpoint()` writes a small random-weight LLaVA (336 px, 576 patches) to a cache folder: for
-measurements that want untrained weights (the quantization benchmark's agreement figures) and tests."""
+"""The built-in demo: a small random-weight LLaVA (real geometry where it matters: a 336px image in
+576 patches, so compression behaves as it would) and a generated picture. Nothing is downloaded;
+the checkpoint is written once, in this project's own format, to a cache folder."""
 from __future__ import annotations
 
 import json
@@ -14,22 +8,17 @@ import os
 import shutil
 import tempfile
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
-DEMO_VERSION = "demo-v1"  # the random checkpoint's cache folder name
+DEMO_VERSION = "demo-v1"
 SEED = 0
-DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "synthvqa-demo")
-DEMO_SOURCES = ("demo", "synthvqa-demo")  # config.source of the random and the trained built-in model
-# The built-in picture is item DEMO_ITEM of the task's stream for DEMO_SEED: a colour question about a
-# small shape, with large distractors elsewhere (the case RC's text recovery exists for).
-DEMO_SEED, DEMO_ITEM = 20_261_202, 0
 
 
 def cache_root() -> str:
     return os.environ.get("PADDLE_RC_HOME", os.path.join(os.path.expanduser("~"), ".cache", "paddle_rc"))
 
 
-def random_config(clip_tok, llm_tok):
+def demo_config(clip_tok, llm_tok):
     from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     return LlavaConfig(
@@ -47,7 +36,7 @@ def random_config(clip_tok, llm_tok):
     )
 
 
-def write_random_checkpoint(directory: str) -> None:
+def write_demo_checkpoint(directory: str) -> None:
     import paddle
 
     from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
@@ -63,7 +52,7 @@ def write_random_checkpoint(directory: str) -> None:
 
     llm_tok = LlamaTokenizer.from_dir(tok_dir)
     clip_tok = CLIPTokenizer.from_dir(clip_dir)
-    config = random_config(clip_tok, llm_tok)
+    config = demo_config(clip_tok, llm_tok)
     paddle.seed(SEED)
     model = LlavaForConditionalGeneration(config)
     config.save(directory)
@@ -71,24 +60,14 @@ def write_random_checkpoint(directory: str) -> None:
 
 
 def demo_checkpoint() -> str:
-    """Path of the built-in trained model."""
-    if not os.path.isfile(os.path.join(DEMO_DIR, "config.json")):
-        from paddle_rc.errors import UserError
-
-        raise UserError(f"the built-in model is missing from {DEMO_DIR}; reinstall paddle_rc, or make it with "
-                        f"python tools/train_demo.py --out {DEMO_DIR}")
-    return DEMO_DIR
-
-
-def random_checkpoint() -> str:
-    """Path of the random-weight checkpoint, written on first use (atomically: a folder rename)."""
+    """Path of the demo checkpoint, written on first use (atomically: a folder rename)."""
     final = os.path.join(cache_root(), DEMO_VERSION)
     if os.path.isfile(os.path.join(final, "config.json")):
         return final
     os.makedirs(cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=DEMO_VERSION + ".", dir=cache_root())
     try:
-        write_random_checkpoint(tmp)
+        write_demo_checkpoint(tmp)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -99,20 +78,25 @@ def random_checkpoint() -> str:
     return final
 
 
-def demo_item():
-    """The built-in synthetic item: image, question and the right answer."""
-    from paddle_rc.synth import make_item
-
-    return make_item(DEMO_SEED, DEMO_ITEM)
-
-
 def demo_image() -> Image.Image:
-    return demo_item().image
-
-
-def demo_question() -> str:
-    return demo_item().question
+    """A 480x360 drawn scene: sky, sun, a house, a tree and a sign (not square, to show the padding)."""
+    img = Image.new("RGB", (480, 360))
+    d = ImageDraw.Draw(img)
+    for y in range(240):
+        d.line([(0, y), (480, y)], fill=(90 + y // 4, 150 + y // 5, 235))
+    d.rectangle([0, 240, 480, 360], fill=(70, 150, 60))
+    d.ellipse([380, 30, 440, 90], fill=(250, 215, 60))
+    d.rectangle([120, 160, 250, 270], fill=(190, 60, 50))
+    d.polygon([(105, 165), (185, 100), (265, 165)], fill=(110, 40, 35))
+    d.rectangle([170, 210, 200, 270], fill=(90, 60, 30))
+    d.rectangle([135, 185, 160, 210], fill=(200, 230, 250))
+    d.rectangle([325, 180, 340, 275], fill=(100, 70, 40))
+    d.ellipse([295, 110, 370, 195], fill=(40, 110, 45))
+    d.rectangle([40, 200, 44, 290], fill=(120, 120, 120))
+    d.rectangle([18, 170, 66, 204], fill=(210, 30, 30))
+    d.text((25, 180), "STOP", fill=(255, 255, 255))
+    return img
 
 
 if __name__ == "__main__":
-    print(json.dumps({"checkpoint": demo_checkpoint(), "random_checkpoint": random_checkpoint()}))
+    print(json.dumps({"checkpoint": demo_checkpoint()}))

@@ -45,14 +45,13 @@ def build_predictor(model_dir: Optional[str] = None, deploy_dir: Optional[str] =
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     predictor = Predictor(model, Tokenizers(model_dir), conv_mode,
-                          model_id="synthvqa-demo" if is_demo else os.path.basename(os.path.normpath(model_dir)),
+                          model_id="demo-random" if is_demo else os.path.basename(os.path.normpath(model_dir)),
                           is_demo=is_demo, kind="dynamic")
     predictor.set_method(method or "none", budget, **options)
     return predictor
 
 
 def _deployed(deploy_dir, method, budget, conv_mode, device, threads, onednn, options) -> Predictor:
-    from paddle_rc.demo import DEMO_SOURCES
     from paddle_rc.export.runner import FIX, DeployedLlava, RunnerOptions
 
     model = DeployedLlava(deploy_dir, RunnerOptions(device=device, threads=threads, onednn=onednn))
@@ -62,7 +61,7 @@ def _deployed(deploy_dir, method, budget, conv_mode, device, threads, onednn, op
         raise UserError(f"{e} ({FIX})") from None
     predictor = Predictor(model, tokenizers, conv_mode,
                           model_id="deploy:" + os.path.basename(os.path.normpath(deploy_dir)),
-                          is_demo=model.config.source in DEMO_SOURCES, kind="deploy")
+                          is_demo=model.config.source == "demo", kind="deploy")
     if method is not None or budget is not None or options:
         exported = model.compression
         predictor.set_method(method or exported.method, exported.budget if budget is None else budget,

@@ -98,7 +98,7 @@ def test_quant_eval_on_demo(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PADDLE_RC_HOME", str(tmp_path / "home"))
     res = run_quant_eval(prompts=50, prompt_len=8, slice_eval=False, train_steps=0, rss=False,
-                         accuracy_questions=0, workdir=str(tmp_path / "w"))
+                         workdir=str(tmp_path / "w"))
     assert "trained" not in res and "slice" not in res
     p = res["demo"]["precisions"]
     assert p["int8"]["linear_ratio"] <= 0.27 and p["int4"]["linear_ratio"] <= 0.15

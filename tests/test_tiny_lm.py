@@ -37,9 +37,9 @@ def test_corpus_prompts_are_right_padded_lines():
     from paddle_rc.benchmark.tiny_lm import corpus_batch, corpus_prompts
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
     from paddle_rc.data.tiny_tokenizers import CORPUS
-    from paddle_rc.demo import random_checkpoint
+    from paddle_rc.demo import demo_checkpoint
 
-    tok = LlamaTokenizer.from_dir(os.path.join(random_checkpoint(), "tokenizer"))
+    tok = LlamaTokenizer.from_dir(os.path.join(demo_checkpoint(), "tokenizer"))
     ids, mask = corpus_batch(tok)
     lines = [line for line in CORPUS.splitlines() if line.strip()]
     assert ids.shape[0] == len(lines)

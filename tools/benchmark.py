@@ -4,6 +4,7 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
@@ -34,6 +35,7 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    _add_versus_parser(sub)
     _add_evalbatch_parser(sub)
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
@@ -44,6 +46,40 @@ def build_parser():
     cv.add_argument("--batch", type=int, default=16)
     cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p
+
+
+def _add_versus_parser(sub):
+    s = sub.add_parser("versus", help="paddle_rc against transformers at LLaVA-1.5-7B's shapes: tower, tower + rc, "
+                                      "prefill, decode per token, exported graphs")
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--llm-layers", type=int, default=4,
+                   help="LLaMA layers at 7B widths (default 4: ~4.3 GB float32 per side, both sides in memory)")
+    s.add_argument("--export-layers", type=int, default=2,
+                   help="layers of the model whose exported graphs are timed (each graph holds its own weights)")
+    s.add_argument("--seq", type=int, default=636, help="prefill tokens (default 636: 576 visual + 60 text)")
+    s.add_argument("--decode-steps", type=int, default=16)
+    s.add_argument("--stages", default="vision,llm,export", help="comma-separated: vision, llm, export")
+    s.add_argument("--transformers-python", metavar="PATH",
+                   help="python of another venv to run transformers in (default: this one)")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _run_versus(args):
+    from paddle_rc.benchmark.versus import format_versus_table, run_versus
+    from paddle_rc.errors import UserError
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    bad = [s for s in stages if s not in ("vision", "llm", "export")]
+    if bad or not stages:
+        raise UserError(f"--stages takes vision, llm, export; got {args.stages!r}")
+    if min(args.repeats, args.llm_layers, args.export_layers, args.seq, args.decode_steps) < 1:
+        raise UserError("--repeats, --llm-layers, --export-layers, --seq and --decode-steps must be at least 1")
+    result = run_versus(repeats=args.repeats, llm_layers=args.llm_layers, export_layers=args.export_layers,
+                        seq=args.seq, decode_steps=args.decode_steps, stages=stages,
+                        transformers_python=args.transformers_python, threads=args.threads,
+                        progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_versus_table(result))
+    _write_json(args.json, result)
 
 
 def _int_list(text):
@@ -86,8 +122,6 @@ def _add_quant_parser(sub):
     q.add_argument("--clip-search", action="store_true", help="quantize with the clip search")
     q.add_argument("--train-steps", type=int, default=80,
                    help="training steps of the trained tiny model (0: leave it out)")
-    q.add_argument("--accuracy-questions", type=int, default=300,
-                   help="synthvqa questions for the built-in model's fp32/int8/int4 accuracy (0: leave it out)")
     q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -187,12 +221,11 @@ def _run_quant(args):
 
     if args.prompts < 1:
         raise UserError("--prompts must be at least 1")
-    if args.train_steps < 0 or args.accuracy_questions < 0:
-        raise UserError("--train-steps and --accuracy-questions must be 0 or more")
+    if args.train_steps < 0:
+        raise UserError("--train-steps must be 0 or more")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
                             group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
                             train_steps=args.train_steps, clip_search=args.clip_search,
-                            accuracy_questions=args.accuracy_questions,
                             progress=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_quant_report(result))
     _write_json(args.json, result)
@@ -224,6 +257,8 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "versus":
+        _run_versus(args)
     elif args.mode == "evalbatch":
         _run_evalbatch(args)
     elif args.mode == "coverage":

@@ -13,8 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
-DEMO_NOTE = ("built-in demo model: a small LLaVA trained only on the synthetic task (coloured shapes and small "
-             "signs; paddle_rc/assets/synthvqa-demo/MODEL_CARD.md), it knows nothing else; pass --model DIR "
+DEMO_NOTE = ("demo model with random weights: the answer is meaningless; pass --model DIR "
              "(a checkpoint written by tools/convert.py) for real answers")
 
 
@@ -23,7 +22,7 @@ def build_parser():
     p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
     p.add_argument("--deploy", help="exported deployment directory (tools/export.py) instead of --model")
     p.add_argument("--image", help="image file; default: built-in demo image")
-    p.add_argument("--question", help="default: the built-in image's question, or 'What is in this image?'")
+    p.add_argument("--question", default="What is in this image?")
     p.add_argument("--conv-mode", help="vicuna_v1 | llava_v1 | llava_hf (default: the checkpoint's)")
     p.add_argument("--method", help="compression method (none, rc, rc-reference, ...); default rc, "
                    "with --deploy the exported one (another is an error)")
@@ -51,15 +50,10 @@ def main(argv=None) -> int:
     if args.image:
         image = load_image(args.image)
         image_path = args.image
-        expected = None
     else:
-        from paddle_rc.demo import demo_item
+        from paddle_rc.demo import demo_image
 
-        item = demo_item()
-        image, image_path = item.image, "<built-in demo image>"
-        expected = item.answer if args.question is None else None
-        args.question = args.question or item.question
-    args.question = args.question or "What is in this image?"
+        image, image_path = demo_image(), "<built-in demo image>"
     method = args.method if args.method or args.deploy else "rc"
     predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
                                 conv_mode=args.conv_mode, **parse_key_values(args.option))
@@ -81,18 +75,14 @@ def main(argv=None) -> int:
         "model": predictor.model_id,
         "picture": vis_path,
     }
-    if expected is not None:
-        record["expected_answer"] = expected
-    if predictor.is_demo and args.image:
+    if predictor.is_demo:
         record["note"] = DEMO_NOTE
     if args.json:
         print(json.dumps(record, ensure_ascii=False))
         return 0
-    if "note" in record:
+    if predictor.is_demo:
         print(f"note: {DEMO_NOTE}")
-    if expected is not None:
-        print(f"question: {args.question}")
-    print(f"answer: {record['answer']}" + ("" if expected is None else f"  (right answer: {expected})"))
+    print(f"answer: {record['answer']}")
     print(f"visual tokens: {record['visual_tokens_before']} -> {record['visual_tokens_after']} "
           f"({record['method']}{'' if record['budget'] is None else ', budget %d' % record['budget']})")
     stages = ", ".join(f"{k} {v}" for k, v in record["stage_counts"].items())

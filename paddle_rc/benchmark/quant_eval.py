@@ -232,36 +232,14 @@ def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: 
     return {"dirs": dirs, "precisions": results}
 
 
-def synthvqa_accuracy(src: str, workdir: str, group_size: int = 128, questions: int = 300, seed: int = 7,
-                      methods=("none", "rc"), clip_search: bool = False, progress=None) -> dict:
-    """Accuracy of the built-in trained model on synthvqa questions at fp32, int8 and int4: whether
-    quantization changes the answers, measured where the answers are known."""
-    from paddle_rc.train import evaluate_model
-
-    say = progress or (lambda m: None)
-    dirs = {"fp32": src}
-    for name, qc in quant_configs(group_size, clip_search).items():
-        dirs[name] = os.path.join(workdir, f"synthvqa-{name}")
-        say(f"quantizing the built-in model to {name}")
-        quantize_checkpoint(src, dirs[name], qc, overwrite=True)
-    rows = []
-    for name in PRECISIONS:
-        for method in methods:
-            say(f"synthvqa accuracy: {name}, {method}, {questions} questions")
-            rows.append({"weights": name, **evaluate_model(dirs[name], seed, questions, method=method)})
-    return {"model": "built-in synthvqa-demo model", "rows": rows}
-
-
 def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
                    workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
-                   train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None,
-                   accuracy_questions: int = 300) -> dict:
+                   train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None) -> dict:
     """Families: ``demo`` (random weights), ``trained`` (the demo with its LLM trained on the
-    tokenizer corpus, train_steps > 0), ``slice`` (7B widths, slice_eval) and ``synthvqa`` (accuracy
-    of the built-in trained model, accuracy_questions > 0)."""
+    tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
     from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
-    from paddle_rc.demo import random_checkpoint
+    from paddle_rc.demo import demo_checkpoint
     from paddle_rc.models.config import LlavaConfig
 
     say = progress or (lambda m: None)
@@ -272,7 +250,7 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
         out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
                             "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps,
                             "clip_search": clip_search}}
-        demo = demo_dir or random_checkpoint()
+        demo = demo_dir or demo_checkpoint()
         vocab = LlavaConfig.load(demo).llm.vocab_size
         random_set = {"random": (make_prompts(vocab, prompts, prompt_len), None)}
         out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say,
@@ -289,11 +267,6 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
             out["trained"]["training"] = training
             out["trained"]["model"] = (f"demo with its LLM trained {train_steps} steps on the tokenizer corpus "
                                        f"(loss {training['first_loss']:.2f} -> {training['final_loss']:.3f})")
-        if accuracy_questions > 0:
-            from paddle_rc.demo import demo_checkpoint
-
-            out["synthvqa"] = synthvqa_accuracy(demo_checkpoint(), workdir, group_size, accuracy_questions,
-                                                clip_search=clip_search, progress=say)
         if slice_eval:
             src = os.path.join(workdir, "slice7b")
             say(f"writing the 4096-wide slice ({slice_layers} layers) to {src}")
@@ -316,17 +289,6 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
 def format_quant_report(result: dict) -> str:
     mb = 1e6
     lines = []
-    if "synthvqa" in result:
-        rows = result["synthvqa"]["rows"]
-        types = list(rows[0]["per_type"])
-        lines += [f"## Accuracy of the {result['synthvqa']['model']} on synthvqa "
-                  f"(seed {rows[0]['seed']}, {rows[0]['questions']} questions)", "",
-                  "| weights | method | visual tokens | accuracy | " + " | ".join(types) + " |",
-                  "|" + "---|" * (4 + len(types))]
-        for r in rows:
-            lines.append(f"| {r['weights']} | {r['method']} | {r['mean_visual_tokens']} | {r['accuracy']} | "
-                         + " | ".join(str(r["per_type"][t]) for t in types) + " |")
-        lines.append("")
     for key in ("demo", "trained", "slice"):
         if key not in result:
             continue

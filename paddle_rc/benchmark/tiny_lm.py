@@ -74,11 +74,11 @@ def write_trained_demo(directory: str, steps: int = 80, lr: float = 3e-3, src: s
     """Copy the demo checkpoint (or ``src``) to ``directory`` with its LLM trained on the corpus.
     Written to a temporary folder first and renamed, so a half-written checkpoint never appears."""
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
-    from paddle_rc.demo import random_checkpoint
+    from paddle_rc.demo import demo_checkpoint
     from paddle_rc.models import LlavaForConditionalGeneration
     from paddle_rc.models.weights import save_weights
 
-    src = src or random_checkpoint()
+    src = src or demo_checkpoint()
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     model = LlavaForConditionalGeneration.from_pretrained(src)

@@ -27,8 +27,8 @@ from paddle_rc.errors import UserError
 from .io import (JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_tolerant,
                  repair_jsonl)
 
-DEMO_NOTE = ("built-in demo model (trained only on the synthetic task): its synthvqa scores are real, its "
-             "scores on any other benchmark mean nothing; pass --model DIR for real results")
+DEMO_NOTE = ("built-in demo model (random weights, fixed seed): the answers and scores are "
+             "not meaningful; pass --model DIR for real results")
 
 
 def run_tag(method, budget=None):
@@ -222,7 +222,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     todo = [it for it in items if it.uid not in done]
     predictor.set_method(method, budget)
     model_id = getattr(predictor, "model_id", "unknown")
-    new_errors = {}
+    new_errors, attempted = {}, set()
     n_new = 0
     failures_in_a_row = 0
     bar = None
@@ -244,6 +244,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
             for start in range(0, len(todo), batch_size):
                 batch, images = [], []
                 for item in todo[start:start + batch_size]:
+                    attempted.add(item.uid)
                     try:
                         images.append(loader(_image_source(item)))
                         batch.append(item)
@@ -282,7 +283,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     finally:
         if bar:
             bar.close()
-        _finish(path, err_path, bench, old_errors, new_errors, {it.uid for it in todo})
+        _finish(path, err_path, bench, old_errors, new_errors, attempted)
     return {"answers": path, "tag": tag, "n_items": len(items), "n_resumed": len(items) - len(todo),
             "n_new": n_new, "n_errors": len(new_errors), "torn_line_dropped": torn}
 
