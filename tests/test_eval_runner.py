@@ -497,3 +497,16 @@ def test_evalbatch_benchmark_runs_and_checks_answers(monkeypatch):
                                     backends=("dynamic",), say=lambda m: None)
     assert [(r["backend"], r["batch_size"]) for r in rows] == [("dynamic", 1), ("dynamic", 3)]
     assert rows[0]["speedup"] == 1.0 and all(r["items_per_s"] > 0 for r in rows)
+
+
+def test_mme_half_answered_image_is_warned_about(data_root, tmp_path, capsys):
+    bench = B.load_benchmark("mme", data_root)
+    path = str(tmp_path / "llava-mme.jsonl")
+    with open(path, "w") as f:
+        for it in bench.items[1:]:                      # first image loses one of its questions
+            f.write(json.dumps({"question_id": it.question_id, "prompt": it.prompt,
+                                "text": "Yes"}) + "\n")
+    assert _run(["--benchmark", "mme", "--data-root", data_root, "--method", "none", "--out",
+                 str(tmp_path / "out"), "--score-only", "--answers", path]) == 0
+    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warn) == 2 and "mme/llava-mme 1" in warn[1] and "calculation.py" in warn[1]
