@@ -58,6 +58,13 @@ def train_demo(out_dir: str, recipe: Recipe, evaluate: bool = True) -> dict:
     return log
 
 
+def chance_accuracy() -> float:
+    """Accuracy of a uniform guess among each question type's answers, types weighted equally."""
+    from paddle_rc.synth import ANSWERS, QTYPES
+
+    return 100.0 * sum(1.0 / len(ANSWERS[t]) for t in QTYPES) / len(QTYPES)
+
+
 def _loss_summary(losses: list) -> dict:
     if not losses:
         return {}
@@ -119,11 +126,13 @@ def model_card(log: dict) -> str:
                   "exact match after the VQA answer normalisation:", "",
                   "| overall | " + " | ".join(h["per_type"]) + " |",
                   "|---|" + "---|" * len(h["per_type"]),
-                  f"| {h['accuracy']} | " + " | ".join(str(v) for v in h["per_type"].values()) + " |"]
+                  f"| {h['accuracy']} | " + " | ".join(str(v) for v in h["per_type"].values()) + " |",
+                  "", f"Guessing uniformly among each type's answers would score {chance_accuracy():.1f}% "
+                  "(balanced question types)."]
     lines += ["", "## Limits",
               "A toy world: six colours, five shapes, eight words, counts to four. It exists to make accuracy "
               "measurable on this machine, not to answer questions about real photographs."]
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["Recipe", "model_config", "train_demo", "evaluate_model", "model_card"]
+__all__ = ["Recipe", "model_config", "train_demo", "evaluate_model", "model_card", "chance_accuracy"]
