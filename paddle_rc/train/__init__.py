@@ -109,8 +109,10 @@ def model_card(log: dict) -> str:
         "discarded after training.",
         f"Stage 2, {r.stage2_steps} steps x {r.stage2_batch} questions (lr {r.stage2_lr}): towers frozen, "
         "projector + LLaMA trained on the reply tokens with all visual tokens (no compression in training: "
-        "compression is training-free). Half the prompts end with \"Answer the question using a single "
-        "word or phrase.\"",
+        "compression is training-free), plus an auxiliary grounding loss (weight "
+        f"{r.grounding_weight}): in decoder layers 2 and up, the position that predicts the reply should "
+        "attend to the asked objects' visual tokens. Half the prompts end with \"Answer the question using "
+        "a single word or phrase.\"",
         "",
         f"| stage | steps | loss, first 5% | loss, last 5% |",
         "|---|---|---|---|",
