@@ -120,11 +120,20 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
                         logits.numpy()
                 return run
 
+            # As the runner calls the LLM graph (DeployedLlava.prefill / decode): a masked-out past
+            # slot for the prefill, the host-side embedding for decode.
+            llm = cfg.llm
+            slot = paddle.zeros([llm.num_hidden_layers, 1, llm.num_key_value_heads, 1, llm.head_dim])
+            slot_mask = paddle.concat([paddle.zeros([1, 1], "int64"), mask], axis=1)
+
+            def exp_decode(tok, m, p, k, v):
+                return graphs["llm"](model.language_model.embed_tokens(tok), m, p, k, v)
+
             cases = {
                 "vision": (dyn_vision, exp_vision),
                 "prefill": (lambda: model.prefill(x, mask, pos)[0].numpy(),
-                            lambda: graphs["prefill"](x, mask, pos)[0].numpy()),
-                "decode": (decode_loop(model.decode), decode_loop(lambda *a: graphs["decode"](*a))),
+                            lambda: graphs["llm"](x, slot_mask, pos, slot, slot)[0].numpy()),
+                "decode": (decode_loop(model.decode), decode_loop(exp_decode)),
             }
             times = {name: ([], []) for name in cases}
             for name, (dyn, exp) in cases.items():

@@ -87,9 +87,7 @@ class _LLMGraph(nn.Layer):
         self.lm_head = model.lm_head
 
 
-class PrefillGraph(_LLMGraph):
-    forward = LlavaForConditionalGeneration.prefill
-
-
-class DecodeGraph(_LLMGraph):
-    forward = LlavaForConditionalGeneration.decode
+class LLMGraph(_LLMGraph):
+    """Prefill and decode in one program (a prefill is a step with an empty past), so the LLM's
+    weights are stored and loaded once; token embeddings come from the host-side table."""
+    forward = LlavaForConditionalGeneration.step
