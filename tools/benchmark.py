@@ -7,6 +7,7 @@
     python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
     python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
+    python tools/benchmark.py serve [--concurrency 1,4,16] [--requests 32]   # tools/serve.py under load
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
@@ -39,6 +40,7 @@ def build_parser():
     _add_seven_b_parser(sub)
     _add_versus_parser(sub)
     _add_evalbatch_parser(sub)
+    _add_serve_parser(sub)
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
@@ -224,6 +226,41 @@ def _add_evalbatch_parser(sub):
     e.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
 
 
+def _add_serve_parser(sub):
+    s = sub.add_parser("serve", help="tools/serve.py: throughput and p50/p95 latency at 1/4/16 clients, "
+                                     "batching on/off, dynamic model and its export")
+    s.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    s.add_argument("--deploy", help="its export (default: exported to a temporary folder with --method/--budget)")
+    s.add_argument("--method", default="rc")
+    s.add_argument("--budget", type=int)
+    s.add_argument("--concurrency", type=_int_list, default=(1, 4, 16), help="concurrent clients")
+    s.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    s.add_argument("--max-tokens", type=int, default=32, help="new tokens per request (EOS ignored)")
+    s.add_argument("--max-batch-size", type=int, default=16, help="the servers' batch size when batching is on")
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--backends", default="dynamic,deploy")
+    s.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _run_serve(args):
+    from paddle_rc.benchmark.serve import format_rows, run_serve_benchmark
+    from paddle_rc.errors import UserError
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - {"dynamic", "deploy"}:
+        raise UserError("--backends takes dynamic and/or deploy")
+    if min(args.concurrency or (0,)) < 1 or args.requests < 1 or args.repeats < 1 or args.max_tokens < 1:
+        raise UserError("--concurrency, --requests, --repeats and --max-tokens must be at least 1")
+    for flag, path in (("--model", args.model), ("--deploy", args.deploy)):
+        if path and not os.path.isdir(path):
+            raise UserError(f"{flag}: directory not found: {path}")
+    rows = run_serve_benchmark(args.model, args.deploy, args.method, args.budget, tuple(args.concurrency),
+                               args.requests, args.max_tokens, args.max_batch_size, args.repeats, args.threads,
+                               backends, say=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_rows(rows))
+    _write_json(args.json, rows)
+
+
 def _run_evalbatch(args):
     from paddle_rc.benchmark.eval_batch import format_rows, run_eval_batch_benchmark
     from paddle_rc.errors import UserError
@@ -341,6 +378,8 @@ def main(argv=None) -> int:
         _run_versus(args)
     elif args.mode == "evalbatch":
         _run_evalbatch(args)
+    elif args.mode == "serve":
+        _run_serve(args)
     elif args.mode == "coverage":
         from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
         from paddle_rc.predictor import build_predictor
