@@ -421,9 +421,6 @@ def test_web_page_in_headless_chromium(server, images):
     opts.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
         opts.add_argument(arg)
-    from selenium.webdriver.remote.remote_connection import RemoteConnection
-
-    RemoteConnection.set_timeout(600)  # a loaded 2-core machine can take minutes to start chromium
     d = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:
         d.get(server.url + "/")
