@@ -170,7 +170,8 @@ class Predictor:
                 "method": self.method,
                 "budget": self.model.compression.budget,
                 "visual_tokens_before": int(out.visual.before),
-                "visual_tokens": int(out.visual.lengths[b]),
+                # In-LLM pruning hands the first layers every token; count what the rest keep.
+                "visual_tokens": int(out.visual.kept_in_llm or out.visual.lengths[b]),
                 "stage_counts": _stage_counts(out.visual, b),
                 "new_tokens": len(ids),
                 "timings": timings,

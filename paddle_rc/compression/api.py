@@ -55,6 +55,9 @@ def compress_tensors(method, F, Q, K, P=None, t=None, has_text=None, budget=None
     True when t is given). With trim=False tokens keep the full width N+1 (static shape).
     """
     spec = get_method(method)
+    if spec.stage != "vision":
+        raise ValueError(f"method {method!r} prunes inside the LLM, not the vision tower's output; "
+                         "run it through the model (set_compression)")
     opts = dict(spec.defaults)
     opts.update(options or {})
     n = F.shape[1]
@@ -114,6 +117,9 @@ def compress(method, F, Q, K, P=None, t=None, budget=None, **options):
             budget_used = _check_budget(budget, n)
             if budget_used < int(budget):
                 notes.append(f"budget {budget} > N={n}: clamped to {n}")
+            if not spec.exact_budget:
+                notes.append(f"budget {budget_used}: method '{method}' emits the nearest grid it can "
+                             "(see total)")
     text_note = None
     if spec.uses_text:
         if t is None:

@@ -51,23 +51,37 @@ def _vision_inputs(config, method: str) -> list:
     return specs
 
 
-def _llm_inputs(config) -> tuple:
+def _llm_inputs(config, pruned_layer=None) -> tuple:
+    """Input specs of the prefill and decode graphs; with in-LLM pruning after `pruned_layer` the
+    prefill also takes the visual positions and the cache is split (first layers / the rest)."""
     llm = config.llm
-    cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
     prefill = [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
                InputSpec([None, None], "int64", "attention_mask"),
                InputSpec([None, None], "int64", "position_ids")]
     decode = [InputSpec([None, 1], "int64", "input_ids"),
               InputSpec([None, None], "int64", "attention_mask"),
-              InputSpec([None, 1], "int64", "position_ids"),
-              InputSpec(cache, "float32", "past_k"),
-              InputSpec(cache, "float32", "past_v")]
+              InputSpec([None, 1], "int64", "position_ids")]
+    if pruned_layer is None:
+        cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
+        decode += [InputSpec(cache, "float32", "past_k"), InputSpec(cache, "float32", "past_v")]
+        return prefill, decode
+    prefill.append(InputSpec([None, None], "bool", "visual_mask"))
+    early = [pruned_layer, None, llm.num_key_value_heads, None, llm.head_dim]
+    late = [llm.num_hidden_layers - pruned_layer, None, llm.num_key_value_heads, None, llm.head_dim]
+    decode += [InputSpec(early, "float32", "k_early"), InputSpec(early, "float32", "v_early"),
+               InputSpec(late, "float32", "k_late"), InputSpec(late, "float32", "v_late"),
+               InputSpec([None, None], "int64", "keep_index")]
     return prefill, decode
 
 
 def output_names(method: str) -> dict:
+    from paddle_rc.compression.registry import get_method
     from paddle_rc.export.graphs import INDEX_OUTPUTS
 
+    if get_method(method).stage == "llm":
+        cache = ["k_early", "v_early", "k_late", "v_late"]
+        return {"vision": ["image_embeds", "lengths"], "prefill": ["logits"] + cache + ["keep_index"],
+                "decode": ["logits"] + cache}
     vision = ["image_embeds", "lengths"] + ([] if method == "none" else list(INDEX_OUTPUTS))
     return {"vision": vision, "prefill": ["logits", "k_cache", "v_cache"],
             "decode": ["logits", "k_cache", "v_cache"]}
@@ -156,12 +170,20 @@ def export_vision(model, out_dir: str, method: str, budget=None, options=None, n
     return specs
 
 
-def export_llm(model, out_dir: str) -> None:
-    from paddle_rc.export.graphs import DecodeGraph, PrefillGraph
+def _pruned_layer(model):
+    pruning = model._llm_method()
+    return None if pruning is None else pruning[2]
 
-    prefill_specs, decode_specs = _llm_inputs(model.config)
-    _save_graph(PrefillGraph(model), prefill_specs, os.path.join(out_dir, "prefill"))
-    _save_graph(DecodeGraph(model), decode_specs, os.path.join(out_dir, "decode"))
+
+def export_llm(model, out_dir: str) -> None:
+    """Prefill and decode graphs; for an in-LLM pruning method (FastV) the pruning is inside them."""
+    from paddle_rc.export.graphs import DecodeGraph, PrefillGraph, PrunedDecodeGraph, PrunedPrefillGraph
+
+    layer = _pruned_layer(model)
+    prefill_specs, decode_specs = _llm_inputs(model.config, layer)
+    pre, dec = (PrefillGraph, DecodeGraph) if layer is None else (PrunedPrefillGraph, PrunedDecodeGraph)
+    _save_graph(pre(model), prefill_specs, os.path.join(out_dir, "prefill"))
+    _save_graph(dec(model), decode_specs, os.path.join(out_dir, "decode"))
 
 
 def export_loaded_model(model, out_dir: str, method: str, budget, options: dict, say=None) -> dict:
@@ -178,7 +200,7 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
     n_patches = config.vision.num_patches
     budget_used = None if budget is None else min(int(budget), n_patches)
     vision_specs = _vision_inputs(config, method)
-    prefill_specs, decode_specs = _llm_inputs(config)
+    prefill_specs, decode_specs = _llm_inputs(config, _pruned_layer(model))
 
     say(f"exporting vision graph (method {method}{'' if budget is None else f', budget {budget}'})")
     export_vision(model, out_dir, method, budget, options)

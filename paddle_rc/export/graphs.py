@@ -10,7 +10,9 @@ import paddle
 import paddle.nn as nn
 
 from paddle_rc.compression.registry import P_FEATURE, P_NEXT, get_method
-from paddle_rc.models.llava import LlavaForConditionalGeneration
+from paddle_rc.models.llm_pruning import pruned_decode, pruned_prefill
+from paddle_rc.models.llava import (LlavaForConditionalGeneration, compression_inputs, question_features,
+                                    run_vision_tower)
 
 # rc-reference pads/truncates the question to this many CLIP tokens (pipeline.REFERENCE_TEXT_LENGTH).
 REFERENCE_TEXT_LENGTH = 20
@@ -46,20 +48,17 @@ class VisionGraph(nn.Layer):
     get_text_features = LlavaForConditionalGeneration.get_text_features
     reference_text_features = LlavaForConditionalGeneration.reference_text_features
     segment_text_features = LlavaForConditionalGeneration.segment_text_features
-    question_features = LlavaForConditionalGeneration.question_features
-    run_vision_tower = LlavaForConditionalGeneration.run_vision_tower
-    compression_inputs = LlavaForConditionalGeneration.compression_inputs
 
     def _compress(self, pixel_values, clip_ids=None, has_text=None):
         from paddle_rc.compression import compress_tensors
 
-        feats = self.run_vision_tower(pixel_values, self.spec, self.options)
+        feats = run_vision_tower(self, pixel_values, self.spec, self.options)
         if self.method == "none" or self.spec.stage == "llm":
             embeds = self.projector(feats.F)
             lengths = paddle.full_like(embeds[:, 0, 0], feats.F.shape[1], dtype="int64")
             return embeds, lengths
-        t = self.question_features(clip_ids, self.spec.text_mode) if self.spec.uses_text else None
-        args = self.compression_inputs(feats, self.spec, self.options, t, has_text)
+        t = question_features(self, clip_ids, self.spec.text_mode) if self.spec.uses_text else None
+        args = compression_inputs(self, feats, self.spec, self.options, t, has_text)
         core = compress_tensors(self.method, args["F"], args["Q"], args["K"], P=args["P"], t=args["t"],
                                 has_text=args.get("has_text"), budget=self.budget,
                                 options=args["options"])
@@ -93,3 +92,32 @@ class PrefillGraph(_LLMGraph):
 
 class DecodeGraph(_LLMGraph):
     forward = LlavaForConditionalGeneration.decode
+
+
+class _PrunedLLMGraph(_LLMGraph):
+    """The LLM steps of an in-LLM pruning method (FastV): the same llm_pruning functions the dynamic
+    model runs, with the method's layer, budget and options fixed at export."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        spec, opts, layer = model._llm_method()
+        n = model.config.vision.num_patches
+        budget = model.compression.budget
+        self.layer = layer
+        self._select = lambda scores, visual: spec.fn(scores, visual, n, budget, opts)
+
+
+class PrunedPrefillGraph(_PrunedLLMGraph):
+    def forward(self, inputs_embeds, attention_mask, position_ids, visual_mask):
+        hidden, ke, ve, kl, vl, keep = pruned_prefill(self.language_model, inputs_embeds, attention_mask,
+                                                      position_ids, lambda s: self._select(s, visual_mask),
+                                                      self.layer)
+        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl, keep
+
+
+class PrunedDecodeGraph(_PrunedLLMGraph):
+    def forward(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late, keep_index):
+        embeds = self.language_model.embed_tokens(input_ids)
+        hidden, ke, ve, kl, vl = pruned_decode(self.language_model, embeds, attention_mask, position_ids,
+                                               k_early, v_early, k_late, v_late, keep_index)
+        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl
