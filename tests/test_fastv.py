@@ -137,10 +137,16 @@ def test_fastv_batch_with_padding_equals_each_alone():
 
 
 def test_fastv_layer_option_is_checked():
+    from paddle_rc.errors import UserError
+
     model = _model()
-    model.set_compression("fastv", None, layer=LAYERS)
-    with pytest.raises(ValueError, match="layer"):
-        model.generate(paddle.to_tensor([[1, -200, 5]]), paddle.zeros([1, 3, 56, 56]), max_new_tokens=1)
+    for bad in (LAYERS, 0, 1.5):
+        with pytest.raises(UserError, match="layer"):
+            model.set_compression("fastv", None, layer=bad)
+    with pytest.raises(ValueError, match="inside the LLM"):
+        from paddle_rc.compression import compress
+
+        compress("fastv", paddle.zeros([1, 4, 2]), None, None)
 
 
 def test_fastv_exported_graphs_equal_the_dynamic_model(tmp_path):

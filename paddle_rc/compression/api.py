@@ -117,9 +117,9 @@ def compress(method, F, Q, K, P=None, t=None, budget=None, **options):
             budget_used = _check_budget(budget, n)
             if budget_used < int(budget):
                 notes.append(f"budget {budget} > N={n}: clamped to {n}")
-            if not spec.exact_budget:
-                notes.append(f"budget {budget_used}: method '{method}' emits the nearest grid it can "
-                             "(see total)")
+            if spec.budget_tokens is not None and spec.budget_tokens(budget_used) != budget_used:
+                notes.append(f"budget {budget_used}: method '{method}' emits "
+                             f"{spec.budget_tokens(budget_used)} tokens")
     text_note = None
     if spec.uses_text:
         if t is None:

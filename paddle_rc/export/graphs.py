@@ -44,10 +44,8 @@ class VisionGraph(nn.Layer):
             self.text_tower = model.text_tower
             self.text_projection = model.text_projection
 
-    # The model's own code, run on this wrapper (it only needs the sub-layers held above).
-    get_text_features = LlavaForConditionalGeneration.get_text_features
-    reference_text_features = LlavaForConditionalGeneration.reference_text_features
-    segment_text_features = LlavaForConditionalGeneration.segment_text_features
+    # The model's own steps (module-level functions of paddle_rc.models.llava) run on this wrapper:
+    # they only need the sub-layers held above.
 
     def _compress(self, pixel_values, clip_ids=None, has_text=None):
         from paddle_rc.compression import compress_tensors

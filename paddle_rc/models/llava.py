@@ -54,13 +54,36 @@ class GenerateOutput:
 
 # The three functions below are the model's own steps, written at module level so that the exported
 # graphs (paddle_rc.export.graphs) can run them on their wrappers and to_static can convert them.
+def text_features(model, input_ids):
+    """CLIP text embedding [B, D] (CLIPModel.get_text_features)."""
+    return model.text_projection(model.text_tower.pooled(input_ids))
+
+
+def reference_text_features(model, input_ids):
+    """rc-reference (released code): the LAST position of last_hidden_state, projected."""
+    return model.text_projection(model.text_tower(input_ids)[:, -1, :])
+
+
+def segment_text_features(model, input_ids):
+    """CDPruner's long-question embedding: input_ids [B, M*L] hold M segments of the tower's length L
+    (zero-padded, as the authors pad); each segment is pooled and projected, unit-normalised, and the
+    segments of a sample are averaged. A segment of zeros only is padding of a shorter sample in the
+    batch and is left out. -> [B, D] (not unit length)."""
+    length = model.text_tower.config.max_position_embeddings
+    seg = input_ids.reshape([-1, length])
+    feats = nnf.normalize(text_features(model, seg), p=2, axis=-1)
+    feats = feats.reshape([paddle.shape(input_ids)[0], -1, feats.shape[-1]])
+    valid = (seg != 0).any(axis=-1).astype(feats.dtype).reshape([paddle.shape(input_ids)[0], -1, 1])
+    return (feats * valid).sum(axis=1) / paddle.clip(valid.sum(axis=1), min=1.0)
+
+
 def question_features(model, input_ids, mode: str):
     """The question's embedding t in the text mode a method declares (registry.TEXT_MODES)."""
     if mode == "prompt-first-line":
-        return model.reference_text_features(input_ids)
+        return reference_text_features(model, input_ids)
     if mode == "question-segments":
-        return model.segment_text_features(input_ids)
-    return model.get_text_features(input_ids)
+        return segment_text_features(model, input_ids)
+    return text_features(model, input_ids)
 
 
 def run_vision_tower(model, pixel_values, spec, options):
@@ -143,28 +166,31 @@ class LlavaForConditionalGeneration(nn.Layer):
                             f"it takes: {', '.join(sorted(method_defaults(method))) or 'none'}")
         if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
             raise UserError(f"budget must be a positive number of visual tokens, got {budget!r}")
-        self.compression = CompressionSpec(method, budget, dict(options))
+        spec = CompressionSpec(method, budget, dict(options))
+        from paddle_rc.compression.registry import get_method
+
+        if get_method(method).stage == "llm":
+            from paddle_rc.compression.methods.fastv import check_layer
+
+            opts = dict(method_defaults(method))
+            opts.update(options)
+            try:
+                check_layer(opts, self.config.llm.num_hidden_layers)
+            except ValueError as e:
+                raise UserError(str(e)) from None
+        self.compression = spec
 
     # ---- text side ---------------------------------------------------------------------------
     def get_text_features(self, input_ids):
         """CLIP text embedding [B, D] (CLIPModel.get_text_features)."""
-        return self.text_projection(self.text_tower.pooled(input_ids))
+        return text_features(self, input_ids)
 
     def reference_text_features(self, input_ids):
         """rc-reference (released code): the LAST position of last_hidden_state, projected."""
-        return self.text_projection(self.text_tower(input_ids)[:, -1, :])
+        return reference_text_features(self, input_ids)
 
     def segment_text_features(self, input_ids):
-        """CDPruner's long-question embedding: input_ids [B, M*L] hold M segments of the tower's
-        length L (zero-padded, as the authors pad); each segment is pooled and projected, unit-
-        normalised, and the segments of a sample are averaged. A segment of zeros only is padding
-        of a shorter sample in the batch and is left out. -> [B, D] (not unit length)."""
-        length = self.text_tower.config.max_position_embeddings
-        seg = input_ids.reshape([-1, length])
-        feats = nnf.normalize(self.get_text_features(seg), p=2, axis=-1)
-        feats = feats.reshape([paddle.shape(input_ids)[0], -1, feats.shape[-1]])
-        valid = (seg != 0).any(axis=-1).astype(feats.dtype).reshape([paddle.shape(input_ids)[0], -1, 1])
-        return (feats * valid).sum(axis=1) / paddle.clip(valid.sum(axis=1), min=1.0)
+        return segment_text_features(self, input_ids)
 
     def question_features(self, input_ids, mode: str):
         """The question's embedding t in the text mode a method declares (registry.TEXT_MODES)."""

@@ -37,7 +37,7 @@ def pooling_matrix(g, k):
     return w, corner
 
 
-@register("pooling", defaults={"k": 8}, exact_budget=False)
+@register("pooling", defaults={"k": 8}, budget_tokens=lambda t: math.isqrt(t) ** 2)
 def pooling(x):
     """Average the patches of each of k x k cells of the grid (k = option, or floor(sqrt(budget))).
 
