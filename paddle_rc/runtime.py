@@ -4,6 +4,11 @@ Two of Paddle 3.3's CPU defaults cost a factor of 2-5 on a matmul-bound model:
 - dynamic mode computes with one math thread unless OMP_NUM_THREADS is set;
 - the bundled MKL takes a generic slow path on AMD CPUs unless MKL_DEBUG_CPU_TYPE=5 is set (it is read
   when MKL first runs, so setting it after `import paddle` but before the first op still works).
+A third costs 5-50% depending on the op mix: Paddle's CPU tensors come straight from glibc malloc, which
+hands every block above its mmap threshold back to the kernel on free, so each op writing a large
+output (attention scores, MLP activations) pays for fresh zeroed pages. Keeping freed memory in the
+process (no mmap'd blocks, no trimming) removes those page faults: one ViT-L layer went from ~10,000
+to ~1,000 minor faults per call, a 7B-width LLaMA layer at 636 tokens from ~74,000 to ~1,100.
 A value the user set is never overridden. On Intel CPUs the MKL variable would only pin MKL to its
 AVX2 path, so it is left alone there. PADDLE_RC_NO_TUNING=1 turns all of this off (then Paddle's
 own defaults apply).
@@ -81,6 +86,8 @@ def configure(threads: Optional[int] = None) -> dict:
         return settings()
     if os.environ.get("PADDLE_RC_NO_TUNING") != "1" and "MKL_DEBUG_CPU_TYPE" not in os.environ and is_amd():
         os.environ["MKL_DEBUG_CPU_TYPE"] = "5"
+    if os.environ.get("PADDLE_RC_NO_TUNING") != "1":
+        keep_freed_memory()
     # Not through OMP_NUM_THREADS: Paddle's import prints a warning for any value above 1, and reads
     # the variable only once. Its own setter covers OpenMP and MKL alike.
     import paddle  # noqa: F401
@@ -90,6 +97,33 @@ def configure(threads: Optional[int] = None) -> dict:
     return settings()
 
 
+_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
+_malloc_tuned = False
+
+
+def keep_freed_memory() -> bool:
+    """glibc only: serve every block from the heap and never trim it, so freed tensor memory is
+    reused instead of being unmapped and faulted in again. The cost: the process keeps its peak
+    heap (about one forward pass of activations above the weights) until it exits. Skipped when the
+    user tunes malloc (MALLOC_* or GLIBC_TUNABLES) or on another C library."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if not sys.platform.startswith("linux") or "GLIBC_TUNABLES" in os.environ \
+            or any(k in os.environ for k in _MALLOC_ENV):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # musl and others have no mallopt
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    # The trim threshold is a C int: the largest value disables trimming in practice.
+    _malloc_tuned = bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(mallopt(m_mmap_max, 0))
+    return _malloc_tuned
+
+
 def settings() -> dict:
     return {"threads": default_threads(), "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
-            "cpu_vendor": cpu_vendor()}
+            "cpu_vendor": cpu_vendor(), "malloc_keeps_freed_memory": _malloc_tuned}

@@ -341,6 +341,9 @@ def test_mmbench_equals_official_circular(tmp_path, all_rounds, variant):
     if variant == "complete":
         assert 0 < expected < 100
     assert s["n_unmatched_records"] == 0
+    # the file's own layout decides, whatever the harness was told
+    flipped = _score(tmp_path, root, "mmbench", records, [] if all_rounds else ["--all-rounds"])
+    assert flipped["score"] == s["score"] and flipped["layout"] == s["layout"]
 
 
 # --------------------------------------------------------------------------- GQA

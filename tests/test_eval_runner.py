@@ -154,6 +154,12 @@ def test_corrupt_and_missing_images_are_recorded_not_fatal(data_root, tmp_path):
     assert _run(["--benchmark", "sqa_img", "--data-root", data_root, "--method", "none",
                  "--out", out2, "--no-progress"], FakePredictor()) == 0
     assert [e["uid"] for e in _lines(os.path.join(out2, "sqa_img", "none.errors.jsonl"))] == ["7"]
+    # our records carry LLaVA's "<image>" prompt, so eval_science_qa.py's IMG rule finds them
+    rec = _lines(os.path.join(out2, "sqa_img", "none.jsonl"))[0]
+    assert rec["prompt"].startswith("<image>\nContext:")
+    with open(os.path.join(out2, "sqa_img", "none.summary.json")) as f:
+        s = json.load(f)
+    assert s["n_img"] == 1 and s["score"] == 0.0 and s["coverage"] == "1/2"
 
 
 def test_chunks_plus_merge_equal_single_run(data_root, tmp_path):
@@ -464,3 +470,43 @@ def test_batched_greedy_answers_equal_batch_1_on_the_demo_model(data_root, tmp_p
                      for r in _lines(os.path.join(out, name, "rc.jsonl"))]
     assert len(texts[1]) == 9 and texts[1] == texts[4]
     assert len({t for _, t, _ in texts[1]}) > 1          # not one constant answer
+
+
+def test_evalbatch_benchmark_user_errors(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tool = os.path.join(repo, "tools", "benchmark.py")
+    p = subprocess.run([sys.executable, tool, "evalbatch", "--preset", "huge"], capture_output=True,
+                       text=True, timeout=120, cwd=str(tmp_path))
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(lines) == 1 and "unknown preset" in lines[0]
+    spec = importlib.util.spec_from_file_location("benchmark_tool", tool)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for args, needle in [(["--backends", "gpu"], "--backends"),
+                         (["--batch-sizes", "0,4"], "at least 1")]:
+        with pytest.raises(UserError, match=needle):
+            mod.main(["evalbatch", *args])
+
+
+def test_evalbatch_benchmark_runs_and_checks_answers(monkeypatch):
+    from paddle_rc.benchmark.eval_batch import run_eval_batch_benchmark
+    rows = run_eval_batch_benchmark(batch_sizes=(1, 3), items=3, repeats=1, max_new_tokens=3,
+                                    backends=("dynamic",), say=lambda m: None)
+    assert [(r["backend"], r["batch_size"]) for r in rows] == [("dynamic", 1), ("dynamic", 3)]
+    assert rows[0]["speedup"] == 1.0 and all(r["items_per_s"] > 0 for r in rows)
+
+
+def test_mme_half_answered_image_is_warned_about(data_root, tmp_path, capsys):
+    bench = B.load_benchmark("mme", data_root)
+    path = str(tmp_path / "llava-mme.jsonl")
+    with open(path, "w") as f:
+        for it in bench.items[1:]:                      # first image loses one of its questions
+            f.write(json.dumps({"question_id": it.question_id, "prompt": it.prompt,
+                                "text": "Yes"}) + "\n")
+    assert _run(["--benchmark", "mme", "--data-root", data_root, "--method", "none", "--out",
+                 str(tmp_path / "out"), "--score-only", "--answers", path]) == 0
+    warn = [l for l in capsys.readouterr().err.splitlines() if l.startswith("warning:")]
+    assert len(warn) == 2 and "mme/llava-mme 1" in warn[1] and "calculation.py" in warn[1]

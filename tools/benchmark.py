@@ -4,6 +4,8 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--fastv-kept 58] [--bits 32,8,4]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
+    python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
@@ -33,6 +35,8 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    _add_versus_parser(sub)
+    _add_evalbatch_parser(sub)
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
@@ -42,6 +46,40 @@ def build_parser():
     cv.add_argument("--batch", type=int, default=16)
     cv.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     return p
+
+
+def _add_versus_parser(sub):
+    s = sub.add_parser("versus", help="paddle_rc against transformers at LLaVA-1.5-7B's shapes: tower, tower + rc, "
+                                      "prefill, decode per token, exported graphs")
+    s.add_argument("--repeats", type=int, default=5)
+    s.add_argument("--llm-layers", type=int, default=4,
+                   help="LLaMA layers at 7B widths (default 4: ~4.3 GB float32 per side, both sides in memory)")
+    s.add_argument("--export-layers", type=int, default=2,
+                   help="layers of the model whose exported graphs are timed (each graph holds its own weights)")
+    s.add_argument("--seq", type=int, default=636, help="prefill tokens (default 636: 576 visual + 60 text)")
+    s.add_argument("--decode-steps", type=int, default=16)
+    s.add_argument("--stages", default="vision,llm,export", help="comma-separated: vision, llm, export")
+    s.add_argument("--transformers-python", metavar="PATH",
+                   help="python of another venv to run transformers in (default: this one)")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _run_versus(args):
+    from paddle_rc.benchmark.versus import format_versus_table, run_versus
+    from paddle_rc.errors import UserError
+
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    bad = [s for s in stages if s not in ("vision", "llm", "export")]
+    if bad or not stages:
+        raise UserError(f"--stages takes vision, llm, export; got {args.stages!r}")
+    if min(args.repeats, args.llm_layers, args.export_layers, args.seq, args.decode_steps) < 1:
+        raise UserError("--repeats, --llm-layers, --export-layers, --seq and --decode-steps must be at least 1")
+    result = run_versus(repeats=args.repeats, llm_layers=args.llm_layers, export_layers=args.export_layers,
+                        seq=args.seq, decode_steps=args.decode_steps, stages=stages,
+                        transformers_python=args.transformers_python, threads=args.threads,
+                        progress=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_versus_table(result))
+    _write_json(args.json, result)
 
 
 def _int_list(text):
@@ -101,6 +139,41 @@ def _add_deploy_parser(sub):
     d.add_argument("--repeats", type=int, default=5)
     d.add_argument("--onednn", action="store_true", help="enable oneDNN in the predictors")
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+
+
+def _add_evalbatch_parser(sub):
+    e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
+                                         "dynamic model and its export (synthetic benchmark)")
+    e.add_argument("--model", help="converted checkpoint (default: a random one of --preset)")
+    e.add_argument("--preset", default="demo", help="random model size without --model: demo or wide")
+    e.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
+    e.add_argument("--items", type=int, default=32)
+    e.add_argument("--repeats", type=int, default=3)
+    e.add_argument("--max-new-tokens", type=int, default=8)
+    e.add_argument("--method", default="rc")
+    e.add_argument("--budget", type=int)
+    e.add_argument("--backends", default="dynamic,deploy")
+    e.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _run_evalbatch(args):
+    from paddle_rc.benchmark.eval_batch import format_rows, run_eval_batch_benchmark
+    from paddle_rc.errors import UserError
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - {"dynamic", "deploy"}:
+        raise UserError("--backends takes dynamic and/or deploy")
+    from paddle_rc.benchmark.eval_batch import PRESETS
+    if args.preset not in PRESETS:
+        raise UserError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+    if args.items < 1 or args.repeats < 1 or min(args.batch_sizes or (0,)) < 1:
+        raise UserError("--items, --repeats and every batch size must be at least 1")
+    rows = run_eval_batch_benchmark(args.model, tuple(args.batch_sizes), args.items, args.repeats,
+                                    args.max_new_tokens, args.method, args.budget, backends,
+                                    say=lambda m: print(m, file=sys.stderr, flush=True),
+                                    preset=args.preset)
+    print(format_rows(rows))
+    _write_json(args.json, rows)
 
 
 def _run_deploy(args):
@@ -190,6 +263,10 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "versus":
+        _run_versus(args)
+    elif args.mode == "evalbatch":
+        _run_evalbatch(args)
     elif args.mode == "coverage":
         from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
         from paddle_rc.predictor import build_predictor

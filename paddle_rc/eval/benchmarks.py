@@ -458,11 +458,12 @@ def read_sqa_img(root):
     splits = _load_json(os.path.join(d, "pid_splits.json"))
     img_dir = _need_dir(os.path.join(d, "images", "test"))
     test_ids = [str(x) for x in splits.get("test", [])]
+    in_test = set(test_ids)
     asked = set()
     items, gt = [], {}
     for row in convs:
         pid = str(row["id"])
-        if "image" not in row or pid not in problems or pid not in set(test_ids):
+        if "image" not in row or pid not in problems or pid not in in_test:
             continue  # SQA-IMG: test questions that come with an image
         prob = problems[pid]
         text = row["conversations"][0]["value"].replace("<image>", "").strip()
@@ -573,8 +574,9 @@ def read_mmbench(root, lang="en", all_rounds=False):
     notes = ["rule-based extraction only (no GPT judge); unmapped answers count as wrong"]
 
     def layout_for(records):
+        """The layout a file was written in: any round_id > 0 means --all-rounds."""
         rounds = any(_int_or_zero(r.get("round_id")) > 0 for r in records)
-        return read_mmbench(root, lang, all_rounds=True) if rounds and not all_rounds else None
+        return read_mmbench(root, lang, all_rounds=rounds) if rounds != all_rounds else None
 
     return Benchmark(name, items, gt, scorers.score_mmbench, "circular_accuracy",
                      "MMBench-dev CircularEval accuracy (groups index % 1e6, rule-based "

@@ -180,6 +180,12 @@ def _warn_partial(summaries):
               "(docs/eval-data.md)", file=sys.stderr)
     misaligned = [f"{s['benchmark']}/{s['tag']} {s['n_misaligned']}" for s in summaries
                   if s.get("n_misaligned")]
+    half = [f"{s['benchmark']}/{s['tag']} {s['images_half_answered']}" for s in summaries
+            if s.get("images_half_answered")]
+    if half:
+        print("warning: MME images with one of their two questions answered (calculation.py "
+              f"cannot score such a file; scored here per image): {'; '.join(half)}",
+              file=sys.stderr)
     if misaligned:
         print("warning: answers out of question order, scored against other questions' labels "
               f"as eval_pope.py pairs them by position: {'; '.join(misaligned)}", file=sys.stderr)

@@ -88,7 +88,9 @@ def vqa_process_digit_article(text):
 
 
 def vqa_normalize_prediction(text):
-    """What vqaEval.py does to a predicted answer before comparing it with the ground truths."""
+    """vqaEval.py's full processing of an answer: whitespace, punctuation, then numbers,
+    articles and contractions (the official script applies it to both sides only when the ten
+    ground truths differ; see scorers.vqa_accuracy)."""
     text = text.replace("\n", " ").replace("\t", " ").strip()
     return vqa_process_digit_article(vqa_process_punctuation(text))
 

@@ -5,7 +5,10 @@ Files under ``out/<benchmark>/`` for a run tag (``none``, ``rc``, ``rc-b64``, ..
 * ``<tag>.jsonl``           answers, LLaVA layout (question_id, prompt, text, model_id, metadata)
 * ``<tag>.<N>_<k>.jsonl``   answers of chunk k of N (``--num-chunks/--chunk-idx``), merged
                             into ``<tag>.jsonl`` by :func:`merge_chunks`
-* ``<tag>.errors.jsonl``    items skipped because their image could not be read
+* ``<tag>.manifest.json``   the setup that wrote the answers (model checksums, method, budget,
+                            options, conv mode, generation settings); answers are reused only
+                            under an equal manifest
+* ``<tag>.errors.jsonl``    items still failing (unreadable image, or the model raised)
 * ``<tag>.summary.json``    scores (written atomically)
 * ``<tag>.upload.json``     server upload file where the benchmark has one (VQAv2 test-dev)
 
@@ -88,7 +91,7 @@ def _record(item, out, method, budget, model_id):
                  "visual_tokens": out.get("visual_tokens"),
                  "visual_tokens_before": out.get("visual_tokens_before"),
                  "stage_counts": out.get("stage_counts"), "timings": out.get("timings")})
-    rec = {"question_id": item.question_id, "prompt": item.prompt, "text": out["text"],
+    rec = {"question_id": item.question_id, "prompt": item.record_prompt, "text": out["text"],
            "answer_id": uuid.uuid4().hex, "model_id": model_id, "uid": item.uid,
            "metadata": meta}
     if "round_id" in item.metadata:  # LLaVA's MMBench answer files carry these at top level
@@ -219,7 +222,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     todo = [it for it in items if it.uid not in done]
     predictor.set_method(method, budget)
     model_id = getattr(predictor, "model_id", "unknown")
-    new_errors = {}
+    new_errors, attempted = {}, set()
     n_new = 0
     failures_in_a_row = 0
     bar = None
@@ -241,6 +244,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
             for start in range(0, len(todo), batch_size):
                 batch, images = [], []
                 for item in todo[start:start + batch_size]:
+                    attempted.add(item.uid)
                     try:
                         images.append(loader(_image_source(item)))
                         batch.append(item)
@@ -279,7 +283,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", 
     finally:
         if bar:
             bar.close()
-        _finish(path, err_path, bench, old_errors, new_errors, {it.uid for it in todo})
+        _finish(path, err_path, bench, old_errors, new_errors, attempted)
     return {"answers": path, "tag": tag, "n_items": len(items), "n_resumed": len(items) - len(todo),
             "n_new": n_new, "n_errors": len(new_errors), "torn_line_dropped": torn}
 

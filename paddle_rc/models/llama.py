@@ -47,7 +47,13 @@ class LlamaAttention(nn.Layer):
         self.v_proj = nn.Linear(h, self.num_kv_heads * self.head_dim, bias_attr=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, h, bias_attr=False)
 
+    def _repeat_kv(self, x):
+        if self.num_kv_heads == self.num_heads:
+            return x
+        return paddle.repeat_interleave(x, self.num_heads // self.num_kv_heads, axis=1)
+
     def forward(self, x, cos, sin, bias, past_k=None, past_v=None):
+        """-> (output, k, v of this step's tokens only: the caller appends them to the cache)."""
         q = self.q_proj(x).reshape([0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
         k = self.k_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
         v = self.v_proj(x).reshape([0, 0, self.num_kv_heads, self.head_dim]).transpose([0, 2, 1, 3])
@@ -55,18 +61,26 @@ class LlamaAttention(nn.Layer):
         if self.num_kv_heads != self.num_heads:
             cos, sin = cos[:, :self.num_kv_heads], sin[:, :self.num_kv_heads]
         k = k * cos + rotate_half(k) * sin
-        if past_k is not None:
-            k = paddle.concat([past_k, k], axis=2)
-            v = paddle.concat([past_v, v], axis=2)
-        keys, values = k, v
-        if self.num_kv_heads != self.num_heads:
-            rep = self.num_heads // self.num_kv_heads
-            keys = paddle.repeat_interleave(keys, rep, axis=1)
-            values = paddle.repeat_interleave(values, rep, axis=1)
         # Scaling q ([B,H,S,d]) rather than the scores ([B,H,S,T]) touches d/T as many values.
-        scores = paddle.matmul(q * (self.head_dim ** -0.5), keys, transpose_y=True) + bias
-        probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
-        out = paddle.matmul(probs, values).transpose([0, 2, 1, 3]).reshape([0, 0, self.num_heads * self.head_dim])
+        q = q * (self.head_dim ** -0.5)
+        keys, values = self._repeat_kv(k), self._repeat_kv(v)
+        if past_k is None:
+            scores = paddle.matmul(q, keys, transpose_y=True) + bias
+            probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+            out = paddle.matmul(probs, values)
+        else:
+            # The cache is never concatenated with the new keys/values here: the scores against the
+            # past and against the step's own tokens are computed apart and joined (a few values per
+            # head in decode), and the output sums both parts. Concatenating would copy this layer's
+            # whole cache once per token on top of the one copy that appends the step to the cache.
+            past_keys, past_values = self._repeat_kv(past_k), self._repeat_kv(past_v)
+            scores = paddle.concat([paddle.matmul(q, past_keys, transpose_y=True),
+                                    paddle.matmul(q, keys, transpose_y=True)], axis=-1) + bias
+            probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+            past_len = paddle.shape(past_k)[2]
+            out = paddle.matmul(probs[:, :, :, :past_len], past_values) + \
+                paddle.matmul(probs[:, :, :, past_len:], values)
+        out = out.transpose([0, 2, 1, 3]).reshape([0, 0, self.num_heads * self.head_dim])
         return self.o_proj(out), k, v
 
 
@@ -143,7 +157,11 @@ class LlamaModel(nn.Layer):
             x, k, v = layer(x, cos, sin, bias, pk, pv)
             ks.append(k)
             vs.append(v)
-        return self.norm(x), paddle.stack(ks), paddle.stack(vs)
+        k_new, v_new = paddle.stack(ks), paddle.stack(vs)
+        if past_k is None:
+            return self.norm(x), k_new, v_new
+        # The one copy of the cache per step: append this step's keys/values along the time axis.
+        return self.norm(x), paddle.concat([past_k, k_new], axis=3), paddle.concat([past_v, v_new], axis=3)
 
 
 def positions_from_mask(attention_mask):
