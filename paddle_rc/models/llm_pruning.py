@@ -92,5 +92,8 @@ def pruned_decode(llm, inputs_embeds, attention_mask, position_ids, k_early, v_e
         x, k, v = dec(x, cos, sin, bias if early else late_bias, pk, pv)
         ks.append(k)
         vs.append(v)
-    return (llm.norm(x), paddle.stack(ks[:layer]), paddle.stack(vs[:layer]), paddle.stack(ks[layer:]),
-            paddle.stack(vs[layer:]))
+    # The layers return this step's keys/values only; append them to each cache.
+    def grow(past, new):
+        return paddle.concat([past, paddle.stack(new)], axis=3)
+    return (llm.norm(x), grow(k_early, ks[:layer]), grow(v_early, vs[:layer]), grow(k_late, ks[layer:]),
+            grow(v_late, vs[layer:]))
