@@ -21,8 +21,7 @@ TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALL_METHODS = available_methods()
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
-# fastv prunes inside the LLM, after layer 1 of the tiny model's 2 (its vision graph is `none`'s).
-VISION_CASES = [(m, None, {"layer": 1} if m == "fastv" else {}) for m in ALL_METHODS] + [
+VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
     ("rc", 9, {}), ("prumerge+", 7, {}), ("rc-reference", 12, {}), ("visionzip", 10, {}),
     ("prumerge", None, {"topk": 3}), ("rc", None, {"text_sign": -1, "p_source": "feature-postln"}),
 ]

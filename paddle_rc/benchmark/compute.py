@@ -270,9 +270,11 @@ def format_compute_table(result: dict) -> str:
              f"scales: {'per channel' if st['group_size'] == -1 else 'group ' + str(st['group_size'])}"]
     fv = st.get("fastv") or {}
     if fv.get("kept"):
-        notes.append(f"fastv: {st['visual_tokens'][0]} visual tokens in the first {fv['layer']} layers, "
-                     f"{fv['kept']} after them (FLOPs, KV cache); measured: pruning after "
-                     f"{fv['measured_layer']} of the {st['measured_layers']} measured layers")
+        note = (f"fastv: {st['visual_tokens'][0]} visual tokens in the first {fv['layer']} layers, "
+                f"{fv['kept']} after them (FLOPs, KV cache)")
+        if measured:
+            note += f"; measured: pruning after {fv['measured_layer']} of the {st['measured_layers']} measured layers"
+        notes.append(note)
     if measured:
         la = st.get("load_average_before_after", ["?", "?"])
         notes.append(f"measured: {st['measured_layers']} layers at those widths, random weights, this CPU "

@@ -175,7 +175,7 @@ class LlavaForConditionalGeneration(nn.Layer):
             opts = dict(method_defaults(method))
             opts.update(options)
             try:
-                check_layer(opts, self.config.llm.num_hidden_layers)
+                check_layer(opts, self.config.llm.num_hidden_layers, "layer" in options)
             except ValueError as e:
                 raise UserError(str(e)) from None
         self.compression = spec
@@ -309,7 +309,8 @@ class LlavaForConditionalGeneration(nn.Layer):
             return None
         opts = dict(spec.defaults)
         opts.update(self.compression.options)
-        return spec, opts, check_layer(opts, self.config.llm.num_hidden_layers)
+        explicit = "layer" in self.compression.options
+        return spec, opts, check_layer(opts, self.config.llm.num_hidden_layers, explicit)
 
     def _selector(self, visual_mask):
         spec, opts, _ = self._llm_method()

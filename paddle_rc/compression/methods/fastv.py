@@ -25,8 +25,12 @@ def kept_count(n_visual, budget, opts):
     return max(1, min(n_visual, int(n_visual * float(opts["keep_ratio"]))))
 
 
-def check_layer(opts, num_layers):
+def check_layer(opts, num_layers, explicit=True):
+    """The pruning layer K. The default (2) is capped at num_layers - 1 for shallow test/demo LLMs;
+    a value the user gave must fit."""
     k = opts["layer"]
+    if not explicit:
+        return max(1, min(int(k), num_layers - 1))
     if isinstance(k, bool) or int(k) != k or not 1 <= int(k) < num_layers:
         raise ValueError(f"fastv option layer must be an integer in [1, {num_layers - 1}] "
                          f"(the LLM has {num_layers} layers), got {k!r}")
