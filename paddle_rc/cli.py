@@ -11,6 +11,14 @@ import yaml
 from paddle_rc.errors import UserError
 
 
+class ToolParser(argparse.ArgumentParser):
+    """argparse with the tools' error convention: a bad flag is one `error: ...` line and exit 2
+    (raised as UserError for cli.run), not argparse's usage text and `prog: error:`."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
 def add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="CPU math threads (default: OMP_NUM_THREADS if set, else all physical cores)")
@@ -42,7 +50,7 @@ def read_overrides(config_path, opts, section=None) -> dict:
             with open(config_path, encoding="utf-8") as f:
                 loaded = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise UserError(f"cannot parse {config_path}: {e}") from None
+            raise UserError(f"cannot parse {config_path}: {_yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"{config_path}: expected a mapping of option names to values")
         if section and isinstance(loaded.get(section), dict):
@@ -58,6 +66,14 @@ def read_overrides(config_path, opts, section=None) -> dict:
             value = raw
         values[key.strip().replace("-", "_")] = value
     return {k.replace("-", "_"): v for k, v in values.items()}
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: what is wrong and where."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return " ".join(str(problem).split()) + where
 
 
 def parse_key_values(items, flag="--option") -> dict:
@@ -79,13 +95,52 @@ def parse_with_config(parser: argparse.ArgumentParser, argv=None) -> argparse.Na
     args = parser.parse_args(argv)
     known = {a.dest for a in parser._actions}
     explicit = _explicit_dests(parser, argv if argv is not None else sys.argv[1:])
+    actions = {a.dest: a for a in parser._actions}
     for dest, value in read_overrides(args.config, args.opt).items():
         if dest not in known or dest in ("config", "opt"):
             raise UserError(f"unknown option {dest!r} in config/overrides")
         if dest not in explicit:
-            setattr(args, dest, value)
+            setattr(args, dest, _typed(actions[dest], value))
     apply_threads(args)
     return args
+
+
+def _typed(action: argparse.Action, value):
+    """A -c/-o value checked and converted as the flag itself would be (-o budget=abc is refused the
+    way --budget abc is; -o option=topk=8 is one KEY=VALUE item of the repeatable --option)."""
+    name = action.option_strings[-1] if action.option_strings else action.dest
+    if isinstance(action, argparse._AppendAction):
+        if isinstance(value, dict):  # option: {topk: 8} in a -c file
+            value = [f"{k}={v}" for k, v in value.items()]
+        items = value if isinstance(value, list) else [value]
+        return [_convert(action, name, v) for v in items]
+    if action.nargs == 0:  # store_true / store_false / store_const
+        if not isinstance(value, bool):
+            raise UserError(f"{name} is a switch: give true or false, got {value!r}")
+        return action.const if value else action.default
+    if isinstance(value, list) and action.nargs not in (None, "?"):
+        return [_convert(action, name, v) for v in value]
+    return _convert(action, name, value)
+
+
+def _convert(action: argparse.Action, name: str, value):
+    if value is None:
+        return None
+    if isinstance(value, (list, dict)):
+        raise UserError(f"{name} takes one value, got {value!r}")
+    # As on the command line: the flag's type applied to the text (so 2.5 is not an integer).
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if action.type is not None:
+        try:
+            value = action.type(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            kind = {int: "an integer", float: "a number"}.get(action.type)
+            raise UserError(f"{name}: expected {kind}, got {value!r}" if kind else f"{name}: {e}") from None
+    else:
+        value = text
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{name}: {value!r} is not one of {', '.join(map(str, action.choices))}")
+    return value
 
 
 def _explicit_dests(parser, argv) -> set:
@@ -99,6 +154,25 @@ def _explicit_dests(parser, argv) -> set:
         if name in flags:
             out.add(flags[name])
     return out
+
+
+def progress_bar(desc: str, unit: str = "step"):
+    """A `progress(done, total)` callback drawing a tqdm bar on stderr, and a close() for the end."""
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done, total=None):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
+        bar.update(done - bar.n)
+
+    def close():
+        if bar is not None:
+            bar.close()
+
+    return progress, close
 
 
 def run(main: Callable[[], int]) -> None:

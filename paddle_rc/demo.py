@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 
 from PIL import Image, ImageDraw
@@ -63,7 +64,11 @@ def demo_checkpoint() -> str:
     """Path of the demo checkpoint, written on first use (atomically: a folder rename)."""
     final = os.path.join(cache_root(), DEMO_VERSION)
     if os.path.isfile(os.path.join(final, "config.json")):
-        return final
+        if _intact(final):
+            return final
+        # A cache is ours to rebuild: a damaged one (killed write, full disk) is replaced, not reported.
+        print(f"note: the demo checkpoint in {final} is damaged; writing it again", file=sys.stderr)
+        shutil.rmtree(final, ignore_errors=True)
     os.makedirs(cache_root(), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=DEMO_VERSION + ".", dir=cache_root())
     try:
@@ -76,6 +81,20 @@ def demo_checkpoint() -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _intact(directory: str) -> bool:
+    """Config readable and the weights file complete (its header covers the whole file)."""
+    from paddle_rc.errors import UserError
+    from paddle_rc.models.config import LlavaConfig
+    from paddle_rc.models.weights import weight_files
+
+    try:
+        LlavaConfig.load(directory)
+        weight_files(directory)
+    except UserError:
+        return False
+    return True
 
 
 def demo_image() -> Image.Image:

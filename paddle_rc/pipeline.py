@@ -79,8 +79,8 @@ class Predictor:
         self.model.set_compression(method, budget, **options)
 
     # ---- inputs ------------------------------------------------------------------------------
-    def build_prompt(self, user_text: str) -> str:
-        return self.template.prompt(user_text, with_image=True)
+    def build_prompt(self, user_text: str, history=()) -> str:
+        return self.template.prompt(user_text, with_image=True, history=history)
 
     def encode_prompts(self, prompts: Sequence[str]):
         """Left-padded input_ids and attention_mask for full prompts holding the placeholder once."""
@@ -91,7 +91,7 @@ class Predictor:
 
     def text_embeddings(self, questions: Sequence[str], prompts: Sequence[str]):
         """The question's CLIP embedding per sample, in the text mode the method declares (registry
-        TEXT_MODES), and which samples have one (rc-algorithm.md §4)."""
+        TEXT_MODES), and which samples have one (docs/algorithm.md §4)."""
         from paddle_rc.compression.registry import get_method
 
         mode = get_method(self.method).text_mode
@@ -131,13 +131,14 @@ class Predictor:
     # ---- answering ---------------------------------------------------------------------------
     def answer_batch(self, images: Sequence, user_texts: Sequence[str],
                      questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed=0) -> list:
+                     temperature: float = 0.0, top_p: float = 1.0, seed=0, histories=None) -> list:
         """One result dict per item, as answer() returns it, computed in one batch.
 
         Images may be paths, bytes, PIL images or HxW(x3/4) uint8 arrays, and differ in size: each
         keeps its own number of visual tokens. Greedy answers equal answering one at a time; when
         sampling, `seed` (one int, or one per item) seeds each item's own generator, so a sample's
         draws do not depend on the batch either. `timings` are the batch's (shared by its items).
+        `histories`: per item, the earlier (user, assistant) turns of its conversation (default none).
         """
         n = len(user_texts)
         if len(images) != n:
@@ -148,7 +149,7 @@ class Predictor:
         if self._options().get("ocr_hint"):
             # RC's question stops before the OCR line; this option lets the line reach the encoder.
             questions = [" ".join(filter(None, [q, ocr_hint(u)])) for q, u in zip(questions, user_texts)]
-        prompts = [self.build_prompt(u) for u in user_texts]
+        prompts = [self.build_prompt(u, h) for u, h in zip(user_texts, histories or [()] * len(user_texts))]
         t0 = time.perf_counter()
         pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
         input_ids, mask = self.encode_prompts(prompts)
@@ -178,10 +179,17 @@ class Predictor:
             })
         return results
 
-    def answer(self, image, prompt: str, question: Optional[str] = None, **kw) -> dict:
+    def chat(self, image, recompress: bool = False):
+        """A conversation about one image: `session.ask(question)` per turn (see paddle_rc.chat)."""
+        from paddle_rc.chat import ChatSession
+
+        return ChatSession(self, image, recompress=recompress)
+
+    def answer(self, image, prompt: str, question: Optional[str] = None, history=(), **kw) -> dict:
         """`image`: a path, bytes, PIL image or uint8 array. `prompt` is the user turn without the
-        placeholder; `question` what the text encoder sees (derived from the prompt when None)."""
-        return self.answer_batch([image], [prompt], [question], **kw)[0]
+        placeholder; `question` what the text encoder sees (derived from the prompt when None);
+        `history` the conversation's earlier (user, assistant) turns."""
+        return self.answer_batch([image], [prompt], [question], histories=[history], **kw)[0]
 
 
 def _pad_rows(rows, width: int, pad: int) -> np.ndarray:

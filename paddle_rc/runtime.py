@@ -124,6 +124,19 @@ def keep_freed_memory() -> bool:
     return _malloc_tuned
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free memory back to the kernel now (glibc malloc_trim). For a process that
+    drops one large model before building another: with keep_freed_memory in force, the first
+    model's pages would otherwise stay resident beside the second's."""
+    if not _malloc_tuned:
+        return
+    import ctypes
+    import gc
+
+    gc.collect()
+    ctypes.CDLL(None).malloc_trim(0)
+
+
 def settings() -> dict:
     return {"threads": default_threads(), "MKL_DEBUG_CPU_TYPE": os.environ.get("MKL_DEBUG_CPU_TYPE"),
             "cpu_vendor": cpu_vendor(), "malloc_keeps_freed_memory": _malloc_tuned}

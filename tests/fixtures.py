@@ -229,3 +229,81 @@ def make_llava_original_checkpoint(directory: str, seed: int = 0, shards: int = 
     build_tiny_sentencepiece(directory, vocab_size=SP_VOCAB)
     return {"dir": directory, "model": _fp32_reference(model), "config": config, "state_dict": sd,
             "image_token_id": SP_VOCAB, "vocab_size": SP_VOCAB}
+
+
+def _paddlemix_vision_name(rest: str) -> str:
+    """A transformers CLIP vision parameter name (below vision_model.) in PaddleNLP's spelling, written
+    from PaddleMIX's CLIP name mapping: conv1, ln_pre/ln_post, transformer.layers.N.{linear1,linear2,norm1,norm2}."""
+    fixed = {"embeddings.class_embedding": "class_embedding",
+             "embeddings.patch_embedding.weight": "conv1.weight",
+             "embeddings.position_embedding.weight": "positional_embedding.weight"}
+    if rest in fixed:
+        return fixed[rest]
+    for ours, theirs in (("pre_layrnorm.", "ln_pre."), ("post_layernorm.", "ln_post.")):
+        if rest.startswith(ours):
+            return theirs + rest[len(ours):]
+    assert rest.startswith("encoder.layers."), rest
+    rest = "transformer.layers." + rest[len("encoder.layers."):]
+    for ours, theirs in ((".mlp.fc1.", ".linear1."), (".mlp.fc2.", ".linear2."),
+                         (".layer_norm1.", ".norm1."), (".layer_norm2.", ".norm2.")):
+        rest = rest.replace(ours, theirs)
+    return rest
+
+
+def paddlemix_state_dict(model, with_vision_tower: bool) -> dict:
+    """The weights of an HF Llava model as PaddleMIX's LlavaLlamaForCausalLM names and stores them:
+    llama.* / llama.mm_projector.{0,2} / llama.vision_tower.vision_tower.vision_model.* / lm_head, every
+    nn.Linear weight (lm_head included) in Paddle's [in, out] layout. -> {name: float32 numpy array}."""
+    linear = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    sd = {}
+    for k, v in model.state_dict().items():
+        arr = v.detach().float().numpy()
+        if k in linear:
+            arr = arr.T.copy()
+        if k.startswith("model.language_model."):
+            name = "llama." + k[len("model.language_model."):]
+        elif k.startswith("model.multi_modal_projector.linear_"):
+            idx = {"1": "0", "2": "2"}[k[len("model.multi_modal_projector.linear_")]]
+            name = f"llama.mm_projector.{idx}." + k.rsplit(".", 1)[1]
+        elif k.startswith("model.vision_tower.vision_model."):
+            if not with_vision_tower:
+                continue
+            name = "llama.vision_tower.vision_tower.vision_model." + _paddlemix_vision_name(
+                k[len("model.vision_tower.vision_model."):])
+        elif k == "lm_head.weight":
+            name = k
+        else:
+            raise AssertionError(k)
+        sd[name] = arr
+    return sd
+
+
+def make_paddlemix_checkpoint(directory: str, seed: int = 0, fmt: str = "pdparams",
+                              with_vision_tower: bool = True) -> dict:
+    """PaddleMIX layout (paddlemix/llava/llava-v1.5-7b): config.json with the mm_* keys, the state dict as
+    model_state.pdparams (paddle.save) or model.safetensors, sentencepiece.bpe.model (PaddleNLP's name).
+    Same weights as make_llava_hf_checkpoint(seed) in float32, so both convert to the same model; its
+    image placeholder is LLaVA's -200 and its vocabulary keeps the llava-hf rows."""
+    import paddle
+
+    os.makedirs(directory, exist_ok=True)
+    model = _llava_model(seed, LLAVA_HF_VOCAB)
+    sd = paddlemix_state_dict(model, with_vision_tower)
+    if fmt == "pdparams":
+        paddle.save({k: paddle.to_tensor(v) for k, v in sd.items()}, os.path.join(directory, "model_state.pdparams"))
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(sd, os.path.join(directory, "model.safetensors"))
+    config = dict(
+        architectures=["LlavaLlamaForCausalLM"], model_type="llava", bos_token_id=1, eos_token_id=2,
+        pad_token_id=0, hidden_act="silu", vocab_size=LLAVA_HF_VOCAB, num_key_value_heads=2, **LLAMA,
+        image_aspect_ratio="pad", mm_hidden_size=VISION["hidden_size"], mm_projector_type="mlp2x_gelu",
+        mm_use_im_patch_token=False, mm_use_im_start_end=False, mm_vision_select_feature="patch",
+        mm_vision_select_layer=-2, mm_vision_tower="openai/clip-vit-large-patch14-336",
+        tie_word_embeddings=False, dtype="float32", use_cache=True, tensor_parallel_degree=1)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    build_tiny_sentencepiece(directory, vocab_size=SP_VOCAB)
+    os.replace(os.path.join(directory, "tokenizer.model"), os.path.join(directory, "sentencepiece.bpe.model"))
+    return {"dir": directory, "state_dict": sd}

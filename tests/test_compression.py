@@ -77,7 +77,7 @@ def lr_rescale(counts, total, fallback):
 
 
 def rc_loop(F, s_vis, s_txt, K, has_text, reference=False, budget=None, topk=32, weight=50.0):
-    """RC for ONE sample, written straight from rc-algorithm.md §5-§7 with Python loops."""
+    """RC for ONE sample, written straight from docs/algorithm.md §5-§7 with Python loops."""
     n, c = F.shape
     s_vis = s_vis.astype(np.float64)
     s_txt = s_txt.astype(np.float64)

@@ -138,7 +138,7 @@ def test_rc_without_question_equals_dynamic_without_text(vision_model, tmp_path)
     pixels = paddle.to_tensor(rng.standard_normal((2, 3, 112, 112)).astype(np.float32))
     ids = _clip_ids(model, 2, 5, rng)
     outs = pred.run([pixels, ids, paddle.zeros([2], dtype="bool")])
-    # The reference is compress() with no text at all (P and t None), as rc-algorithm.md defines it.
+    # The reference is compress() with no text at all (P and t None), as docs/algorithm.md defines it.
     from paddle_rc.compression import compress
 
     feats = model.vision_tower(pixels, model.config.vision_feature_layer, need_qkp=True)

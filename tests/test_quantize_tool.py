@@ -122,8 +122,15 @@ def test_quantize_tool_sharded_output_and_overwrite(float_ckpt, tmp_path):
     a = LlavaForConditionalGeneration.from_pretrained(dst)
     with pytest.raises(UserError, match="already exists"):
         tool.main(["--model", float_ckpt, "--dst", dst, "--bits", "4"])
+    # The user's own files in the folder are not part of the checkpoint: --overwrite keeps them.
+    with open(os.path.join(dst, "NOTES.txt"), "w") as f:
+        f.write("mine")
+    os.makedirs(os.path.join(dst, "eval"))
     tool.main(["--model", float_ckpt, "--dst", dst, "--bits", "4", "--overwrite"])
     files = os.listdir(dst)
+    with open(os.path.join(dst, "NOTES.txt")) as f:
+        assert f.read() == "mine"
+    assert os.path.isdir(os.path.join(dst, "eval"))
     # The old shards went with the old directory.
     assert files.count("model.safetensors") == 1 and "model.safetensors.index.json" not in files
     b = LlavaForConditionalGeneration.from_pretrained(dst)

@@ -15,10 +15,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_threads_arg, apply_threads, run  # noqa: E402
+from paddle_rc.cli import ToolParser, add_threads_arg, apply_threads, progress_bar, run  # noqa: E402
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_threads_arg(p)
     sub = p.add_subparsers(dest="mode", required=True)
     v = sub.add_parser("vision", help="vision tower time with each compression method vs without")
@@ -141,6 +141,33 @@ def _add_deploy_parser(sub):
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
+def _check_vision_args(args):
+    """Refuse bad settings before minutes of work, not after."""
+    from paddle_rc.compression import available_methods, check_compression
+    from paddle_rc.errors import UserError
+
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods is not None
+               else available_methods())
+    if not methods:
+        raise UserError(f"--methods names no method; choose from {', '.join(available_methods())}")
+    for m in methods:  # `none` is the reference row: it runs without the budget
+        check_compression(m, None if m == "none" else args.budget)
+    _at_least_one(args, "repeats", "batch", "width", "layers", "heads")
+    if args.width % args.heads:
+        raise UserError(f"--width {args.width} must be a multiple of --heads {args.heads}")
+    if args.image_size < 14:
+        raise UserError(f"--image-size must be at least one 14 px patch, got {args.image_size}")
+    return methods
+
+
+def _at_least_one(args, *names):
+    from paddle_rc.errors import UserError
+
+    for name in names:
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+
+
 def _add_evalbatch_parser(sub):
     e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
                                          "dynamic model and its export (synthetic benchmark)")
@@ -180,10 +207,16 @@ def _run_deploy(args):
     from paddle_rc.benchmark.deploy import PRESETS, format_deploy_table, run_deploy_benchmark
     from paddle_rc.errors import UserError
 
-    results = []
-    for preset in [p.strip() for p in args.preset.split(",") if p.strip()]:
+    from paddle_rc.compression import check_compression
+
+    presets = [p.strip() for p in args.preset.split(",") if p.strip()]
+    for preset in presets or [""]:
         if preset not in PRESETS:
             raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    check_compression(args.method, args.budget)
+    _at_least_one(args, "repeats", "decode_steps", "prompt_len")
+    results = []
+    for preset in presets:
         res = run_deploy_benchmark(preset, args.method, args.budget, prompt_len=args.prompt_len,
                                    decode_steps=args.decode_steps, repeats=args.repeats,
                                    threads=args.threads, onednn=args.onednn)
@@ -203,8 +236,9 @@ def _run_compute(args):
     bad = [b for b in tuple(args.bits) + tuple(args.sweep_bits) if b not in (32, 16, 8, 4)]
     if bad:
         raise UserError(f"--bits/--sweep-bits take 32, 16, 8 or 4, got {bad[0]}")
-    if args.layers < 1 or args.repeats < 1:
-        raise UserError("--layers and --repeats must be at least 1")
+    _at_least_one(args, "layers", "repeats", "text_tokens")
+    if not args.sweep or min(args.sweep) < 1:
+        raise UserError(f"--sweep wants positive visual token counts, got {args.sweep}")
     if args.fastv_kept < 0 or args.fastv_layer < 1:
         raise UserError("--fastv-kept must be 0 or more and --fastv-layer at least 1")
     s = ComputeSettings(llm=LLAVA_13B if args.model == "13b" else LLAVA_7B, layers=args.layers,
@@ -225,8 +259,11 @@ def _run_quant(args):
     from paddle_rc.benchmark.quant_eval import format_quant_report, run_quant_eval
     from paddle_rc.errors import UserError
 
-    if args.prompts < 1:
-        raise UserError("--prompts must be at least 1")
+    _at_least_one(args, "prompts", "prompt_len")
+    if args.slice_layers < 1 and not args.skip_slice:
+        raise UserError(f"--slice-layers must be at least 1 (or pass --skip-slice), got {args.slice_layers}")
+    if args.group_size not in (-1, 64, 128):
+        raise UserError(f"--group-size takes -1 (per channel), 64 or 128, got {args.group_size}")
     if args.train_steps < 0:
         raise UserError("--train-steps must be 0 or more")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
@@ -243,18 +280,15 @@ def main(argv=None) -> int:
     if args.mode == "vision":
         from paddle_rc.benchmark.vision import format_vision_table, run_vision_benchmark
 
-        from paddle_rc.compression import available_methods
-        from paddle_rc.errors import UserError
-
-        methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
-                   else available_methods())
-        unknown = sorted(set(methods) - set(available_methods()))
-        if unknown:
-            raise UserError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(available_methods())}")
-        rows = run_vision_benchmark(methods, llm_width=args.llm_width,
-                                    width=args.width, layers=args.layers, heads=args.heads,
-                                    image_size=args.image_size, batch=args.batch, repeats=args.repeats,
-                                    budget=args.budget)
+        methods = _check_vision_args(args)
+        progress, close = progress_bar("vision benchmark", unit="pass")
+        try:
+            rows = run_vision_benchmark(methods, llm_width=args.llm_width,
+                                        width=args.width, layers=args.layers, heads=args.heads,
+                                        image_size=args.image_size, batch=args.batch, repeats=args.repeats,
+                                        budget=args.budget, progress=progress)
+        finally:
+            close()
         print(format_vision_table(rows))
         _write_json(args.json, rows)
     elif args.mode == "compute":

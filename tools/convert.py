@@ -2,21 +2,17 @@
 
     python tools/convert.py --src llava-1.5-7b-hf --clip clip-vit-large-patch14-336 --dst ckpt/llava7b
 """
-import argparse
 import os
 import sys
 
-try:
-    import paddle_rc  # noqa: F401
-except ImportError:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# This checkout's paddle_rc, as every tool does (not another installed copy).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_threads_arg, apply_threads  # noqa: E402
-from paddle_rc.errors import UserError  # noqa: E402
+from paddle_rc.cli import ToolParser, add_threads_arg, apply_threads, run  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap = ToolParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--src", required=True, help="llava-hf or original (liuhaotian) LLaVA checkpoint directory")
     ap.add_argument("--clip", help="OpenAI CLIP (CLIPModel) directory: text tower, projections, and the "
                                    "vision tower for original LLaVA checkpoints")
@@ -43,16 +39,12 @@ def main(argv=None) -> int:
     try:
         result = convert(args.src, args.clip, args.dst, shard_size=args.shard_size, dtype=args.dtype,
                          progress=progress)
-    except UserError as e:
+    finally:
         if bar is not None:
             bar.close()
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if bar is not None:
-        bar.close()
     print(result.summary())
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate on the LLaVA-1.5 benchmarks; see `python tools/eval.py -h` and docs/eval-data.md.
+r"""Evaluate on the LLaVA-1.5 benchmarks; see `python tools/eval.py -h` and docs/eval-data.md.
 
     python tools/eval.py --model ckpt/llava-1.5-7b --benchmark textvqa,pope \
         --data-root data/eval --method none,rc --budget 64,128

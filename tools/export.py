@@ -18,11 +18,12 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import (ToolParser, add_config_args, parse_key_values, parse_with_config,  # noqa: E402
+                           progress_bar, run)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
     p.add_argument("--out", required=True, help="output directory (must be new or empty, or use --overwrite)")
     p.add_argument("--method", default="rc", help="compression method baked into the vision graph")
@@ -40,11 +41,31 @@ def build_parser():
     return p
 
 
+EXPORT_STEPS = 3  # export_model's progress messages: loading, vision graph, LLM graphs
+
+
+def _step(bar, message):
+    """export_model announces each step as it starts: the bar counts the steps finished before it."""
+    if bar.disable:
+        return
+    if bar.n or bar.desc != "exporting":
+        bar.update(1)
+    bar.set_description(message)
+
+
 def main(argv=None) -> int:
     args = parse_with_config(build_parser(), argv)
+    from tqdm import tqdm
+
     from paddle_rc.errors import UserError
     from paddle_rc.export import export_model
 
+    from paddle_rc.compression import check_compression
+
+    options = parse_key_values(args.option)
+    check_compression(args.method, args.budget, options)  # before any work or notes
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise UserError(f"--out {args.out} is a file; give a directory")
     model_dir = args.model
     if model_dir is None:
         from paddle_rc.demo import demo_checkpoint
@@ -62,11 +83,21 @@ def main(argv=None) -> int:
             from paddle_rc.quant.checkpoint import quantize_checkpoint
 
             quantized = os.path.join(scratch, "checkpoint")
-            quantize_checkpoint(model_dir, quantized, QuantConfig.preset(args.quant))
+            config = QuantConfig.preset(args.quant)
+            progress, close = progress_bar("quantizing", unit="tensor")
+            try:
+                quantize_checkpoint(model_dir, quantized, config, progress=progress)
+            finally:
+                close()
             model_dir = quantized
-        manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                                options=parse_key_values(args.option), overwrite=args.overwrite,
-                                progress=None if quiet else (lambda msg: print(msg, file=sys.stderr)))
+        steps = tqdm(total=EXPORT_STEPS, desc="exporting", unit="step", file=sys.stderr, disable=quiet)
+        try:
+            manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
+                                    options=options, overwrite=args.overwrite,
+                                    progress=lambda msg: _step(steps, msg))
+            steps.update(steps.total - steps.n)
+        finally:
+            steps.close()
     seconds = time.perf_counter() - t0
     if args.check:
         from paddle_rc.demo import demo_image

@@ -13,12 +13,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paddle_rc.cli import add_config_args, parse_with_config, run  # noqa: E402
+from paddle_rc.cli import ToolParser, add_config_args, parse_with_config, progress_bar, run  # noqa: E402
 from paddle_rc.errors import UserError  # noqa: E402
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="converted (float) checkpoint directory")
     p.add_argument("--dst", required=True, help="output checkpoint directory (must not exist)")
     # No argparse `choices`: a bad value should be the tools' usual one-line error, not usage text.
@@ -51,8 +51,12 @@ def main(argv=None) -> int:
                      weight_quantize_type="channel_wise_abs_max" if group == -1 else "group_wise_abs_max",
                      group_size=group, quantize_vision=bool(args.quantize_vision),
                      clip_search=bool(args.clip_search))
-    result = quantize_checkpoint(args.model, args.dst, qc, shard_size=args.shard_size,
-                                 overwrite=bool(args.overwrite))
+    progress, close = progress_bar("quantizing", unit="tensor")
+    try:
+        result = quantize_checkpoint(args.model, args.dst, qc, shard_size=args.shard_size,
+                                     overwrite=bool(args.overwrite), progress=progress)
+    finally:
+        close()
     print(result.summary())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 import paddle
 
-from paddle_rc.runtime import default_threads
+from paddle_rc.runtime import default_threads, release_freed_memory
 
 PAUSE_S = 0.3
 VIT_L = dict(width=1024, layers=24, heads=16, image_size=336, patch=14, projection=768)
@@ -211,6 +211,7 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
                         pixels, model.get_text_features(clip_ids), has_text).lengths[0])
                 del graph
             del model, feats, P, t
+            release_freed_memory()
             if worker:
                 worker.ask(cmd="free")
 
@@ -244,6 +245,7 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
                 runner.run("llm", cases, {"prefill": ["prefill"], "decode": ["decode, per token"]},
                            {"decode, per token": decode_steps})
             del model, k0, v0
+            release_freed_memory()
             if worker:
                 worker.ask(cmd="free")
 

@@ -44,13 +44,15 @@ class VisionSide(paddle.nn.Layer):
 
 
 def run_vision_benchmark(methods, *, width=1024, layers=24, heads=16, image_size=336, patch=14,
-                         projection_dim=768, llm_width=4096, batch=1, repeats=5, budget=None, seed=0):
+                         projection_dim=768, llm_width=4096, batch=1, repeats=5, budget=None, seed=0,
+                         progress=None):
     """-> rows {method, seconds (min over repeats), median, vs_none, vs_full_tower, tokens,
     compress_seconds (the compression step alone), compress_vs_none}.
 
     Every case ends with the tokens in the LLM's space (LLaVA's projector applied), so a method that
     reads projected features (CDPruner) pays for projecting all N patches and the others for
-    projecting what they keep. In-LLM methods (FastV) leave the tower as `none` does."""
+    projecting what they keep. In-LLM methods (FastV) leave the tower as `none` does.
+    `progress(done, total)` is called after every tower pass and every method's step timing."""
     from paddle_rc.compression import compress, method_defaults
     from paddle_rc.compression.registry import get_method
 
@@ -94,26 +96,35 @@ def run_vision_benchmark(methods, *, width=1024, layers=24, heads=16, image_size
     cases += [(m, with_method(m)) for m in methods if m != "none"]
     times = {name: [] for name, _ in cases}
     tokens = {}
+    timed = [m for m in methods if m != "none" and get_method(m).stage != "llm"]
+    total, done = len(cases) * (repeats + 1) + len(timed), 0
+
+    def tick():
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     with paddle.no_grad():
         for name, fn in cases:  # warm-up: kernels, allocator
             out = fn()
             tokens[name] = _count(out)
+            tick()
         for _ in range(repeats):  # interleaved so that machine noise hits every case alike
             for name, fn in cases:
                 t0 = time.perf_counter()
                 out = fn()
                 _sync(out)
                 times[name].append(time.perf_counter() - t0)
+                tick()
         # The compression step alone, on fixed tower outputs: small next to the tower, so it is
         # timed separately (many repeats) rather than read off the difference of two noisy totals.
         compress_s = {}
-        for m in methods:
-            spec = get_method(m)
-            if m == "none" or spec.stage == "llm":
-                continue
-            step = step_fn(m, side.run_vision_tower(pixels, spec, method_defaults(m)))
+        for m in timed:
+            step = step_fn(m, side.run_vision_tower(pixels, get_method(m), method_defaults(m)))
             _sync(step())
             compress_s[m] = _best_of(step, max(10, 4 * repeats))
+            tick()
     # Minimum over repeats: the cost of the work itself; slower repeats measure other load.
     base = min(times[cases[0][0]])
     full = min(times[cases[1][0]])

@@ -1,6 +1,8 @@
 """compress() (design contract 2) and its traceable core compress_tensors()."""
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import paddle
@@ -17,6 +19,65 @@ _CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.pa
 def method_defaults(method):
     """The default options of a method (what configs/methods/<method>.yml holds)."""
     return dict(get_method(method).defaults)
+
+
+# Lower bounds of options whose default alone does not say it (an int option is otherwise >= 1).
+_AT_LEAST_ZERO = {"seed", "dominant", "contextual", "text_weight"}
+_SIGNS = {"text_sign"}
+
+
+def check_compression(method, budget=None, options=None) -> None:
+    """Refuse, in one line, a method, budget or option the methods cannot honour: unknown names,
+    a budget that is not a positive whole number, options of the wrong type or out of range
+    (an option's type is its default's in configs/methods/<method>.yml)."""
+    from paddle_rc.compression.registry import available_methods
+    from paddle_rc.errors import UserError
+
+    if method not in available_methods():
+        raise UserError(f"unknown compression method {method!r}; choose from: {', '.join(available_methods())}")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, numbers.Integral)
+                               or budget < 1):
+        raise UserError(f"budget must be a positive whole number of visual tokens, got {budget!r}")
+    if budget is not None and not get_method(method).takes_budget:
+        raise UserError(f"method {method!r} keeps every visual token, so a budget ({budget}) would be "
+                        "ignored; drop the budget or choose a compression method")
+    defaults = method_defaults(method)
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise UserError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
+                        f"it takes: {', '.join(sorted(defaults)) or 'none'}")
+    for key, value in options.items():
+        problem = _option_problem(key, value, defaults[key])
+        if problem:
+            raise UserError(f"method {method!r} option {key}: {problem}, got {value!r}")
+    try:  # options that choose inputs (e.g. rc's p_source) are checked where the method declares them
+        get_method(method).inputs(dict(defaults, **options))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def _option_problem(key, value, default):
+    if default is None:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(default, numbers.Integral):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return "expected a whole number"
+        if key in _SIGNS:
+            return None if value in (-1, 1) else "expected 1 or -1"
+        low = 0 if key in _AT_LEAST_ZERO else 1
+        return None if value >= low else f"expected at least {low}"
+    if isinstance(default, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            return "expected a number"
+        if key == "ratio":
+            return None if 0 < value <= 1 else "expected a fraction in (0, 1]"
+        return None if value >= 0 or key not in _AT_LEAST_ZERO else "expected 0 or more"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "expected text"
+    return None
 
 
 def load_method_preset(method, path=None):

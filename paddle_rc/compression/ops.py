@@ -1,4 +1,4 @@
-"""Score and outlier primitives shared by the compression methods (rc-algorithm.md §2-§3).
+"""Score and outlier primitives shared by the compression methods (docs/algorithm.md §2-§3).
 
 Everything here is plain Paddle tensor code with no host round trip, so it runs on GPU and
 inside a to_static graph with a dynamic batch. Per-row counts are int64 tensors; shapes other

@@ -1,4 +1,4 @@
-"""Convert a llava-hf or original LLaVA checkpoint plus an OpenAI CLIP checkpoint into our format.
+"""Convert a llava-hf, original LLaVA or PaddleMIX LLaVA checkpoint plus an OpenAI CLIP checkpoint into our format.
 
 See docs/checkpoint.md for the output. Everything is validated (config, every expected tensor and its
 shape, tokenizers) before the first byte is written, so a wrong source fails fast with one message.
@@ -21,6 +21,8 @@ from paddle_rc.models.config import (CLIP_MEAN, CLIP_STD, CLIPTextConfig, CLIPVi
 
 SOURCE_LLAVA_HF = "llava-hf"
 SOURCE_LLAVA = "llava"
+SOURCE_PADDLEMIX = "paddlemix"   # PaddleMIX's LLaVA: the original layout's config, Paddle's names and layout
+SP_MODEL_NAMES = ("tokenizer.model", "sentencepiece.bpe.model")   # transformers', PaddleNLP's
 DTYPE_CHOICES = {"keep": None, "float16": "F16", "float32": "F32", "bfloat16": "BF16"}
 IMAGE_TOKEN = "<image>"
 
@@ -194,9 +196,10 @@ def _image_stats(src: str):
 class _Source:
     reader: CheckpointReader
     key: str
+    paddle_layout: bool = False   # nn.Linear weights stored [in, out] already
 
 
-def _collect(reader: CheckpointReader, table):
+def _collect(reader: CheckpointReader, table, paddle_layout: bool = False):
     """({our name: _Source}, [unused source keys]) for the keys `table` maps."""
     found, unused = {}, []
     for k in reader.keys():
@@ -205,8 +208,10 @@ def _collect(reader: CheckpointReader, table):
         name = mapping.rename(k, table)
         if name is None:
             unused.append(k)
-        else:
-            found[name] = _Source(reader, k)
+            continue
+        if paddle_layout and name.startswith("vision_tower."):
+            name = mapping.paddle_clip_name(name)
+        found[name] = _Source(reader, k, paddle_layout)
     return found, unused
 
 
@@ -239,12 +244,14 @@ def convert(src: str, clip: str | None, dst: str, shard_size=DEFAULT_SHARD_BYTES
     if clip_cfg.get("model_type") != "clip" or "text_config" not in clip_cfg:
         raise UserError(f"--clip dir {clip} is not a CLIP checkpoint: its config.json has model_type "
                         f"{clip_cfg.get('model_type')!r} (expected 'clip' with text_config/vision_config)")
-    tok_model = os.path.join(src, "tokenizer.model")
-    if not os.path.isfile(tok_model):
-        raise UserError(f"{src} has no tokenizer.model (the LLaMA sentencepiece model)")
+    tok_model = next((os.path.join(src, n) for n in SP_MODEL_NAMES if os.path.isfile(os.path.join(src, n))), None)
+    if tok_model is None:
+        raise UserError(f"{src} has no tokenizer.model or sentencepiece.bpe.model (the LLaMA sentencepiece model)")
 
     clip_vc, text_cfg, proj = _clip_configs(clip, clip_cfg)
     src_reader = open_checkpoint(src, "--src checkpoint")
+    if kind == SOURCE_LLAVA and any(k.startswith("llama.") for k in src_reader.keys()):
+        kind = SOURCE_PADDLEMIX
     clip_reader = open_checkpoint(clip, "--clip")
     try:
         return _convert(kind, src, src_cfg, src_reader, clip, clip_vc, text_cfg, proj, clip_reader, dst,
@@ -277,7 +284,11 @@ def _convert(kind, src, src_cfg, src_reader, clip, clip_vc, text_cfg, proj, clip
         conv_mode, image_token_id = "llava_hf", int(image_token)
         aspect = "pad"
     else:
-        table = mapping.LLAVA_ORIGINAL
+        table = mapping.PADDLEMIX if kind == SOURCE_PADDLEMIX else mapping.LLAVA_ORIGINAL
+        fused = [k for k in src_reader.keys() if ".qkv_proj." in k or ".gate_up_fused_proj." in k]
+        if fused:
+            raise UserError(f"{src}: fused attention/MLP weights ({fused[0]}) are not supported; save the "
+                            "PaddleMIX model with fuse_attention_qkv and fuse_attention_ffn off")
         ptype = src_cfg.get("mm_projector_type", "linear")
         if ptype != "mlp2x_gelu":
             raise UserError(f"{where}: mm_projector_type {ptype!r} is not supported (only 'mlp2x_gelu')")
@@ -304,14 +315,15 @@ def _convert(kind, src, src_cfg, src_reader, clip, clip_vc, text_cfg, proj, clip
                         f"{clip_vision_hidden}, LLaVA vision hidden_size {vision.hidden_size}")
 
     # Gather sources for our names.
-    found, unused = _collect(src_reader, table)
+    found, unused = _collect(src_reader, table, paddle_layout=kind == SOURCE_PADDLEMIX)
     tower_from_src = _has_prefix(found, "vision_tower.")
     if kind == SOURCE_LLAVA_HF and not tower_from_src:
         raise UserError(f"checkpoint {src} lacks vision_tower weights (no vision_tower.vision_model.* or "
                         "model.vision_tower.vision_model.* keys)")
     if not _has_prefix(found, "language_model."):
         raise UserError(f"checkpoint {src} lacks language_model weights: no "
-                        f"{'model.*' if kind == SOURCE_LLAVA else 'language_model.model.* / model.language_model.*'}"
+                        + {SOURCE_LLAVA: "model.*", SOURCE_PADDLEMIX: "llama.*"}.get(
+                            kind, "language_model.model.* / model.language_model.*") +
                         " keys")
     clip_found, clip_unused = _collect(clip_reader, mapping.CLIP)
     if not _has_prefix(clip_found, "text_tower."):
@@ -335,7 +347,9 @@ def _convert(kind, src, src_cfg, src_reader, clip, clip_vc, text_cfg, proj, clip
     if tied:
         if "language_model.embed_tokens.weight" in found:
             notes.append("lm_head.weight absent (tied embeddings): stored embed_tokens transposed")
-        found["lm_head.weight"] = found.get("language_model.embed_tokens.weight")
+        embed = found.get("language_model.embed_tokens.weight")
+        # An embedding table is [vocab, hidden] in every layout: as lm_head it is always transposed.
+        found["lm_head.weight"] = None if embed is None else _Source(embed.reader, embed.key, False)
 
     group_msgs = {
         "vision_tower": (f"checkpoint {src} lacks vision_tower weights" if tower_from_src
@@ -355,7 +369,7 @@ def _convert(kind, src, src_cfg, src_reader, clip, clip_vc, text_cfg, proj, clip
             raise UserError(f"{group_msgs[group]}: {_more(missing)}")
         for name, shape in shapes.items():
             s = found[name]
-            transpose = mapping.is_linear_weight(name)
+            transpose = mapping.is_linear_weight(name) and not s.paddle_layout
             info = s.reader.info(s.key)
             src_shape = tuple(reversed(shape)) if transpose else tuple(shape)
             if tuple(info.shape) != src_shape:

@@ -27,6 +27,30 @@ LLAVA_ORIGINAL = (
     ("model.norm.", "language_model.norm."),
     ("lm_head.", "lm_head."),
 )
+# PaddleMIX's LlavaLlamaForCausalLM (paddlemix/models/llava): the LLaMA under "llama." with the projector
+# and (when saved) the vision tower inside it; nn.Linear weights already [in, out]; lm_head [hidden, vocab].
+PADDLEMIX = (
+    ("llama.vision_tower.vision_tower.vision_model.", "vision_tower."),
+    ("llama.mm_projector.0.", "projector.linear_1."),
+    ("llama.mm_projector.2.", "projector.linear_2."),
+    ("llama.embed_tokens.", "language_model.embed_tokens."),
+    ("llama.layers.", "language_model.layers."),
+    ("llama.norm.", "language_model.norm."),
+    ("lm_head.", "lm_head."),
+)
+# Inside PaddleMIX's CLIP vision transformer (PaddleNLP's naming) -> the transformers/our naming.
+_PADDLE_CLIP_PARTS = (
+    (re.compile(r"^class_embedding$"), "embeddings.class_embedding"),
+    (re.compile(r"^conv1\."), "embeddings.patch_embedding."),
+    (re.compile(r"^positional_embedding\."), "embeddings.position_embedding."),
+    (re.compile(r"^ln_pre\."), "pre_layernorm."),
+    (re.compile(r"^ln_post\."), "post_layernorm."),
+    (re.compile(r"^transformer\.layers\."), "encoder.layers."),
+    (re.compile(r"\.linear1\."), ".mlp.fc1."),
+    (re.compile(r"\.linear2\."), ".mlp.fc2."),
+    (re.compile(r"\.norm1\."), ".layer_norm1."),
+    (re.compile(r"\.norm2\."), ".layer_norm2."),
+)
 CLIP = (
     ("vision_model.", "vision_tower."),
     ("text_model.", "text_tower."),
@@ -55,6 +79,14 @@ def rename(src_key: str, table) -> str | None:
             # CLIP's HF module is misspelled "pre_layrnorm"; ours is not.
             return name.replace(".pre_layrnorm.", ".pre_layernorm.")
     return None
+
+
+def paddle_clip_name(name: str) -> str:
+    """Our name for a vision-tower parameter named the PaddleNLP way (after the prefix rewrite)."""
+    head, rest = "vision_tower.", name[len("vision_tower."):]
+    for pattern, repl in _PADDLE_CLIP_PARTS:
+        rest = pattern.sub(repl, rest)
+    return head + rest
 
 
 def is_linear_weight(name: str) -> bool:

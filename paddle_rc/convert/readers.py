@@ -35,6 +35,9 @@ SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
 BIN_INDEX = "pytorch_model.bin.index.json"
 BIN_SINGLE = "pytorch_model.bin"
+# PaddleNLP / PaddleMIX save_pretrained names for paddle.save state dicts.
+PD_INDEX = "model_state.pdparams.index.json"
+PD_SINGLE = "model_state.pdparams"
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -279,9 +282,45 @@ class TorchBinFile(_File):
             self._mm = None
 
 
+class PaddleParamsFile(_File):
+    """A paddle.save state dict (.pdparams). Paddle's pickle has no lazy form, so the whole file is
+    read at once: a 7B fp16 checkpoint needs its 14 GB in memory (safetensors sources stream)."""
+
+    def __init__(self, path: str):
+        import paddle
+
+        self.path = path
+        try:
+            obj = paddle.load(path, return_numpy=True)
+        except Exception as e:  # paddle.load raises whatever its unpickler meets in a damaged file
+            raise UserError(f"cannot read {path} as a paddle.save state dict ({type(e).__name__}: {e})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path} does not hold a state dict (found {type(obj).__name__})")
+        self._arrays, self.infos = {}, {}
+        for k, v in obj.items():
+            if isinstance(v, np.ndarray):
+                # Paddle keeps bfloat16 as its uint16 bit pattern, which is our raw BF16 form.
+                dtype = "BF16" if v.dtype == np.uint16 else _NP_NAMES.get(v.dtype.newbyteorder("<"))
+                if dtype is None:
+                    raise UserError(f"{path}: tensor {k!r} has unsupported dtype {v.dtype}")
+                self._arrays[k] = v
+                self.infos[k] = TensorInfo(dtype, tuple(v.shape))
+
+    def raw(self, key: str) -> np.ndarray:
+        return self._arrays[key]
+
+    def close(self) -> None:
+        self._arrays = {}
+
+
+_NP_NAMES = {dt: name for name, dt in NP_DTYPES.items() if name != "BF16"}
+
+
 def open_weights_file(path: str) -> _File:
     if path.endswith(".safetensors"):
         return SafetensorsFile(path)
+    if path.endswith(".pdparams"):
+        return PaddleParamsFile(path)
     return TorchBinFile(path)
 
 
@@ -326,7 +365,7 @@ class CheckpointReader:
 
 def find_weight_files(directory: str):
     """(index path or None, list of weight file paths) for the first layout present, or None."""
-    for index, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE)):
+    for index, single in ((SAFE_INDEX, SAFE_SINGLE), (BIN_INDEX, BIN_SINGLE), (PD_INDEX, PD_SINGLE)):
         ip = os.path.join(directory, index)
         if os.path.isfile(ip):
             return ip, None
@@ -343,7 +382,7 @@ def open_checkpoint(directory: str, what: str = "checkpoint") -> CheckpointReade
     found = find_weight_files(directory)
     if found is None:
         raise UserError(f"{what} directory {directory} has no weights (expected {SAFE_SINGLE}, {SAFE_INDEX}, "
-                        f"{BIN_SINGLE} or {BIN_INDEX})")
+                        f"{BIN_SINGLE}, {BIN_INDEX}, {PD_SINGLE} or {PD_INDEX})")
     index_path, paths = found
     if index_path is None:
         f = open_weights_file(paths[0])

@@ -94,6 +94,11 @@ def _write_one(path: str, tensors: list, on_tensor=None) -> None:
         os.fsync(f.fileno())
 
 
+def is_weights_file(name: str) -> bool:
+    """model.safetensors, a shard of it, or its index: the files a checkpoint's weights occupy."""
+    return name in (SAFE_SINGLE, SAFE_INDEX) or bool(_SHARD_RE.match(name))
+
+
 def write_sharded(directory: str, tensors: list, max_shard_bytes: int = DEFAULT_SHARD_BYTES,
                   on_tensor=None) -> list:
     """Write `tensors` as model.safetensors, or model-0000i-of-0000n.safetensors + index. Returns file names."""
@@ -110,7 +115,7 @@ def write_sharded(directory: str, tensors: list, max_shard_bytes: int = DEFAULT_
             _write_one(tmp, shard, on_tensor)
         # Weights of an earlier run into the same directory would otherwise mix with ours.
         for name in os.listdir(directory):
-            if name in (SAFE_SINGLE, SAFE_INDEX) or _SHARD_RE.match(name):
+            if is_weights_file(name):
                 os.remove(os.path.join(directory, name))
         for tmp, final in zip(tmps, finals):
             os.replace(tmp, os.path.join(directory, final))

@@ -15,12 +15,24 @@ class Template:
     user: str
     assistant: str
 
-    def prompt(self, user_text: str, with_image: bool = True) -> str:
-        """One user turn, ready for the assistant's answer ("... ASSISTANT:")."""
-        if with_image and IMAGE_PLACEHOLDER not in user_text:
-            user_text = IMAGE_PLACEHOLDER + "\n" + user_text
-        head = f"{self.system} " if self.system else ""
-        return f"{head}{self.user}: {user_text} {self.assistant}:"
+    def prompt(self, user_text: str, with_image: bool = True, history=()) -> str:
+        """The conversation so far, ready for the assistant's answer ("... ASSISTANT:").
+
+        `history`: earlier (user, assistant) turns, oldest first. As in LLaVA's vicuna_v1 template an
+        answer ends with "</s>" (the tokenizer reads it as EOS), and the image placeholder goes into
+        the first user turn (before its text, unless written elsewhere)."""
+        turns = [list(t) for t in history] + [[user_text, None]]
+        count = sum(u.count(IMAGE_PLACEHOLDER) for u, _ in turns)
+        if count > 1:
+            raise UserError(f"the question holds {IMAGE_PLACEHOLDER} {count} times; LLaVA-1.5 takes one "
+                            f"image: write {IMAGE_PLACEHOLDER} at most once (where the image goes; default: "
+                            "before the first question)")
+        if with_image and count == 0:
+            turns[0][0] = IMAGE_PLACEHOLDER + "\n" + turns[0][0]
+        text = f"{self.system} " if self.system else ""
+        for user, answer in turns[:-1]:
+            text += f"{self.user}: {user} {self.assistant}: {answer}</s>"
+        return text + f"{self.user}: {turns[-1][0]} {self.assistant}:"
 
 
 TEMPLATES = {

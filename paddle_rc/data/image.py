@@ -29,6 +29,9 @@ def load_image(source: Union[str, bytes, os.PathLike, Image.Image, np.ndarray]) 
             img.load()
         except FileNotFoundError:
             raise UserError(f"image not found: {name}") from None
+        except Image.DecompressionBombError as e:
+            # PIL's guard against images that decode to gigabytes; LLaVA sees 336 px anyway.
+            raise UserError(f"image too large: {name}: {str(e).split(', could')[0]}; downscale it first") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
             raise UserError(f"cannot read image {name}: {e}") from None
     # Phone photos store rotation in EXIF; the model should see what a person sees.

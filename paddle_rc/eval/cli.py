@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from paddle_rc.cli import add_config_args, apply_threads, read_overrides
+from paddle_rc.cli import ToolParser, add_config_args, apply_threads, read_overrides
 from paddle_rc.errors import UserError
 
 from . import benchmarks as B
@@ -19,14 +19,14 @@ from .runner import (DEMO_NOTE, answers_path, merge_chunks, run_benchmark, run_t
 DEFAULTS = {
     "model": None, "deploy": None, "benchmark": None, "data_root": None, "method": "rc",
     "budget": None, "limit": None, "conv_mode": None, "max_new_tokens": 128,
-    "out": "output/eval", "num_chunks": 1, "chunk_idx": 0, "merge": False, "score_only": False,
+    "out": "outputs/eval", "num_chunks": 1, "chunk_idx": 0, "merge": False, "score_only": False,
     "answers": None, "progress": True, "batch_size": 1, "overwrite": False,
     "allow_partial": False, "all_rounds": False,
 }
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
+    p = ToolParser(
         prog="tools/eval.py",
         description="Evaluate LLaVA-1.5 (+ visual-token compression) on the LLaVA-1.5 "
                     "benchmarks with the official scoring rules.")
@@ -41,7 +41,7 @@ def build_parser():
     p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
     p.add_argument("--conv-mode", dest="conv_mode", help="conversation template (vicuna_v1)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
-    p.add_argument("--out", help="output dir (default output/eval)")
+    p.add_argument("--out", help="output dir (default outputs/eval)")
     p.add_argument("--num-chunks", dest="num_chunks", type=int)
     p.add_argument("--chunk-idx", dest="chunk_idx", type=int)
     p.add_argument("--merge", action="store_const", const=True,

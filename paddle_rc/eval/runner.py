@@ -191,7 +191,7 @@ def _per_item(out, n):
 MAX_FAILURES_IN_A_ROW = 20
 
 
-def run_benchmark(bench, predictor, method, budget=None, out_dir="output/eval", *,
+def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval", *,
                   image_loader=None, limit=None, max_new_tokens=128, num_chunks=1,
                   chunk_idx=0, progress=True, demo=False, batch_size=1, manifest=None,
                   overwrite=False):

@@ -3,7 +3,7 @@
 The vision tower is where compression gets its inputs: one pass yields LLaVA's features F
 (hidden_states[feature_layer], CLS dropped), the next layer's q/k projections Q, K (full width,
 with bias, before scaling) and that layer's output tokens P (CLS dropped; the projection to the
-joint space is applied by the caller, without the post-layernorm). See rc-algorithm.md §1.
+joint space is applied by the caller, without the post-layernorm). See docs/algorithm.md §1.
 """
 from __future__ import annotations
 

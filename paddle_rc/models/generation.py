@@ -7,11 +7,26 @@ so prompt handling, stopping and sampling are one piece of code whichever runs t
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
 import numpy as np
 import paddle
+
+from paddle_rc.errors import UserError
+
+
+def check_sampling(max_new_tokens, temperature, top_p) -> None:
+    """Refuse settings that would otherwise be silently reinterpreted (a negative temperature as
+    greedy, top_p > 1 as no nucleus, a negative token count as one token)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        raise UserError(f"max_new_tokens must be a whole number of at least 1, got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not math.isfinite(temperature) \
+            or temperature < 0:
+        raise UserError(f"temperature must be 0 (greedy) or a positive number, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise UserError(f"top_p must be in (0, 1], got {top_p!r}")
 
 
 def sample_next(logits: np.ndarray, temperature: float, top_p: float, rngs) -> np.ndarray:
@@ -43,6 +58,7 @@ def generate_loop(prefill: Callable, decode: Callable, inputs_embeds, attention_
                   top_p: float = 1.0, seed=0):
     """-> (tokens int64 [B, n] with pad after each sample's EOS, timings dict). `seed`: one int for
     every sample, or one per sample."""
+    check_sampling(max_new_tokens, temperature, top_p)
     batch = inputs_embeds.shape[0]
     rngs = seed_generators(seed, batch)
     t0 = time.perf_counter()
@@ -74,6 +90,9 @@ def seed_generators(seed, batch: int) -> list:
     seeds = [seed] * batch if isinstance(seed, (int, np.integer)) else list(seed)
     if len(seeds) != batch:
         raise ValueError(f"{len(seeds)} seeds for a batch of {batch}")
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad:
+        raise UserError(f"a seed must be a whole number of 0 or more, got {bad[0]!r}")
     return [np.random.default_rng(int(s)) for s in seeds]
 
 

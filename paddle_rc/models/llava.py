@@ -22,6 +22,28 @@ from paddle_rc.models.llama import LlamaModel, positions_from_mask
 from paddle_rc.models.llm_pruning import pruned_decode, pruned_prefill
 from paddle_rc.models.projector import MLPProjector
 
+def _check_dtype(dtype: str) -> None:
+    from paddle_rc.errors import UserError
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise UserError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+    if dtype != "float32" and not paddle.get_device().startswith("gpu"):
+        raise UserError(f"{dtype} needs a GPU: Paddle's CPU kernels compute in float32 only "
+                        "(load with dtype='float32')")
+
+
+def check_context(prompt_len: int, max_new_tokens: int, context: int) -> None:
+    """Refuse a prompt (text + visual tokens) that leaves no room for the answer in the LLM's
+    context: past it, LLaMA's rotary positions are ones it never saw, and the work is wasted."""
+    from paddle_rc.errors import UserError
+
+    if prompt_len + max_new_tokens > context:
+        room = context - prompt_len
+        raise UserError(f"the prompt is {prompt_len} tokens (text and visual) and the LLM's context is "
+                        f"{context}: " + (f"at most {room} new tokens fit (max_new_tokens is {max_new_tokens})"
+                                          if room > 0 else "shorten the question"))
+
+
 @dataclass
 class CompressionSpec:
     method: str = "none"
@@ -135,6 +157,7 @@ class LlavaForConditionalGeneration(nn.Layer):
     def from_pretrained(cls, directory: str, dtype: str = "float32") -> "LlavaForConditionalGeneration":
         from paddle_rc.models.weights import load_weights
 
+        _check_dtype(dtype)
         config = LlavaConfig.load(directory)
         previous = paddle.get_default_dtype()
         paddle.set_default_dtype(dtype)
@@ -154,20 +177,12 @@ class LlavaForConditionalGeneration(nn.Layer):
         return model
 
     def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
-        from paddle_rc.compression import available_methods, method_defaults
-        from paddle_rc.errors import UserError
+        from paddle_rc.compression import check_compression
 
-        if method not in available_methods():
-            raise UserError(f"unknown compression method {method!r}; "
-                            f"choose from: {', '.join(available_methods())}")
-        unknown = sorted(set(options) - set(method_defaults(method)))
-        if unknown:
-            raise UserError(f"method {method!r} has no option(s) {', '.join(unknown)}; "
-                            f"it takes: {', '.join(sorted(method_defaults(method))) or 'none'}")
-        if budget is not None and (isinstance(budget, bool) or int(budget) != budget or budget < 1):
-            raise UserError(f"budget must be a positive number of visual tokens, got {budget!r}")
-        spec = CompressionSpec(method, budget, dict(options))
+        check_compression(method, budget, options)
+        from paddle_rc.compression import method_defaults
         from paddle_rc.compression.registry import get_method
+        from paddle_rc.errors import UserError
 
         if get_method(method).stage == "llm":
             from paddle_rc.compression.methods.fastv import check_layer
@@ -178,7 +193,7 @@ class LlavaForConditionalGeneration(nn.Layer):
                 check_layer(opts, self.config.llm.num_hidden_layers, "layer" in options)
             except ValueError as e:
                 raise UserError(str(e)) from None
-        self.compression = spec
+        self.compression = CompressionSpec(method, budget, dict(options))
 
     # ---- text side ---------------------------------------------------------------------------
     def get_text_features(self, input_ids):
@@ -376,6 +391,7 @@ class LlavaForConditionalGeneration(nn.Layer):
         embeds, mask, pos, vis_mask = self.splice(input_ids, attention_mask, visual, with_visual_mask=True)
         prefill, decode, record = self._llm_steps(vis_mask if visual is not None else None)
         llm = self.config.llm
+        check_context(int(embeds.shape[1]), max_new_tokens, llm.max_position_embeddings)
         tokens, timings = generate_loop(
             prefill, decode, embeds, mask, pos, max_new_tokens=max_new_tokens,
             eos_token_id=llm.eos_token_id if eos_token_id is None else eos_token_id,

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import paddle
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from paddle_rc.errors import UserError
 
@@ -18,8 +18,11 @@ def weight_files(directory: str) -> dict:
     """key -> file path for every tensor of the checkpoint."""
     index = os.path.join(directory, INDEX)
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f)["weight_map"]
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read {index} ({type(e).__name__}: {e}); {_FIX}") from None
         files = {k: os.path.join(directory, v) for k, v in weight_map.items()}
         for path in sorted(set(files.values())):
             if not os.path.isfile(path):
@@ -29,8 +32,19 @@ def weight_files(directory: str) -> dict:
     if not os.path.isfile(single):
         raise UserError(f"{directory} has no weights ({SINGLE} or {INDEX}); "
                         "convert the model with tools/convert.py")
-    with safe_open(single, framework="np") as f:
+    with _open(single, "np") as f:
         return {k: single for k in f.keys()}
+
+
+_FIX = "the checkpoint is damaged or incomplete: write it again (tools/convert.py or tools/quantize.py)"
+
+
+def _open(path: str, framework: str):
+    """safe_open, with a damaged file (truncated, empty, not safetensors) as one UserError line."""
+    try:
+        return safe_open(path, framework=framework)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot read {path} ({' '.join(str(e).split())}); {_FIX}") from None
 
 
 def load_weights(model: paddle.nn.Layer, directory: str) -> None:
@@ -51,7 +65,7 @@ def load_weights(model: paddle.nn.Layer, directory: str) -> None:
         by_file.setdefault(path, []).append(key)
     for path, keys in by_file.items():
         # framework="paddle" is the one reader that also handles bf16 files.
-        with safe_open(path, framework="paddle") as f:
+        with _open(path, "paddle") as f:
             for key in keys:
                 value = f.get_tensor(key)
                 target = targets[key]

@@ -132,11 +132,18 @@ def _plan(reader, picked: dict, qc: QuantConfig, result: QuantizeResult) -> list
     return plan
 
 
+def _checkpoint_entry(name: str) -> bool:
+    """Whether a directory entry is part of a checkpoint (replaced by --overwrite)."""
+    from paddle_rc.convert.writer import is_weights_file
+
+    return name in ("config.json",) + COPIED_DIRS or is_weights_file(name)
+
+
 def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2GB",
                         overwrite: bool = False, progress=None) -> QuantizeResult:
     """Quantize the checkpoint in ``src`` into a new checkpoint directory ``dst``.
 
-    ``progress(tensor_name)`` is called after each tensor is written."""
+    ``progress(done, total)`` is called after each tensor is written."""
     from paddle_rc.convert.readers import open_checkpoint
     from paddle_rc.convert.writer import parse_size, write_sharded
     from paddle_rc.models.config import LlavaConfig
@@ -172,7 +179,8 @@ def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2G
                 raise UserError(f"{src} does not match its config.json: missing {len(missing)} "
                                 f"tensors {missing[:3]}, unexpected {len(unexpected)} {unexpected[:3]}")
             plan = _plan(reader, picked, qconfig, result)
-            on_tensor = (lambda t: progress(t.name)) if progress else None
+            done = iter(range(1, len(plan) + 1))
+            on_tensor = (lambda t: progress(next(done), len(plan))) if progress else None
             write_sharded(tmp, plan, max_shard, on_tensor=on_tensor)
         for name in COPIED_DIRS:
             if os.path.isdir(os.path.join(src, name)):
@@ -186,6 +194,11 @@ def quantize_checkpoint(src: str, dst: str, qconfig: QuantConfig, shard_size="2G
             old = tempfile.mkdtemp(prefix=os.path.basename(dst) + ".old-", dir=parent)
             os.rename(dst, os.path.join(old, "ckpt"))
             os.rename(tmp, dst)
+            # --overwrite replaces the checkpoint, not the user's other files in the folder (as
+            # convert.py does). They move back only now, so no failure above can take them along.
+            for name in os.listdir(os.path.join(old, "ckpt")):
+                if not _checkpoint_entry(name) and not os.path.exists(os.path.join(dst, name)):
+                    os.rename(os.path.join(old, "ckpt", name), os.path.join(dst, name))
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, dst)

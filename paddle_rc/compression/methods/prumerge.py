@@ -1,4 +1,4 @@
-"""LLaVA-PruMerge and PruMerge+ (rc-algorithm.md §8) on the shared inputs."""
+"""LLaVA-PruMerge and PruMerge+ (docs/algorithm.md §8) on the shared inputs."""
 import paddle
 
 from paddle_rc.compression.assemble import (CENTRE, GROUP_NONE, GROUP_RANKED, GROUP_RASTER2,

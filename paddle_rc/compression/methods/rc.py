@@ -1,4 +1,4 @@
-"""Recoverable Compression (rc-algorithm.md §5) and the released code's variant (§6)."""
+"""Recoverable Compression (docs/algorithm.md §5) and the released code's variant (§6)."""
 from __future__ import annotations
 
 import paddle

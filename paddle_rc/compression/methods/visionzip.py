@@ -1,5 +1,5 @@
 """VisionZip: dominant tokens by CLIP's CLS attention + contextual tokens merged by key
-similarity (rc-algorithm.md §8)."""
+similarity (docs/algorithm.md §8)."""
 import paddle
 import paddle.nn.functional as nnf
 
