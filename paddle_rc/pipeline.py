@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 import paddle
-from PIL import Image
 
 from paddle_rc.data.conversation import IMAGE_PLACEHOLDER, get_template, ocr_hint, question_for_text_encoder
 from paddle_rc.data.image import ImageProcessor, load_image
 from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
+from paddle_rc.models.generation import DecodeBatch, check_sampling, decode_to_end, seed_generators
+from paddle_rc.models.llava import VisualTokens, check_context
 
 # rc-reference pads/truncates the text to this many CLIP tokens (the released code's max_length).
 REFERENCE_TEXT_LENGTH = 20
@@ -128,18 +130,12 @@ class Predictor:
         feats = self.model.question_features(paddle.to_tensor(ids), mode)
         return feats, paddle.to_tensor(has_text)
 
-    # ---- answering ---------------------------------------------------------------------------
-    def answer_batch(self, images: Sequence, user_texts: Sequence[str],
-                     questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
-                     temperature: float = 0.0, top_p: float = 1.0, seed=0, histories=None) -> list:
-        """One result dict per item, as answer() returns it, computed in one batch.
-
-        Images may be paths, bytes, PIL images or HxW(x3/4) uint8 arrays, and differ in size: each
-        keeps its own number of visual tokens. Greedy answers equal answering one at a time; when
-        sampling, `seed` (one int, or one per item) seeds each item's own generator, so a sample's
-        draws do not depend on the batch either. `timings` are the batch's (shared by its items).
-        `histories`: per item, the earlier (user, assistant) turns of its conversation (default none).
-        """
+    # ---- the two halves of answering: what the server's scheduler calls ----------------------
+    def encode(self, images: Sequence, user_texts: Sequence[str],
+               questions: Optional[Sequence[Optional[str]]] = None, histories=None) -> "Encoded":
+        """Prompts, tokens and the vision side (tower, compression in force, projector) of a batch.
+        Images may be paths, bytes, PIL images or uint8 arrays, of any sizes. `histories`: per item,
+        the earlier (user, assistant) turns of its conversation (default none)."""
         n = len(user_texts)
         if len(images) != n:
             raise ValueError(f"{len(images)} images for {n} prompts")
@@ -149,34 +145,65 @@ class Predictor:
         if self._options().get("ocr_hint"):
             # RC's question stops before the OCR line; this option lets the line reach the encoder.
             questions = [" ".join(filter(None, [q, ocr_hint(u)])) for q, u in zip(questions, user_texts)]
-        prompts = [self.build_prompt(u, h) for u, h in zip(user_texts, histories or [()] * len(user_texts))]
+        prompts = [self.build_prompt(u, h) for u, h in zip(user_texts, histories or [()] * n)]
         t0 = time.perf_counter()
         pixels = paddle.to_tensor(self.processor([load_image(im) for im in images]))
         input_ids, mask = self.encode_prompts(prompts)
         text_embeds, has_text = self.text_embeddings(questions, prompts)
-        t_text = time.perf_counter() - t0
-        out = self.model.generate(input_ids, pixels, mask, text_embeds, has_text,
-                                  max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                  eos_token_id=self.tok.llm.eos_token_id, seed=seed)
-        self.last_visual = out.visual
-        timings = {"preprocess": t_text, "vision": out.timings["vision"], "prefill": out.timings["prefill"],
-                   "decode": out.timings["decode"], "new_tokens": out.timings["new_tokens"], "batch_size": n}
+        t1 = time.perf_counter()
+        with paddle.no_grad():
+            visual = self.model.encode_images(pixels, text_embeds, has_text)
+            _ = visual.embeds.numpy()  # finish the (asynchronous) vision work inside its own timing
+        t2 = time.perf_counter()
+        return Encoded(prompts, questions, input_ids, mask, visual, self.method, self.model.compression.budget,
+                       {"preprocess": t1 - t0, "vision": t2 - t1})
+
+    def start(self, encoded: "Encoded", rows: Optional[Sequence[int]] = None, keys=None) -> DecodeBatch:
+        """Splice and prefill (some rows of) an encoded batch: a DecodeBatch ready to sample from."""
+        input_ids, mask, visual = encoded.input_ids, encoded.attention_mask, encoded.visual
+        if rows is not None and list(rows) != list(range(len(encoded))):
+            idx = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
+            input_ids = paddle.index_select(input_ids, idx, axis=0)
+            mask = paddle.index_select(mask, idx, axis=0)
+            visual = VisualTokens(paddle.index_select(visual.embeds, idx, axis=0),
+                                  visual.lengths[np.asarray(rows, dtype=np.int64)], visual.before)
+        with paddle.no_grad():
+            embeds, mask, pos = self.model.splice(input_ids, mask, visual)
+            return DecodeBatch.prefill(self.model.prefill, self.model.decode, embeds, mask, pos, keys)
+
+    # ---- answering ---------------------------------------------------------------------------
+    def answer_batch(self, images: Sequence, user_texts: Sequence[str],
+                     questions: Optional[Sequence[Optional[str]]] = None, *, max_new_tokens: int = 128,
+                     temperature: float = 0.0, top_p: float = 1.0, seed=0, histories=None) -> list:
+        """One result dict per item, as answer() returns it, computed in one batch.
+
+        Images may differ in size, and each keeps its own number of visual tokens. Greedy answers
+        equal answering one at a time; when sampling, `seed` (one int, or one per item) seeds each
+        item's own generator, so a sample's draws do not depend on the batch either. Finished items
+        leave the batch. `timings` are the batch's (shared by its items). `histories`: per item, the
+        earlier (user, assistant) turns of its conversation (default none).
+        """
+        check_sampling(max_new_tokens, temperature, top_p)
+        enc = self.encode(images, user_texts, questions, histories)
+        check_context(max(enc.prompt_tokens(b) for b in range(len(enc))), max_new_tokens,
+                      self.config.llm.max_position_embeddings)
+        rngs = seed_generators(seed, len(enc))
+        t0 = time.perf_counter()
+        batch = self.start(enc)
+        t1 = time.perf_counter()
+        with paddle.no_grad():
+            tokens = decode_to_end(batch, rngs, max_new_tokens=max_new_tokens,
+                                   eos_token_id=self.tok.llm.eos_token_id,
+                                   pad_token_id=self.config.llm.pad_token_id, temperature=temperature, top_p=top_p)
+        t2 = time.perf_counter()
+        self.last_visual = enc.visual
+        timings = dict(enc.timings, prefill=t1 - t0, decode=t2 - t1, new_tokens=int(tokens.shape[1]),
+                       batch_size=len(enc))
         results = []
-        for b in range(n):
-            ids = until_eos(out.tokens[b], self.tok.llm.eos_token_id)
-            results.append({
-                "text": self.tok.llm.decode(ids).strip(),
-                "prompt": prompts[b],
-                "question": questions[b],
-                "method": self.method,
-                "budget": self.model.compression.budget,
-                "visual_tokens_before": int(out.visual.before),
-                # In-LLM pruning hands the first layers every token; count what the rest keep.
-                "visual_tokens": int(out.visual.kept_in_llm or out.visual.lengths[b]),
-                "stage_counts": _stage_counts(out.visual, b),
-                "new_tokens": len(ids),
-                "timings": timings,
-            })
+        for b in range(len(enc)):
+            ids = until_eos(tokens[b], self.tok.llm.eos_token_id)
+            results.append(dict(enc.item(b), text=self.tok.llm.decode(ids).strip(), new_tokens=len(ids),
+                                timings=timings))
         return results
 
     def chat(self, image, recompress: bool = False):
@@ -190,6 +217,39 @@ class Predictor:
         placeholder; `question` what the text encoder sees (derived from the prompt when None);
         `history` the conversation's earlier (user, assistant) turns."""
         return self.answer_batch([image], [prompt], [question], histories=[history], **kw)[0]
+
+    def picture(self, image, encoded: "Encoded", b: int):
+        """The kept-token drawing of item b over the image the tower saw, or None for method none."""
+        if encoded.visual.result is None:
+            return None
+        from paddle_rc.compression.visualize import draw_kept_tokens
+
+        return draw_kept_tokens(self.processor.model_view(load_image(image)), encoded.visual.result, sample=b)
+
+
+@dataclass
+class Encoded:
+    """A batch after its prompts and images are encoded, before the language model."""
+    prompts: list
+    questions: list
+    input_ids: paddle.Tensor
+    attention_mask: paddle.Tensor
+    visual: VisualTokens
+    method: str
+    budget: Optional[int]
+    timings: dict
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def prompt_tokens(self, b: int) -> int:
+        """Tokens the language model reads for item b: its text (the placeholder replaced) + kept visual."""
+        return int(self.attention_mask[b].sum()) - 1 + int(self.visual.lengths[b])
+
+    def item(self, b: int) -> dict:
+        return {"prompt": self.prompts[b], "question": self.questions[b], "method": self.method,
+                "budget": self.budget, "visual_tokens_before": int(self.visual.before),
+                "visual_tokens": int(self.visual.lengths[b]), "stage_counts": _stage_counts(self.visual, b)}
 
 
 def _pad_rows(rows, width: int, pad: int) -> np.ndarray:

@@ -18,7 +18,7 @@ from paddle_rc.export.runner import DeployedLlava
 from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-ALL_METHODS = available_methods()
+ALL_METHODS = [m for m in available_methods() if m not in exporter.UNTRACEABLE]
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
 VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
@@ -52,7 +52,7 @@ def vision_model():
 
 @pytest.fixture(scope="module")
 def llm_dir(model, tmp_path_factory):
-    """An export of the tiny model's LLM graphs, shared by the generation tests."""
+    """An export of the tiny model's LLM graph, shared by the generation tests."""
     out = str(tmp_path_factory.mktemp("llm"))
     exporter.export_llm(model, out)
     return out
@@ -189,24 +189,25 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
         assert got.visual.result.stats == want.visual.result.stats
 
 
-def test_prefill_and_decode_graphs_match_dynamic_logits_and_cache(model, llm_dir):
+def test_one_llm_graph_does_prefill_and_decode_like_the_dynamic_model(model, llm_dir):
     rng = np.random.default_rng(7)
-    prefill = _predictor(os.path.join(llm_dir, "prefill"))
-    decode = _predictor(os.path.join(llm_dir, "decode"))
+    llm = _predictor(os.path.join(llm_dir, "llm"))
+    assert sorted(os.listdir(llm_dir)) == ["llm.json", "llm.pdiparams"]
     embeds = paddle.to_tensor(rng.standard_normal((3, 9, 64)).astype(np.float32))
     mask = paddle.to_tensor(np.array([[0] * 4 + [1] * 5, [1] * 9, [0, 0] + [1] * 7], np.int64))
     from paddle_rc.models.llama import positions_from_mask
 
     pos = positions_from_mask(mask)
     want = model.prefill(embeds, mask, pos)
-    got = prefill.run([embeds, mask, pos])
+    no_past = paddle.zeros([2, 3, 2, 0, 16])  # [layers, batch, kv heads, 0, head dim]
+    got = llm.run([embeds, mask, pos, no_past, no_past])
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
     ids = paddle.to_tensor(np.array([[5], [7], [9]], np.int64))
     mask2 = paddle.concat([mask, paddle.ones([3, 1], "int64")], axis=1)
     pos2 = pos[:, -1:] + 1
     want = model.decode(ids, mask2, pos2, want[1], want[2])
-    got = decode.run([ids, mask2, pos2, got[1], got[2]])
+    got = llm.run([model.language_model.embed_tokens(ids), mask2, pos2, got[1], got[2]])
     assert got[1].shape == [2, 3, 2, 10, 16]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
@@ -264,12 +265,15 @@ def _tool(name, argv):
 
 def test_export_tool_writes_the_documented_layout(deploy_rc, checkpoint):
     manifest = json.load(open(os.path.join(deploy_rc, "manifest.json")))
-    for name in ("vision", "prefill", "decode"):
+    for name in ("vision", "llm"):
         for ext in (".json", ".pdiparams"):
             assert manifest["files"][name + ext] == os.path.getsize(os.path.join(deploy_rc, name + ext)) > 0
     assert manifest["compression"]["method"] == "rc" and manifest["compression"]["budget"] == 6
     assert [i["name"] for i in manifest["graphs"]["vision"]["inputs"]] == ["pixel_values", "clip_ids", "has_text"]
-    assert manifest["graphs"]["decode"]["outputs"] == ["logits", "k_cache", "v_cache"]
+    assert manifest["graphs"]["llm"]["outputs"] == ["logits", "k_cache", "v_cache"]
+    assert [i["name"] for i in manifest["graphs"]["llm"]["inputs"]] == [
+        "inputs_embeds", "attention_mask", "position_ids", "past_k", "past_v"]
+    assert not any(n.startswith(("prefill.", "decode.")) for n in manifest["files"])
     assert manifest["versions"]["paddle"] == paddle.__version__
     assert "tokenizer/tokenizer.model" in manifest["files"] and "clip_tokenizer/vocab.json" in manifest["files"]
     assert not any(n.endswith(".pdmodel") for n in manifest["files"])  # PIR, not the old IR
@@ -358,8 +362,8 @@ def _scramble_same_size(path):
 DAMAGES = {
     "no manifest (interrupted export)": (lambda d: os.remove(os.path.join(d, "manifest.json")), "manifest.json"),
     "manifest not JSON": (lambda d: open(os.path.join(d, "manifest.json"), "w").write("{oops"), "manifest.json"),
-    "graph program missing": (lambda d: os.remove(os.path.join(d, "decode.json")), "decode.json"),
-    "parameters truncated": (lambda d: _truncate(os.path.join(d, "prefill.pdiparams")), "prefill.pdiparams"),
+    "graph program missing": (lambda d: os.remove(os.path.join(d, "llm.json")), "llm.json"),
+    "parameters truncated": (lambda d: _truncate(os.path.join(d, "llm.pdiparams")), "llm.pdiparams"),
     "program corrupt, same size": (lambda d: _scramble_same_size(os.path.join(d, "vision.json")), "vision"),
     "embedding table missing": (lambda d: os.remove(os.path.join(d, "embed_tokens.npy")), "embed_tokens.npy"),
     "tokenizer missing": (lambda d: shutil.rmtree(os.path.join(d, "clip_tokenizer")), "clip_tokenizer"),
@@ -409,8 +413,8 @@ def test_quantized_checkpoint_exports_and_serves_like_its_dynamic_model(checkpoi
     assert dep["answer"] == dyn["answer"] and dep["stage_counts"] == dyn["stage_counts"]
     # The exported LLM keeps the integer weights (dequantized inside the graph), so it is smaller
     # than the float export of the same model.
-    size = os.path.getsize(os.path.join(out, "prefill.pdiparams"))
-    assert size < 0.7 * os.path.getsize(os.path.join(deploy_rc, "prefill.pdiparams"))
+    size = os.path.getsize(os.path.join(out, "llm.pdiparams"))
+    assert size < 0.7 * os.path.getsize(os.path.join(deploy_rc, "llm.pdiparams"))
 
 
 def test_export_quant_option_equals_quantize_then_export(checkpoint, tmp_path):
@@ -426,5 +430,17 @@ def test_export_quant_option_equals_quantize_then_export(checkpoint, tmp_path):
     b = json.loads(_tool("infer", ["--deploy", one_step] + args))
     assert a["answer"] == b["answer"] and a["stage_counts"] == b["stage_counts"]
     # Same integer weights either way (parameter names, and so file order, differ between exports).
-    for name in ("prefill.pdiparams", "decode.pdiparams"):
+    for name in ("llm.pdiparams",):
         assert os.path.getsize(os.path.join(two_step, name)) == os.path.getsize(os.path.join(one_step, name))
+
+
+def test_llm_weights_are_stored_once_and_the_embedding_table_only_as_npy(model, llm_dir):
+    """One copy of the LLM's weights on disk: llm.pdiparams holds the decoder layers, final norm
+    and lm_head (a few header bytes per tensor on top), not the embedding table, which lives in
+    embed_tokens.npy alone."""
+    lm = model.language_model
+    layer_bytes = sum(int(np.prod(p.shape)) * 4 for n, p in lm.named_parameters() if not n.startswith("embed_tokens"))
+    head_bytes = sum(int(np.prod(p.shape)) * 4 for p in model.lm_head.parameters())
+    embed_bytes = int(np.prod(lm.embed_tokens.weight.shape)) * 4
+    size = os.path.getsize(os.path.join(llm_dir, "llm.pdiparams"))
+    assert layer_bytes + head_bytes <= size < layer_bytes + head_bytes + min(embed_bytes, 64 * 1024)

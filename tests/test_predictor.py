@@ -93,3 +93,34 @@ def test_build_predictor_argument_checks(tmp_path):
         build_predictor(str(tmp_path), str(tmp_path))
     with pytest.raises(UserError, match="not found"):
         build_predictor(str(tmp_path / "nope"))
+
+
+def test_rows_joining_and_leaving_a_running_batch_decode_as_alone(demo):
+    """The server's continuous batching: a sequence that joins mid-way (its cache left-padded to the
+    running batch's length) and one that leaves early give the tokens they give alone."""
+    from paddle_rc.models.generation import sample_next
+
+    demo.set_method("rc")
+    images, questions = _images(), QUESTIONS
+
+    def greedy(batch, steps):
+        out = {k: [] for k in batch.keys}
+        for _ in range(steps):
+            nxt = sample_next(batch.logits, 0.0, 1.0, None)
+            for k, t in zip(batch.keys, nxt):
+                out[k].append(int(t))
+            batch.step(nxt)
+        return out
+
+    alone = {}
+    for i in range(4):
+        alone.update({i: greedy(demo.start(demo.encode([images[i]], [questions[i]]), keys=[i]), 8)[i]})
+    first = demo.start(demo.encode(images[:2], questions[:2]), keys=[0, 1])
+    got = greedy(first, 3)
+    first.join(demo.start(demo.encode(images[2:], questions[2:]), keys=[2, 3]))  # longer and shorter prompts
+    first.keep([3, 1, 2])  # row 0 leaves; order changes
+    more = greedy(first, 5)
+    for k in (1, 2, 3):
+        seq = got.get(k, []) + more[k]
+        assert seq == alone[k][:len(seq)], k
+    assert got[0] == alone[0][:3]

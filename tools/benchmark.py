@@ -4,8 +4,10 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--fastv-kept 58] [--bits 32,8,4]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
+    python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
     python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
+    python tools/benchmark.py serve [--concurrency 1,4,16] [--requests 32]   # tools/serve.py under load
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
 """
 import argparse
@@ -35,8 +37,10 @@ def build_parser():
     _add_compute_parser(sub)
     _add_quant_parser(sub)
     _add_deploy_parser(sub)
+    _add_seven_b_parser(sub)
     _add_versus_parser(sub)
     _add_evalbatch_parser(sub)
+    _add_serve_parser(sub)
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
@@ -141,6 +145,48 @@ def _add_deploy_parser(sub):
     d.add_argument("--json", metavar="PATH", help="also write the results as JSON")
 
 
+def _add_seven_b_parser(sub):
+    s = sub.add_parser("seven-b", help="LLaVA-1.5-7B's real shapes (random weights): write, quantize, time "
+                                       "tools/infer.py for none/rc at int8/int4, peak RSS; needs ~12 GB RAM, "
+                                       "~30 GB disk")
+    s.add_argument("--quant", default="int8,int4-g128", help="quantization presets, comma-separated")
+    s.add_argument("--methods", default="none,rc")
+    s.add_argument("--max-new-tokens", type=int, default=4)
+    s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
+    s.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    s.add_argument("--deploy", action="store_true",
+                   help="also export each quantized checkpoint (rc) and time tools/infer.py --deploy")
+    s.add_argument("--churn", type=int, metavar="LAYERS",
+                   help="instead: decode cost after a none vs an rc prefill, page faults and system time, "
+                        "portable path vs the operator, on LAYERS int8 layers at 7B width")
+    s.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+
+
+def _run_seven_b(args):
+    from paddle_rc.benchmark.seven_b import (format_churn_table, format_seven_b_table, measure_decode_churn,
+                                             run_seven_b)
+    from paddle_rc.errors import UserError
+    from paddle_rc.quant import QuantConfig
+
+    if args.churn is not None:
+        if args.churn < 1:
+            raise UserError("--churn needs at least 1 layer")
+        rows = measure_decode_churn(args.churn)
+        print(format_churn_table(rows))
+        _write_json(args.json, rows)
+        return
+    presets = tuple(p.strip() for p in args.quant.split(",") if p.strip())
+    for p in presets:
+        QuantConfig.preset(p)  # unknown presets: one error line before 14 GB are written
+    if args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (one prefill token, then decode steps)")
+    result = run_seven_b(args.workdir, presets, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
+                         args.max_new_tokens, args.threads, args.keep,
+                         progress=lambda m: print(m, file=sys.stderr, flush=True), deploy=args.deploy)
+    print(format_seven_b_table(result))
+    _write_json(args.json, result)
+
+
 def _check_vision_args(args):
     """Refuse bad settings before minutes of work, not after."""
     from paddle_rc.compression import available_methods, check_compression
@@ -181,6 +227,41 @@ def _add_evalbatch_parser(sub):
     e.add_argument("--budget", type=int)
     e.add_argument("--backends", default="dynamic,deploy")
     e.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _add_serve_parser(sub):
+    s = sub.add_parser("serve", help="tools/serve.py: throughput and p50/p95 latency at 1/4/16 clients, "
+                                     "batching on/off, dynamic model and its export")
+    s.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    s.add_argument("--deploy", help="its export (default: exported to a temporary folder with --method/--budget)")
+    s.add_argument("--method", default="rc")
+    s.add_argument("--budget", type=int)
+    s.add_argument("--concurrency", type=_int_list, default=(1, 4, 16), help="concurrent clients")
+    s.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    s.add_argument("--max-tokens", type=int, default=32, help="new tokens per request (EOS ignored)")
+    s.add_argument("--max-batch-size", type=int, default=16, help="the servers' batch size when batching is on")
+    s.add_argument("--repeats", type=int, default=1)
+    s.add_argument("--backends", default="dynamic,deploy")
+    s.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+
+
+def _run_serve(args):
+    from paddle_rc.benchmark.serve import format_rows, run_serve_benchmark
+    from paddle_rc.errors import UserError
+
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - {"dynamic", "deploy"}:
+        raise UserError("--backends takes dynamic and/or deploy")
+    if min(args.concurrency or (0,)) < 1 or args.requests < 1 or args.repeats < 1 or args.max_tokens < 1:
+        raise UserError("--concurrency, --requests, --repeats and --max-tokens must be at least 1")
+    for flag, path in (("--model", args.model), ("--deploy", args.deploy)):
+        if path and not os.path.isdir(path):
+            raise UserError(f"{flag}: directory not found: {path}")
+    rows = run_serve_benchmark(args.model, args.deploy, args.method, args.budget, tuple(args.concurrency),
+                               args.requests, args.max_tokens, args.max_batch_size, args.repeats, args.threads,
+                               backends, say=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_rows(rows))
+    _write_json(args.json, rows)
 
 
 def _run_evalbatch(args):
@@ -297,10 +378,14 @@ def main(argv=None) -> int:
         _run_quant(args)
     elif args.mode == "deploy":
         _run_deploy(args)
+    elif args.mode == "seven-b":
+        _run_seven_b(args)
     elif args.mode == "versus":
         _run_versus(args)
     elif args.mode == "evalbatch":
         _run_evalbatch(args)
+    elif args.mode == "serve":
+        _run_serve(args)
     elif args.mode == "coverage":
         from paddle_rc.benchmark.coverage import format_coverage_table, run_coverage
         from paddle_rc.predictor import build_predictor

@@ -105,41 +105,35 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
             x = paddle.to_tensor(rng.standard_normal((1, seq, cfg.llm.hidden_size)).astype(np.float32) * 0.02)
             mask = paddle.ones([1, seq], dtype="int64")
             pos = positions_from_mask(mask)
-            if model._llm_method() is None:
-                pre_dyn = lambda: model.prefill(x, mask, pos)  # noqa: E731
-                pre_exp = lambda: graphs["prefill"](x, mask, pos)  # noqa: E731
-                state0 = [t.numpy() for t in pre_dyn()[1:]]
-                dec_dyn = lambda tok, m, p, st: model.decode(tok, m, p, *st)  # noqa: E731
-                dec_exp = lambda tok, m, p, st: graphs["decode"](tok, m, p, *st)  # noqa: E731
-            else:
-                # In-LLM pruning (FastV): the image block after the first half of the text.
-                n = cfg.vision.num_patches
-                vmask = np.zeros((1, seq), dtype=bool)
-                vmask[0, prompt_len // 2:prompt_len // 2 + n] = True
-                vmask = paddle.to_tensor(vmask)
-                pre_dyn = lambda: model.prefill_pruned(x, mask, pos, vmask)  # noqa: E731
-                pre_exp = lambda: graphs["prefill"](x, mask, pos, vmask)  # noqa: E731
-                state0 = [t.numpy() for t in pre_dyn()[1:]]      # k/v early, k/v late, keep_index
-                dec_dyn = lambda tok, m, p, st: model.decode_pruned(tok, m, p, *st)  # noqa: E731
-                dec_exp = lambda tok, m, p, st: graphs["decode"](tok, m, p, *st)  # noqa: E731
+            _, k0, v0 = model.prefill(x, mask, pos)
+            k0, v0 = k0.numpy(), v0.numpy()
 
             def decode_loop(step_fn):
                 def run():
-                    st = [paddle.to_tensor(a) for a in state0]
+                    k, v = paddle.to_tensor(k0), paddle.to_tensor(v0)
                     m, p = mask, pos[:, -1:]
                     tok = paddle.to_tensor(np.array([[5]], np.int64))
                     for _ in range(decode_steps):
                         m = paddle.concat([m, paddle.ones([1, 1], "int64")], axis=1)
                         p = p + 1
-                        out = step_fn(tok, m, p, st)
-                        out[0].numpy()
-                        st = list(out[1:]) + st[len(out) - 1:]   # keep_index passes through
+                        logits, k, v = step_fn(tok, m, p, k, v)
+                        logits.numpy()
                 return run
+
+            # As the runner calls the LLM graph (DeployedLlava.prefill / decode): a masked-out past
+            # slot for the prefill, the host-side embedding for decode.
+            llm = cfg.llm
+            slot = paddle.zeros([llm.num_hidden_layers, 1, llm.num_key_value_heads, 1, llm.head_dim])
+            slot_mask = paddle.concat([paddle.zeros([1, 1], "int64"), mask], axis=1)
+
+            def exp_decode(tok, m, p, k, v):
+                return graphs["llm"](model.language_model.embed_tokens(tok), m, p, k, v)
 
             cases = {
                 "vision": (dyn_vision, exp_vision),
-                "prefill": (lambda: pre_dyn()[0].numpy(), lambda: pre_exp()[0].numpy()),
-                "decode": (decode_loop(dec_dyn), decode_loop(dec_exp)),
+                "prefill": (lambda: model.prefill(x, mask, pos)[0].numpy(),
+                            lambda: graphs["llm"](x, slot_mask, pos, slot, slot)[0].numpy()),
+                "decode": (decode_loop(model.decode), decode_loop(exp_decode)),
             }
             times = {name: ([], []) for name in cases}
             for name, (dyn, exp) in cases.items():
@@ -160,12 +154,7 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
         dm, em = _median_ms(d) / per, _median_ms(e) / per
         rows.append({"stage": name + (" (per token)" if name == "decode" else ""), "dynamic_ms": round(dm, 3),
                      "exported_ms": round(em, 3), "ratio_exported_over_dynamic": round(em / dm, 3)})
-    kept = int(lengths[0])
-    if model._llm_method() is not None:  # counted after the pruning layer
-        from paddle_rc.compression.methods.fastv import kept_count
-
-        kept = kept_count(kept, budget, model._llm_method()[1])
-    return {"preset": preset, "method": method, "budget": budget, "visual_tokens": kept,
+    return {"preset": preset, "method": method, "budget": budget, "visual_tokens": int(lengths[0]),
             "n_patches": cfg.vision.num_patches, "prefill_len": seq, "decode_steps": decode_steps,
             "repeats": repeats, "threads": threads, "onednn": onednn, "export_seconds": round(export_s, 2),
             "paddle": paddle.__version__, "rows": rows}

@@ -101,7 +101,11 @@ from paddle_rc.models import LlavaForConditionalGeneration
 gc.collect()
 base = status("VmRSS")
 model = LlavaForConditionalGeneration.from_pretrained(sys.argv[1])
+# paddle_rc keeps freed heap memory resident (runtime.keep_freed_memory): hand the loader's freed
+# temporaries back first, so that the figure is the model's steady-state footprint.
+from paddle_rc.runtime import release_freed_memory
 gc.collect()
+release_freed_memory()
 loaded = status("VmRSS")
 peak_load = status("VmHWM")
 with paddle.no_grad():

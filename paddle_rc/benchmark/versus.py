@@ -254,22 +254,25 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
             model = _llava(None, None, dict(llama, layers=export_layers))
             with tempfile.TemporaryDirectory(prefix="paddle_rc_versus_") as out:
                 exporter.export_llm(model, out)
-                pre_specs, dec_specs = exporter._llm_inputs(model.config)
                 opts = RunnerOptions(threads=threads)
-                names = exporter.output_names("none")
-                prefill_g = Graph(out, "prefill", {"inputs": exporter._spec_json(pre_specs),
-                                                   "outputs": names["prefill"]}, opts)
-                decode_g = Graph(out, "decode", {"inputs": exporter._spec_json(dec_specs),
-                                                 "outputs": names["decode"]}, opts)
+                llm_g = Graph(out, "llm", {"inputs": exporter._spec_json(exporter._llm_inputs(model.config)),
+                                           "outputs": exporter.output_names("none")["llm"]}, opts)
+                # As the deployed runner calls the one LLM graph: the prefill with a masked-out past
+                # slot, decode with the new token embedded on the host.
+                lc = model.config.llm
+                slot = paddle.zeros([lc.num_hidden_layers, x.shape[0], lc.num_key_value_heads, 1, lc.head_dim])
+                slot_mask = paddle.concat([paddle.zeros([x.shape[0], 1], "int64"), mask], axis=1)
+                embed = model.language_model.embed_tokens
                 with paddle.no_grad():
                     _, k0, v0 = model.prefill(x, mask, pos)
                     cases = {"dynamic prefill": lambda: model.prefill(x, mask, pos)[0].numpy(),
-                             "exported prefill": lambda: prefill_g(x, mask, pos)[0].numpy(),
+                             "exported prefill": lambda: llm_g(x, slot_mask, pos, slot, slot)[0].numpy(),
                              "dynamic decode, per token": decode_loop(model.decode),
-                             "exported decode, per token": decode_loop(lambda *a: decode_g(*a))}
+                             "exported decode, per token": decode_loop(
+                                 lambda ids, m, p, k, v: llm_g(embed(ids), m, p, k, v))}
                     per = {"dynamic decode, per token": decode_steps, "exported decode, per token": decode_steps}
                     runner.run("export", cases, {}, per)
-                del prefill_g, decode_g
+                del llm_g
             del model
     finally:
         if worker:

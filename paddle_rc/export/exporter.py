@@ -2,14 +2,16 @@
 
     out/
       vision.json, vision.pdiparams     pixels (+ question CLIP ids, has_text) -> image embeds, lengths[, indices]
-      prefill.json, prefill.pdiparams   inputs_embeds, attention_mask, position_ids -> last logits, k, v
-      decode.json, decode.pdiparams     input_ids [B,1], attention_mask, position_ids, past_k, past_v -> logits, k, v
-      embed_tokens.npy                  the LLM token-embedding table, for the host-side splice
+      llm.json, llm.pdiparams           inputs_embeds, attention_mask, position_ids, past_k, past_v -> last logits, k, v
+                                        (prefill: a past of length 0; decode: one new token's embedding)
+      embed_tokens.npy                  the LLM token-embedding table, for the splice and decode's new token
       config.json, tokenizer/, clip_tokenizer/
       manifest.json                     what was exported, with which options, and every file's size
 
-The embedding table is a .npy rather than a fourth graph: the splice is host-side index logic
-anyway, and a row gather from a memory-mapped array costs nothing next to a predictor call.
+Prefill and decode are one program so that the LLM's weights exist once on disk and in memory
+(a 7B model does not fit twice); the embedding table is a .npy rather than part of it: the splice is
+host-side index logic anyway, and a row gather from a memory-mapped array costs nothing next to a
+predictor call.
 manifest.json is written last, so a directory without it is an interrupted export.
 """
 from __future__ import annotations
@@ -32,14 +34,15 @@ from paddle.static import InputSpec
 from paddle_rc.errors import UserError
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMAT = 2  # 1: separate prefill and decode graphs
 EMBED_FILE = "embed_tokens.npy"
-GRAPHS = ("vision", "prefill", "decode")
+GRAPHS = ("vision", "llm")
 
 # Why a method may not be exportable; checked before tracing so the user gets a sentence, not a trace.
 # Every registered method's core is written to trace (no host round trip, static counts); this
 # table stays for methods added later that are not.
-UNTRACEABLE: dict = {}
+UNTRACEABLE: dict = {"fastv": "its pruning lives in the LLM graph, whose single-program export does not "
+                               "carry FastV's split cache yet; run it with --model"}
 
 
 def _vision_inputs(config, method: str) -> list:
@@ -55,40 +58,21 @@ def _vision_inputs(config, method: str) -> list:
     return specs
 
 
-def _llm_inputs(config, pruned_layer=None) -> tuple:
-    """Input specs of the prefill and decode graphs; with in-LLM pruning after `pruned_layer` the
-    prefill also takes the visual positions and the cache is split (first layers / the rest)."""
+def _llm_inputs(config) -> list:
     llm = config.llm
-    prefill = [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
-               InputSpec([None, None], "int64", "attention_mask"),
-               InputSpec([None, None], "int64", "position_ids")]
-    decode = [InputSpec([None, 1], "int64", "input_ids"),
-              InputSpec([None, None], "int64", "attention_mask"),
-              InputSpec([None, 1], "int64", "position_ids")]
-    if pruned_layer is None:
-        cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
-        decode += [InputSpec(cache, "float32", "past_k"), InputSpec(cache, "float32", "past_v")]
-        return prefill, decode
-    prefill.append(InputSpec([None, None], "bool", "visual_mask"))
-    early = [pruned_layer, None, llm.num_key_value_heads, None, llm.head_dim]
-    late = [llm.num_hidden_layers - pruned_layer, None, llm.num_key_value_heads, None, llm.head_dim]
-    decode += [InputSpec(early, "float32", "k_early"), InputSpec(early, "float32", "v_early"),
-               InputSpec(late, "float32", "k_late"), InputSpec(late, "float32", "v_late"),
-               InputSpec([None, None], "int64", "keep_index")]
-    return prefill, decode
+    cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
+    return [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
+            InputSpec([None, None], "int64", "attention_mask"),
+            InputSpec([None, None], "int64", "position_ids"),
+            InputSpec(cache, "float32", "past_k"),
+            InputSpec(cache, "float32", "past_v")]
 
 
 def output_names(method: str) -> dict:
-    from paddle_rc.compression.registry import get_method
     from paddle_rc.export.graphs import INDEX_OUTPUTS
 
-    if get_method(method).stage == "llm":
-        cache = ["k_early", "v_early", "k_late", "v_late"]
-        return {"vision": ["image_embeds", "lengths"], "prefill": ["logits"] + cache + ["keep_index"],
-                "decode": ["logits"] + cache}
     vision = ["image_embeds", "lengths"] + ([] if method == "none" else list(INDEX_OUTPUTS))
-    return {"vision": vision, "prefill": ["logits", "k_cache", "v_cache"],
-            "decode": ["logits", "k_cache", "v_cache"]}
+    return {"vision": vision, "llm": ["logits", "k_cache", "v_cache"]}
 
 
 def _spec_json(specs) -> list:
@@ -200,24 +184,14 @@ def export_vision(model, out_dir: str, method: str, budget=None, options=None, n
     return specs
 
 
-def _pruned_layer(model):
-    pruning = model._llm_method()
-    return None if pruning is None else pruning[2]
-
-
 def export_llm(model, out_dir: str) -> None:
-    """Prefill and decode graphs; for an in-LLM pruning method (FastV) the pruning is inside them."""
-    from paddle_rc.export.graphs import DecodeGraph, PrefillGraph, PrunedDecodeGraph, PrunedPrefillGraph
+    from paddle_rc.export.graphs import LLMGraph
 
-    layer = _pruned_layer(model)
-    prefill_specs, decode_specs = _llm_inputs(model.config, layer)
-    pre, dec = (PrefillGraph, DecodeGraph) if layer is None else (PrunedPrefillGraph, PrunedDecodeGraph)
-    _save_graph(pre(model), prefill_specs, os.path.join(out_dir, "prefill"))
-    _save_graph(dec(model), decode_specs, os.path.join(out_dir, "decode"))
+    _save_graph(LLMGraph(model), _llm_inputs(model.config), os.path.join(out_dir, "llm"))
 
 
 def export_loaded_model(model, out_dir: str, method: str, budget, options: dict, say=None) -> dict:
-    """Trace and save the three graphs, the embedding table and the config of an in-memory model.
+    """Trace and save the two graphs (vision, LLM), the embedding table and the config of an in-memory model.
 
     The caller adds tokenizers and then calls finish_manifest (split so tests can export a model
     built in memory without writing a checkpoint first).
@@ -230,11 +204,11 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
     n_patches = config.vision.num_patches
     budget_used = None if budget is None else min(int(budget), n_patches)
     vision_specs = _vision_inputs(config, method)
-    prefill_specs, decode_specs = _llm_inputs(config, _pruned_layer(model))
+    llm_specs = _llm_inputs(config)
 
     say(f"exporting vision graph (method {method}{'' if budget is None else f', budget {budget}'})")
     export_vision(model, out_dir, method, budget, options)
-    say("exporting LLM prefill and decode graphs")
+    say("exporting the LLM graph (prefill and decode)")
     export_llm(model, out_dir)
     table = model.language_model.embed_tokens.weight.numpy().astype(np.float32)
     np.save(os.path.join(out_dir, EMBED_FILE), table)
@@ -256,14 +230,30 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
         "graphs": {
             "vision": {"inputs": _spec_json(vision_specs), "outputs": names["vision"],
                        "notes": "image_embeds [B,Tmax,H] zero-padded after each sample's lengths[b] tokens"},
-            "prefill": {"inputs": _spec_json(prefill_specs), "outputs": names["prefill"],
-                        "notes": "logits [B,V] at the last position; caches [layers,B,kv_heads,S,head_dim]"},
-            "decode": {"inputs": _spec_json(decode_specs), "outputs": names["decode"],
-                       "notes": "attention_mask covers past + the new token; caches grow by one"},
+            "llm": {"inputs": _spec_json(llm_specs), "outputs": names["llm"],
+                    "notes": "logits [B,V] at the last position; caches [layers,B,kv_heads,P+S,head_dim]; "
+                             "attention_mask covers past + new tokens; prefill passes a past of length 0"},
         },
         "embed_tokens": {"file": EMBED_FILE, "shape": list(table.shape), "dtype": "float32"},
         "untraceable_methods": dict(UNTRACEABLE),
+        # The C++ weight-only matmul of quantized layers (paddle_rc.quant.kernel), when it was
+        # available at export time; the runner builds/loads it before creating the predictors.
+        "custom_ops": custom_ops_used(out_dir),
     }
+
+
+def custom_ops_used(out_dir: str) -> list:
+    """Custom operators the saved programs call (the predictor must have them registered)."""
+    from paddle_rc.quant.kernel import OP_NAME
+
+    used = []
+    for name in GRAPHS:
+        path = os.path.join(out_dir, name + ".json")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                if OP_NAME in f.read() and OP_NAME not in used:
+                    used.append(OP_NAME)
+    return used
 
 
 def finish_manifest(out_dir: str, manifest: dict) -> dict:

@@ -10,7 +10,6 @@ import paddle
 import paddle.nn as nn
 
 from paddle_rc.compression.registry import P_FEATURE, P_NEXT, get_method
-from paddle_rc.models.llm_pruning import pruned_decode, pruned_prefill
 from paddle_rc.models.llava import (LlavaForConditionalGeneration, compression_inputs, question_features,
                                     run_vision_tower)
 
@@ -44,8 +43,8 @@ class VisionGraph(nn.Layer):
             self.text_tower = model.text_tower
             self.text_projection = model.text_projection
 
-    # The model's own steps (module-level functions of paddle_rc.models.llava) run on this wrapper:
-    # they only need the sub-layers held above.
+    # The model's own steps (module-level functions of paddle_rc.models.llava, which to_static can
+    # convert) run on this wrapper: they only need the sub-layers held above.
 
     def _compress(self, pixel_values, clip_ids=None, has_text=None):
         from paddle_rc.compression import compress_tensors
@@ -84,38 +83,7 @@ class _LLMGraph(nn.Layer):
         self.lm_head = model.lm_head
 
 
-class PrefillGraph(_LLMGraph):
-    forward = LlavaForConditionalGeneration.prefill
-
-
-class DecodeGraph(_LLMGraph):
-    forward = LlavaForConditionalGeneration.decode
-
-
-class _PrunedLLMGraph(_LLMGraph):
-    """The LLM steps of an in-LLM pruning method (FastV): the same llm_pruning functions the dynamic
-    model runs, with the method's layer, budget and options fixed at export."""
-
-    def __init__(self, model):
-        super().__init__(model)
-        spec, opts, layer = model._llm_method()
-        n = model.config.vision.num_patches
-        budget = model.compression.budget
-        self.layer = layer
-        self._select = lambda scores, visual: spec.fn(scores, visual, n, budget, opts)
-
-
-class PrunedPrefillGraph(_PrunedLLMGraph):
-    def forward(self, inputs_embeds, attention_mask, position_ids, visual_mask):
-        hidden, ke, ve, kl, vl, keep = pruned_prefill(self.language_model, inputs_embeds, attention_mask,
-                                                      position_ids, lambda s: self._select(s, visual_mask),
-                                                      self.layer)
-        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl, keep
-
-
-class PrunedDecodeGraph(_PrunedLLMGraph):
-    def forward(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late, keep_index):
-        embeds = self.language_model.embed_tokens(input_ids)
-        hidden, ke, ve, kl, vl = pruned_decode(self.language_model, embeds, attention_mask, position_ids,
-                                               k_early, v_early, k_late, v_late, keep_index)
-        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl
+class LLMGraph(_LLMGraph):
+    """Prefill and decode in one program (a prefill is a step with an empty past), so the LLM's
+    weights are stored and loaded once; token embeddings come from the host-side table."""
+    forward = LlavaForConditionalGeneration.step

@@ -3,7 +3,7 @@
 The deployed model offers the dynamic model's interface to paddle_rc.pipeline.Predictor
 (config, compression, set_compression, question_features, generate), so
 prompt building, tokenization, splicing and the sampling loop are the very same code; only the
-three networks are Paddle Inference predictors instead of Layers. paddle_rc.predictor.build_predictor
+two networks (vision, LLM) are Paddle Inference predictors instead of Layers. paddle_rc.predictor.build_predictor
 puts a Predictor on top; this module does not know about it.
 """
 from __future__ import annotations
@@ -79,6 +79,21 @@ def read_manifest(directory: str) -> dict:
 
 # ---- predictors -----------------------------------------------------------------------------------
 
+def require_custom_ops(manifest: dict, directory: str) -> None:
+    """Register the custom operators the programs call (built from paddle_rc's sources if this
+    machine has not built them yet); without them Paddle Inference cannot load the programs."""
+    from paddle_rc.quant import kernel
+
+    for name in manifest.get("custom_ops", []):
+        if name != kernel.OP_NAME:
+            raise UserError(f"{directory} needs the custom operator {name!r}, which this version of "
+                            f"paddle_rc does not provide; {FIX}")
+        if kernel.op() is None:
+            raise UserError(f"{directory} was exported with the C++ weight-only matmul, which cannot be "
+                            f"built here ({kernel.status()['reason']}); install a C++ compiler (g++) "
+                            "or export again on this machine (the export then uses the portable path)")
+
+
 def make_config(prefix: str, opts: RunnerOptions):
     cfg = paddle.inference.Config(prefix + ".json", prefix + ".pdiparams")
     if opts.device == "gpu":
@@ -132,6 +147,17 @@ def _first_line(e: Exception) -> str:
 
 # ---- the deployed model ---------------------------------------------------------------------------
 
+class HostEmbedding:
+    """What splice() and decode use of nn.Embedding (calling it on ids), over the exported table."""
+
+    def __init__(self, table: np.ndarray):
+        self.table = table
+
+    def __call__(self, ids):
+        index = ids.numpy() if isinstance(ids, paddle.Tensor) else np.asarray(ids)
+        return paddle.to_tensor(np.ascontiguousarray(self.table[index.astype(np.int64)]))
+
+
 class ClipIds:
     """What the deployed model's question_features returns: the exported vision graph embeds the
     question itself, so the "text embedding" handed to generate() is the CLIP token ids."""
@@ -147,7 +173,7 @@ def _model_class():
 
 
 class DeployedLlava:
-    """The dynamic model's interface over three Paddle Inference predictors."""
+    """The dynamic model's interface over two Paddle Inference predictors (vision, LLM)."""
 
     def __init__(self, directory: str, opts: Optional[RunnerOptions] = None):
         from paddle_rc.models.config import LlavaConfig
@@ -159,24 +185,24 @@ class DeployedLlava:
         self.config = LlavaConfig.load(directory)
         comp = self.manifest["compression"]
         self.compression = CompressionSpec(comp["method"], comp["budget"], dict(comp["options"]))
+        require_custom_ops(self.manifest, directory)
         self.graphs = {g: Graph(directory, g, self.manifest["graphs"][g], self.options) for g in GRAPHS}
-        table = self._load_table()
-        embed = paddle.nn.Embedding(table.shape[0], table.shape[1])
-        embed.weight.set_value(table)
-        # splice() reads self.language_model.embed_tokens: a host-side Embedding over the saved table.
+        # splice() and decode read self.language_model.embed_tokens: rows of the saved table.
         self.language_model = paddle.nn.Layer()
-        self.language_model.embed_tokens = embed
+        self.language_model.embed_tokens = HostEmbedding(self._load_table())
+        llm = self.config.llm
+        self._slot_shape = [llm.num_hidden_layers, 0, llm.num_key_value_heads, 1, llm.head_dim]
 
     def _load_table(self) -> np.ndarray:
         path = os.path.join(self.directory, EMBED_FILE)
         try:
-            table = np.load(path)
+            table = np.load(path, mmap_mode="r")  # pages in the rows used, not 0.5 GB (7B) up front
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path} ({_first_line(e)}); {FIX}") from None
         want = [self.config.llm.vocab_size, self.config.llm.hidden_size]
         if list(table.shape) != want:
             raise UserError(f"{path} has shape {list(table.shape)}, config.json implies {want}; {FIX}")
-        return table.astype(np.float32)
+        return table if table.dtype == np.float32 else table.astype(np.float32)
 
     # ---- what Predictor calls -----------------------------------------------------------------------
     def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
@@ -240,9 +266,15 @@ class DeployedLlava:
         return CompressionResult(list(outs), comp["method"], budget=comp["budget_applied"] if spec.takes_budget else None,
                                  notes=notes, has_text=has_text, text_note=text_note)
 
+    # Prefill and decode run the one LLM program, which always takes a past. The prefill's past is
+    # one masked-out slot (zeros, attention mask 0) rather than an empty one: oneDNN's concat
+    # rejects zero-length inputs. The slot stays at the front of the caches, so every call puts a
+    # 0 in front of the attention mask; a masked key gets weight exactly 0, so outputs are unchanged.
     def prefill(self, inputs_embeds, attention_mask, position_ids):
-        return tuple(self.graphs["prefill"](inputs_embeds.astype("float32"), attention_mask.astype("int64"),
-                                            position_ids.astype("int64")))
+        shape = list(self._slot_shape)
+        shape[1] = int(inputs_embeds.shape[0])
+        slot = paddle.zeros(shape, dtype="float32")
+        return self._step(inputs_embeds, attention_mask, position_ids, slot, slot)
 
     def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
         return tuple(self.graphs["prefill"](inputs_embeds.astype("float32"), attention_mask.astype("int64"),
@@ -255,8 +287,13 @@ class DeployedLlava:
                                            keep_index))
 
     def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
-        return tuple(self.graphs["decode"](input_ids.astype("int64"), attention_mask.astype("int64"),
-                                           position_ids.astype("int64"), past_k, past_v))
+        return self._step(self.language_model.embed_tokens(input_ids), attention_mask, position_ids, past_k, past_v)
+
+    def _step(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):
+        mask = attention_mask.astype("int64")
+        mask = paddle.concat([paddle.zeros([mask.shape[0], 1], dtype="int64"), mask], axis=1)
+        return tuple(self.graphs["llm"](inputs_embeds.astype("float32"), mask, position_ids.astype("int64"),
+                                        past_k, past_v))
 
 
 # The dynamic model's host-side code, shared rather than copied: both only touch attributes the

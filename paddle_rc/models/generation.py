@@ -53,36 +53,114 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rngs) -> n
     return out
 
 
+class DecodeBatch:
+    """Sequences decoded together, one row each. Rows join after their own prefill (`join`) and
+    leave when they finish (`keep`), so no step computes for a finished sequence and a new sequence
+    need not wait for the others to end. Rows are independent: a row's logits do not depend on which
+    other rows share its batch (left padding is masked out)."""
+
+    def __init__(self, decode: Callable, logits: np.ndarray, k, v, mask, pos, keys):
+        self.decode_fn = decode
+        self.logits = logits  # [B, V] host copy: the next token of each row is sampled from it
+        self.k, self.v = k, v  # [L, B, kvH, T, d]
+        self.mask = mask  # int64 [B, T], 0 on left padding
+        self.pos = pos  # int64 [B, 1], position of each row's last token
+        self.keys = list(keys)  # the caller's name for each row
+
+    @classmethod
+    def prefill(cls, prefill: Callable, decode: Callable, inputs_embeds, attention_mask, position_ids,
+                keys=None) -> "DecodeBatch":
+        logits, k, v = prefill(inputs_embeds, attention_mask, position_ids)
+        keys = range(inputs_embeds.shape[0]) if keys is None else keys
+        return cls(decode, _np(logits), k, v, attention_mask.astype("int64"), position_ids[:, -1:], keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def keep(self, rows) -> None:
+        """Keep only these rows (indices into the current order), in this order."""
+        rows = [int(r) for r in rows]
+        if rows == list(range(len(self.keys))):
+            return
+        if not rows:
+            raise ValueError("a DecodeBatch cannot be empty; drop the batch instead")
+        idx = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
+        self.k = paddle.index_select(self.k, idx, axis=1)
+        self.v = paddle.index_select(self.v, idx, axis=1)
+        self.mask = paddle.index_select(self.mask, idx, axis=0)
+        self.pos = paddle.index_select(self.pos, idx, axis=0)
+        self.logits = self.logits[rows]
+        self.keys = [self.keys[r] for r in rows]
+
+    def join(self, other: "DecodeBatch") -> None:
+        """Append other's rows, left-padding the shorter cache (padding is masked, positions are kept)."""
+        t_self, t_other = int(self.mask.shape[1]), int(other.mask.shape[1])
+        width = max(t_self, t_other)
+        parts = [_left_pad_rows(b, width - t) for b, t in ((self, t_self), (other, t_other))]
+        self.k = paddle.concat([p[0] for p in parts], axis=1)
+        self.v = paddle.concat([p[1] for p in parts], axis=1)
+        self.mask = paddle.concat([p[2] for p in parts], axis=0)
+        self.pos = paddle.concat([self.pos, other.pos], axis=0)
+        self.logits = np.concatenate([self.logits, other.logits], axis=0)
+        self.keys += other.keys
+
+    def step(self, tokens: np.ndarray) -> None:
+        """Feed one token per row; afterwards `logits` predict the token after it."""
+        batch = len(self.keys)
+        self.mask = paddle.concat([self.mask, paddle.ones([batch, 1], dtype="int64")], axis=1)
+        self.pos = self.pos + 1
+        ids = paddle.to_tensor(np.asarray(tokens, dtype=np.int64).reshape(batch, 1))
+        logits, self.k, self.v = self.decode_fn(ids, self.mask, self.pos, self.k, self.v)
+        self.logits = _np(logits)
+
+
+def _left_pad_rows(batch: DecodeBatch, extra: int):
+    if extra == 0:
+        return batch.k, batch.v, batch.mask
+    shape = list(batch.k.shape)
+    shape[3] = extra
+    zeros = paddle.zeros(shape, dtype=batch.k.dtype)
+    mask = paddle.zeros([len(batch), extra], dtype="int64")
+    return (paddle.concat([zeros, batch.k], axis=3), paddle.concat([zeros, batch.v], axis=3),
+            paddle.concat([mask, batch.mask], axis=1))
+
+
+def decode_to_end(batch: DecodeBatch, rngs: list, *, max_new_tokens: int, eos_token_id: int,
+                  pad_token_id: int, temperature: float = 0.0, top_p: float = 1.0) -> np.ndarray:
+    """Sample until every row has produced EOS or max_new_tokens; finished rows leave the batch.
+    rngs[key] is row key's generator. -> int64 [B, n] (rows in key order 0..B-1), pad after EOS."""
+    out = {key: [] for key in batch.keys}
+    for step in range(max_new_tokens):
+        nxt = sample_next(batch.logits, temperature, top_p, [rngs[key] for key in batch.keys])
+        live = []
+        for i, (key, tok) in enumerate(zip(batch.keys, nxt)):
+            out[key].append(int(tok))
+            if tok != eos_token_id:
+                live.append(i)
+        if not live or step == max_new_tokens - 1:
+            break
+        batch.keep(live)
+        batch.step(nxt[live])
+    width = max((len(v) for v in out.values()), default=0)
+    tokens = np.full((len(out), width), pad_token_id, dtype=np.int64)
+    for key, ids in out.items():
+        tokens[key, :len(ids)] = ids
+    return tokens
+
+
 def generate_loop(prefill: Callable, decode: Callable, inputs_embeds, attention_mask, position_ids, *,
                   max_new_tokens: int, eos_token_id: int, pad_token_id: int, temperature: float = 0.0,
                   top_p: float = 1.0, seed=0):
     """-> (tokens int64 [B, n] with pad after each sample's EOS, timings dict). `seed`: one int for
     every sample, or one per sample."""
     check_sampling(max_new_tokens, temperature, top_p)
-    batch = inputs_embeds.shape[0]
-    rngs = seed_generators(seed, batch)
+    rngs = seed_generators(seed, inputs_embeds.shape[0])
     t0 = time.perf_counter()
-    logits, k, v = prefill(inputs_embeds, attention_mask, position_ids)
-    logits = _np(logits)
+    batch = DecodeBatch.prefill(prefill, decode, inputs_embeds, attention_mask, position_ids)
     t1 = time.perf_counter()
-    finished = np.zeros(batch, dtype=bool)
-    out = []
-    mask = attention_mask.astype("int64")
-    pos = position_ids[:, -1:]
-    for step in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_p, rngs)
-        nxt = np.where(finished, pad_token_id, nxt)
-        out.append(nxt)
-        finished |= nxt == eos_token_id
-        if finished.all() or step == max_new_tokens - 1:
-            break
-        mask = paddle.concat([mask, paddle.ones([batch, 1], dtype="int64")], axis=1)
-        pos = pos + 1
-        ids = paddle.to_tensor(nxt.reshape(batch, 1).astype(np.int64))
-        logits, k, v = decode(ids, mask, pos, k, v)
-        logits = _np(logits)
+    tokens = decode_to_end(batch, rngs, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
+                           pad_token_id=pad_token_id, temperature=temperature, top_p=top_p)
     t2 = time.perf_counter()
-    tokens = np.stack(out, axis=1) if out else np.zeros((batch, 0), dtype=np.int64)
     return tokens, {"prefill": t1 - t0, "decode": t2 - t1, "new_tokens": int(tokens.shape[1])}
 
 

@@ -304,14 +304,18 @@ class LlavaForConditionalGeneration(nn.Layer):
         hidden, _, _ = self.language_model(embeds, mask, pos)
         return LlavaOutput(self.lm_head(hidden), mask, visual)
 
-    def prefill(self, inputs_embeds, attention_mask, position_ids):
-        hidden, k, v = self.language_model(inputs_embeds, attention_mask, position_ids)
+    def step(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None):
+        """One LLM call over new tokens' embeddings (after `past` cached tokens, none for a
+        prefill): -> (logits at the last position, k cache, v cache). The exported LLM graph is
+        this function, for prefill (empty past) and decode alike."""
+        hidden, k, v = self.language_model(inputs_embeds, attention_mask, position_ids, past_k, past_v)
         return self.lm_head(hidden[:, -1, :]), k, v
 
+    def prefill(self, inputs_embeds, attention_mask, position_ids):
+        return self.step(inputs_embeds, attention_mask, position_ids)
+
     def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
-        embeds = self.language_model.embed_tokens(input_ids)
-        hidden, k, v = self.language_model(embeds, attention_mask, position_ids, past_k, past_v)
-        return self.lm_head(hidden[:, -1, :]), k, v
+        return self.step(self.language_model.embed_tokens(input_ids), attention_mask, position_ids, past_k, past_v)
 
     # ---- in-LLM pruning (registry stage "llm") ----------------------------------------------------
     def _llm_method(self):

@@ -5,6 +5,7 @@ import paddle
 import paddle.nn as nn
 
 from paddle_rc.quant.functional import dequantize_tensor, int4_halves_tensor, num_groups, quantize_weight
+from paddle_rc.quant.kernel import op as kernel_op
 
 
 class WeightOnlyLinear(nn.Layer):
@@ -13,11 +14,12 @@ class WeightOnlyLinear(nn.Layer):
     State-dict keys: ``qweight`` (int8), ``scale`` (float32) and, if the original Linear had one,
     ``bias`` (unchanged). Layout as in paddle_rc.quant.functional.
 
-    CPU (and anything traced by paddle.jit.to_static): the weight is dequantized inside forward
-    with elementwise/bitwise ops and a plain matmul follows (per-channel scales are applied to the
-    output instead, which is cheaper), so the layer exports to a static
-    graph and the stored int8 bytes are what gets loaded. The saving is storage and load
-    bandwidth, not arithmetic: the matmul itself runs in x's float dtype.
+    CPU, float32 input (dynamic mode and graphs traced by paddle.jit.to_static): the C++ operator
+    ``rc_weight_only_matmul`` (paddle_rc.quant.kernel) multiplies with the int8 / packed int4
+    weight directly, never building the float weight. Where that operator cannot be built, the
+    portable path runs instead (and says so once): the weight is dequantized inside forward with
+    elementwise ops and a plain matmul follows (per-channel scales applied to the output), which
+    costs a float copy of the weight on every call.
 
     GPU dygraph (paddle compiled with CUDA, input on a GPU in float16/bfloat16): forward uses
     paddle.nn.quant.weight_only_linear. That kernel wants the CUTLASS-interleaved layout that
@@ -84,7 +86,10 @@ class WeightOnlyLinear(nn.Layer):
                 return self._gpu_forward(x)
             except Exception:  # pragma: no cover - GPU only; keep serving on the portable path
                 self._gpu_failed = True
-        if self.weight_bits == 4 and (self.group_size == -1 or self.group_size % 2 == 0):
+        kernel = self._kernel(x)
+        if kernel is not None:
+            y = kernel(x, self.qweight, self.scale, self.weight_bits, self.group_size)
+        elif self.weight_bits == 4 and (self.group_size == -1 or self.group_size % 2 == 0):
             y = self._int4_matmul(x)
         elif self.group_size == -1:
             # One scale per output column commutes with the matmul: scaling the [.., out] result
@@ -95,6 +100,13 @@ class WeightOnlyLinear(nn.Layer):
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
+
+    def _kernel(self, x):
+        if x.dtype != paddle.float32 or (self.weight_bits == 4 and self.group_size > 0 and self.group_size % 2):
+            return None
+        if not paddle.in_dynamic_mode():  # tracing: the program gets the operator
+            return kernel_op()
+        return kernel_op() if x.place.is_cpu_place() else None
 
     def _int4_matmul(self, x):
         """x @ W without interleaving the nibbles: byte r holds input rows 2r (low) and 2r+1 (high),
