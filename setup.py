@@ -11,8 +11,14 @@ setup(
     version="0.1.0",
     description="LLaVA-1.5 in PaddlePaddle with Recoverable Compression of visual tokens",
     packages=find_packages(include=["paddle_rc", "paddle_rc.*"]),
-    # The weight-only matmul operator is compiled from these on first use (paddle_rc.quant.kernel).
-    package_data={"paddle_rc.quant": ["csrc/*.cc", "csrc/*.h"]},
+    package_data={
+        # The model trained here (paddle_rc/demo.py: synthvqa_checkpoint) ships inside the package.
+        "paddle_rc": ["assets/synthvqa-demo/*.json", "assets/synthvqa-demo/*.md",
+                      "assets/synthvqa-demo/*.safetensors", "assets/synthvqa-demo/tokenizer/*",
+                      "assets/synthvqa-demo/clip_tokenizer/*"],
+        # The weight-only matmul operator is compiled from these on first use (paddle_rc.quant.kernel).
+        "paddle_rc.quant": ["csrc/*.cc", "csrc/*.h"],
+    },
     # 3.10-3.13: the range .ci/check_wheels.py proves installable from wheels (Paddle 3.3.1 has no 3.14 build).
     python_requires=">=3.10,<3.14",
     install_requires=_reqs("requirements.txt"),

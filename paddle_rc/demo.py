@@ -60,6 +60,20 @@ def write_demo_checkpoint(directory: str) -> None:
     save_weights(model, directory)
 
 
+SYNTHVQA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "synthvqa-demo")
+
+
+def synthvqa_checkpoint() -> str:
+    """The model trained here on the synthetic task by tools/train_demo.py (shipped in the package; its
+    MODEL_CARD.md says what it can do: a grounded CLIP side, an LLM that has not learnt to read yet)."""
+    if not os.path.isfile(os.path.join(SYNTHVQA_DIR, "config.json")):
+        from paddle_rc.errors import UserError
+
+        raise UserError(f"the trained synthvqa model is missing from {SYNTHVQA_DIR}; make it with "
+                        f"python tools/train_demo.py --out {SYNTHVQA_DIR}")
+    return SYNTHVQA_DIR
+
+
 def demo_checkpoint() -> str:
     """Path of the demo checkpoint, written on first use (atomically: a folder rename)."""
     final = os.path.join(cache_root(), DEMO_VERSION)

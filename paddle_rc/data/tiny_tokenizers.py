@@ -1,6 +1,6 @@
 """Tiny, deterministic tokenizer files for the built-in demo model and for tests.
 
-Both are trained on the small corpus below, so the same call always writes the same bytes and nothing
+Both are trained on a small corpus (by default the one below; the demo model passes its task's text), so the same call always writes the same bytes and nothing
 has to be downloaded. They are real tokenizers in the real file formats (sentencepiece model; CLIP
 vocab.json + merges.txt), just with small vocabularies.
 """
@@ -51,17 +51,17 @@ def _atomic_write(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def build_tiny_sentencepiece(directory: str, vocab_size: int = 400) -> str:
+def build_tiny_sentencepiece(directory: str, vocab_size: int = 400, corpus: str = CORPUS) -> str:
     """Train a LLaMA-style sentencepiece BPE model (byte fallback, ids unk=0 bos=1 eos=2, no pad piece)
-    on CORPUS and write `directory`/tokenizer.model. Returns its path. vocab_size must be at least ~330
-    (256 byte pieces + 3 specials + every character of CORPUS)."""
+    on `corpus` and write `directory`/tokenizer.model. Returns its path. vocab_size must be at least ~330
+    (256 byte pieces + 3 specials + every character of the corpus)."""
     import sentencepiece as spm
 
     os.makedirs(directory, exist_ok=True)
     spm.set_random_generator_seed(1234)
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS.splitlines()), model_writer=buf, model_type="bpe",
+        sentence_iterator=iter(corpus.splitlines()), model_writer=buf, model_type="bpe",
         vocab_size=vocab_size, byte_fallback=True, character_coverage=1.0, num_threads=1,
         unk_id=0, bos_id=1, eos_id=2, pad_id=-1, normalization_rule_name="identity",
         add_dummy_prefix=True, remove_extra_whitespaces=False, split_digits=True,
@@ -71,10 +71,10 @@ def build_tiny_sentencepiece(directory: str, vocab_size: int = 400) -> str:
     return path
 
 
-def _learn_merges(n_merges: int, taken: set) -> list:
+def _learn_merges(n_merges: int, taken: set, corpus: str) -> list:
     b2u = byte_to_unicode()
     words = collections.Counter()
-    for line in CORPUS.splitlines():
+    for line in corpus.splitlines():
         for piece in split_words(basic_clean(line)):
             sym = "".join(b2u[b] for b in piece.encode("utf-8"))
             words[tuple(sym[:-1]) + (sym[-1] + "</w>",)] += 1
@@ -108,7 +108,7 @@ def _learn_merges(n_merges: int, taken: set) -> list:
     return merges
 
 
-def build_tiny_clip_bpe(directory: str, n_merges: int = 300) -> dict:
+def build_tiny_clip_bpe(directory: str, n_merges: int = 300, corpus: str = CORPUS) -> dict:
     """Write a CLIP-format vocab.json + merges.txt to `directory`. Returns the vocabulary.
 
     The vocabulary is laid out as openai's: the 256 byte symbols, the same with `</w>`, one token per merge,
@@ -117,7 +117,7 @@ def build_tiny_clip_bpe(directory: str, n_merges: int = 300) -> dict:
     # openai's order: printable bytes first, then the remapped ones, i.e. sorted by the mapped character.
     base = sorted(byte_to_unicode().values())
     tokens = base + [s + "</w>" for s in base]
-    merges = _learn_merges(n_merges, set(tokens))
+    merges = _learn_merges(n_merges, set(tokens), corpus)
     tokens += [a + b for a, b in merges]
     tokens += [BOS, EOS]
     vocab = {t: i for i, t in enumerate(tokens)}

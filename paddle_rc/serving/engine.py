@@ -156,6 +156,11 @@ class Engine:
                         break
                     self._cv.wait(left)
             room = self.max_batch_size - self.active
+            if self._batch is not None and self.predictor.kind == "deploy":
+                # Joining a running batch gives wrong answers on the Paddle Inference graphs (seen in
+                # benchmark.py serve, not yet understood): a deployment starts new requests only
+                # between batches; finished sequences still leave.
+                room = 0
             admitted = []
             while self._queue and len(admitted) < room:
                 job = self._queue.popleft()

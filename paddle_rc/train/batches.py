@@ -1,0 +1,178 @@
+"""Training batches from the synthetic task: pixels, per-patch labels, texts and prompts.
+
+Everything here mirrors inference exactly: pixels go through the model's ImageProcessor, prompts
+through the conversation template and `tokenize_with_image`, the text encoder's question through
+`question_for_text_encoder`. A batch is a pure function of (seed, stage, step), so a resumed run
+sees the same data as an uninterrupted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from paddle_rc.data.conversation import get_template, question_for_text_encoder
+from paddle_rc.data.padding import left_pad
+
+# The benchmark's answer-format instruction; half the training prompts carry it, so the model
+# answers the same with or without it.
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+STAGE_SALT = {"clip": 1, "llm": 2, "corpus": 3}
+
+
+def batch_rng(seed: int, stage: str, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, STAGE_SALT[stage], step])
+
+
+def stream_seed(seed: int, stage: str) -> int:
+    # Far from the small seeds benchmarks and tests generate with.
+    return 1_000_003 * (seed + 1) + STAGE_SALT[stage]
+
+
+def draw_items(seed: int, stage: str, step: int, n: int) -> list:
+    """Items step*n .. step*n+n-1 of the stage's stream: fresh scenes, one question each, balanced over
+    question types and answers (the generator's own balancing)."""
+    from paddle_rc.synth import make_item
+
+    s = stream_seed(seed, stage)
+    return [make_item(s, step * n + i) for i in range(n)]
+
+
+@dataclass
+class PatchLabels:
+    """Per patch of the model's grid: which object covers it and that object's attributes."""
+    owner: np.ndarray  # [B, N] object index or -1
+    colour: np.ndarray  # [B, N] class id, 0 = background
+    shape: np.ndarray  # [B, N] class id, 0 = background (signs have their own class)
+    word: np.ndarray  # [B, N] class id, 0 = no word
+    size: np.ndarray  # [B, N] 0 background, 1 small, 2 large
+    centre: np.ndarray  # [B, N] 1 where an object's centre falls
+
+
+def object_patches(bbox, scale: float, grid: int, patch: int) -> list:
+    """Patches whose centre lies inside the (scaled) box, or at least the one holding its centre."""
+    x0, y0, x1, y1 = [v * scale for v in bbox]
+    centres = (np.arange(grid) + 0.5) * patch
+    cols = np.nonzero((centres >= x0) & (centres < x1))[0]
+    rows = np.nonzero((centres >= y0) & (centres < y1))[0]
+    cells = [int(r * grid + c) for r in rows for c in cols]
+    if not cells:
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        cells = [int(min(grid - 1, cy // patch) * grid + min(grid - 1, cx // patch))]
+    return cells
+
+
+def colour_classes() -> list:
+    from paddle_rc.synth import COLOURS
+    from paddle_rc.synth.vocab import SIGN_COLOUR
+
+    return list(COLOURS) + [SIGN_COLOUR]
+
+
+def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
+    from paddle_rc.synth import SHAPES, WORDS
+
+    colours = colour_classes()
+    grid = image_size // patch
+    n = grid * grid
+    shape_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
+    sign_id = len(SHAPES) + 1
+    out = {k: np.zeros((len(items), n), np.int64) for k in ("colour", "shape", "word", "size", "centre")}
+    owner = np.full((len(items), n), -1, np.int64)
+    for b, it in enumerate(items):
+        scale = image_size / it.image.size[0]
+        for j, obj in enumerate(it.objects):
+            cells = object_patches(obj.bbox, scale, grid, patch)
+            owner[b, cells] = j
+            out["colour"][b, cells] = colours.index(obj.colour) + 1
+            out["shape"][b, cells] = sign_id if obj.kind == "sign" else shape_ids[obj.shape]
+            out["word"][b, cells] = (WORDS.index(obj.word) + 1) if obj.word else 0
+            out["size"][b, cells] = 1 if obj.size == "small" else 2
+            x0, y0, x1, y1 = [v * scale for v in obj.bbox]
+            cx, cy = int(min(grid - 1, ((x0 + x1) / 2) // patch)), int(min(grid - 1, ((y0 + y1) / 2) // patch))
+            out["centre"][b, cy * grid + cx] = 1
+    return PatchLabels(owner=owner, **out)
+
+
+def label_sizes() -> dict:
+    from paddle_rc.synth import SHAPES, WORDS
+
+    return {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3, "centre": 2}
+
+
+def user_text(item, rng) -> str:
+    return item.question + (" " + SHORT_ANSWER if rng.random() < 0.5 else "")
+
+
+def text_targets(items, labels: PatchLabels, grid_n: int, rng) -> tuple:
+    """Texts for the patch-text alignment loss and, for each, its image and target patches.
+
+    Every object's phrase targets that object's patches; each question whose answer depends on
+    objects targets those objects' patches (through the same text the text encoder sees at
+    inference). A question with no such object (a negative existence question) adds nothing."""
+    from paddle_rc.synth import phrase
+
+    texts, image_of, targets = [], [], []
+    for b, it in enumerate(items):
+        for j, obj in enumerate(it.objects):
+            cells = np.nonzero(labels.owner[b] == j)[0]
+            if len(cells):
+                texts.append(phrase(obj))
+                image_of.append(b)
+                targets.append(cells)
+        if it.target:
+            cells = np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]
+            if len(cells):
+                texts.append(question_for_text_encoder(user_text(it, rng)))
+                image_of.append(b)
+                targets.append(cells)
+    mask = np.zeros((len(texts), grid_n), np.float32)
+    for i, cells in enumerate(targets):
+        mask[i, cells] = 1.0 / len(cells)
+    return texts, np.asarray(image_of, np.int64), mask
+
+
+def clip_ids(clip_tok, texts, pad_id: int) -> np.ndarray:
+    rows = [clip_tok.encode(t) for t in texts]
+    ids = np.full((len(rows), max(len(r) for r in rows)), pad_id, np.int64)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = r
+    return ids
+
+
+def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng) -> tuple:
+    """Left-padded prompt + answer + EOS ids, the mask, and per row how many trailing tokens are the
+    answer (the loss is taken on those only, as LLaVA masks everything but the assistant's reply)."""
+    template = get_template(conv_mode)
+    rows, answer_len = [], []
+    for it in items:
+        prompt = template.prompt(user_text(it, rng), with_image=True)
+        # The reply is tokenized together with the prompt, as LLaVA tokenizes the whole conversation.
+        head = llm_tok.tokenize_with_image(prompt, image_token_index)
+        full = llm_tok.tokenize_with_image(prompt + " " + it.answer, image_token_index) + [llm_tok.eos_token_id]
+        if full[:len(head)] != head:
+            raise ValueError(f"the reply changed the prompt's tokens: {prompt!r} + {it.answer!r}")
+        rows.append(full)
+        answer_len.append(len(full) - len(head))
+    ids, mask = left_pad(rows, llm_tok.pad_token_id)
+    return ids, mask, np.asarray(answer_len, np.int64)
+
+
+def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
+    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
+    where L' is the length after the image placeholder became N visual tokens (left-padded, so every
+    row ends at L'). Count questions target every counted object; questions with no target object
+    (a negative existence question, a count of zero) get an all-zero row."""
+    n = labels.owner.shape[1]
+    spliced = mask.sum(axis=1) - 1 + n
+    length = int(spliced.max())
+    out = np.zeros((len(items), length), np.float32)
+    for b, it in enumerate(items):
+        if not it.target:
+            continue
+        real = np.nonzero(mask[b])[0]
+        at = int(np.nonzero(ids[b, real] == image_token_index)[0][0])  # tokens before the image
+        start = length - int(spliced[b]) + at
+        cells = np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]
+        out[b, start + cells] = 1.0
+    return out

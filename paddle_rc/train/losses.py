@@ -1,0 +1,87 @@
+"""The demo model's training losses, as pure tensor functions."""
+from __future__ import annotations
+
+import paddle
+import paddle.nn.functional as F
+
+
+def soft_cross_entropy(logits, target):
+    """Mean over rows of -sum(target * log_softmax(logits)); rows of target sum to 1."""
+    return -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
+
+
+def contrastive_loss(image_emb, text_emb, scale, same):
+    """CLIP's symmetric InfoNCE. `same` [B,B] marks pairs whose captions are identical: with a small
+    vocabulary two scenes can share a caption, and such a pair is a positive, not a negative."""
+    img = F.normalize(image_emb, axis=-1)
+    txt = F.normalize(text_emb, axis=-1)
+    logits = scale * paddle.matmul(img, txt, transpose_y=True)
+    target = same / same.sum(axis=1, keepdim=True)
+    return 0.5 * (soft_cross_entropy(logits, target) + soft_cross_entropy(logits.T, target.T))
+
+
+def patch_text_loss(patch_emb, text_emb, image_of, target, scale, phrase_target=None, owned=None):
+    """Patch-level alignment between the projected last-layer patches (RC's P) and text embeddings.
+
+    text -> patch: each text's softmax over its own image's patches should land on its target
+    patches (target [T,N], rows sum to 1): the question's embedding must find the object it names,
+    which is exactly what RC's text recovery asks of P and t.
+    patch -> text (when phrase_target [B*N,T] is given): each owned patch's softmax over the batch's
+    phrases should pick its object's phrase (and its identical copies), so that similarity encodes
+    which object, not only that there is one. `owned` [B*N] bool selects the patches."""
+    p = F.normalize(patch_emb, axis=-1)  # [B,N,D]
+    t = F.normalize(text_emb, axis=-1)  # [T,D]
+    own = paddle.gather(p, image_of)  # [T,N,D]
+    logits = scale * (own * t.unsqueeze(1)).sum(axis=-1)  # [T,N]
+    loss = soft_cross_entropy(logits, target)
+    if phrase_target is not None:
+        flat = p.reshape([-1, p.shape[-1]])
+        sel = paddle.masked_select(paddle.arange(flat.shape[0]), owned)
+        pl = scale * paddle.matmul(paddle.gather(flat, sel), t, transpose_y=True)  # [P,T]
+        loss = loss + soft_cross_entropy(pl, paddle.gather(phrase_target, sel))
+    return loss
+
+
+def patch_label_loss(logits: dict, labels: dict):
+    """Sum over attribute heads of the per-patch cross-entropy."""
+    total = 0.0
+    for name, lg in logits.items():
+        total = total + F.cross_entropy(lg.reshape([-1, lg.shape[-1]]), labels[name].reshape([-1, 1]))
+    return total
+
+
+def answer_loss(logits, tail_ids, answer_len):
+    """Cross-entropy on the reply tokens only. Rows are left-padded, so each row's reply is its last
+    answer_len tokens. logits [B,A,V] are the predictions at the A positions before the last
+    token, tail_ids [B,A] the last A tokens; column k counts when k >= A - answer_len."""
+    width = tail_ids.shape[1]
+    weight = (paddle.arange(width).unsqueeze(0) >= (width - answer_len).unsqueeze(1)).astype("float32")
+    nll = F.cross_entropy(logits, tail_ids.unsqueeze(-1), reduction="none").squeeze(-1)
+    return (nll * weight).sum() / weight.sum()
+
+
+def attention_target_loss(attn_layer, h, cos, sin, bias, query, target):
+    """Grounding: -log of the attention mass (mean over heads) that one query position per row puts on
+    the visual tokens of the objects its question is about. h [B,L,H] is the layer's normed input,
+    query [B] the position that predicts the reply, target [B,L] marks those tokens (all-zero rows,
+    e.g. a negative existence question, are left out). Recomputes q/k as LlamaAttention does."""
+    from paddle_rc.models.llama import rotate_half
+
+    a = attn_layer
+    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
+    if rows.shape[0] == 0:
+        return paddle.zeros([])
+    h, cos, sin, bias, query, target = (paddle.gather(t, rows) for t in (h, cos, sin, bias, query, target))
+    q = a.q_proj(h).reshape([0, 0, a.num_heads, a.head_dim]).transpose([0, 2, 1, 3])
+    k = a.k_proj(h).reshape([0, 0, a.num_kv_heads, a.head_dim]).transpose([0, 2, 1, 3])
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos[:, :a.num_kv_heads] + rotate_half(k) * sin[:, :a.num_kv_heads]
+    if a.num_kv_heads != a.num_heads:
+        k = paddle.repeat_interleave(k, a.num_heads // a.num_kv_heads, axis=1)
+    idx = query.reshape([-1, 1, 1, 1]).expand([-1, a.num_heads, 1, a.head_dim])
+    q1 = paddle.take_along_axis(q, idx, axis=2)  # [B,H,1,d]
+    b1 = paddle.take_along_axis(bias, query.reshape([-1, 1, 1, 1]).expand([-1, a.num_heads, 1, bias.shape[-1]]),
+                                axis=2)
+    probs = F.softmax(paddle.matmul(q1 * (a.head_dim ** -0.5), k, transpose_y=True) + b1, axis=-1)  # [B,H,1,L]
+    mass = (probs.squeeze(2) * target.unsqueeze(1)).sum(axis=-1).mean(axis=1)  # [B]
+    return -paddle.log(mass + 1e-6).mean()

@@ -1,0 +1,136 @@
+"""The demo model's training: the loss falls, an interrupted run resumes to the same result, and the
+shipped model is as accurate as its model card says."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A small, fast version of the recipe: same code paths, tiny widths, 4x4 patches.
+TINY = dict(image_size=56, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
+            text_heads=2, projection_dim=16, llm_width=48, llm_layers=2, llm_heads=2, llm_intermediate=96,
+            llm_vocab=400, clip_merges=120, stage1_batch=6, stage2_batch=6, warmup=1, checkpoint_every=2,
+            eval_items=12)
+
+
+def _recipe(**kw):
+    from paddle_rc.train import Recipe
+
+    return Recipe(**{**TINY, **kw})
+
+
+def test_a_few_steps_lower_both_losses(tmp_path):
+    from paddle_rc.train.trainer import DemoTrainer
+
+    trainer = DemoTrainer(str(tmp_path / "run"), _recipe(stage1_steps=10, stage2_steps=12, stage1_lr=3e-3,
+                                                         stage2_lr=3e-3), show_progress=False)
+    state = trainer.run()
+    for stage in ("clip", "llm"):
+        losses = state["losses"][stage]
+        assert len(losses) == (10 if stage == "clip" else 12)
+        assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, (stage, losses)
+    assert state["stage"] == "done"
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import numpy as np
+
+    from paddle_rc.train.trainer import DemoTrainer
+
+    recipe = _recipe(stage1_steps=4, stage2_steps=4)
+    whole = DemoTrainer(str(tmp_path / "whole"), recipe, show_progress=False)
+    ref = whole.run()
+
+    calls = {"n": 0}
+    real = DemoTrainer._llm_step
+
+    def dies_on_the_third_call(self, data):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, data)
+
+    monkeypatch.setattr(DemoTrainer, "_llm_step", dies_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        DemoTrainer(str(tmp_path / "cut"), recipe, show_progress=False).run()
+    monkeypatch.setattr(DemoTrainer, "_llm_step", real)
+    resumed_trainer = DemoTrainer(str(tmp_path / "cut"), recipe, show_progress=False)
+    resumed = resumed_trainer.run()
+    assert resumed["losses"] == ref["losses"]
+    a, b = whole.model.state_dict(), resumed_trainer.model.state_dict()
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_train_demo_writes_a_checkpoint_the_tools_load(tmp_path):
+    from paddle_rc.predictor import build_predictor
+    from paddle_rc.train import train_demo
+
+    out = tmp_path / "ckpt"
+    log = train_demo(str(out), _recipe(stage1_steps=2, stage2_steps=2))
+    for name in ("config.json", "model.safetensors", "tokenizer/tokenizer.model", "clip_tokenizer/vocab.json",
+                 "MODEL_CARD.md", "train_log.json"):
+        assert (out / name).is_file(), name
+    assert not (out / ".train_state" / "opt.pdopt").exists()  # resume state dropped once finished
+    assert log["heldout"]["questions"] == 12
+    assert "Held-out accuracy" in (out / "MODEL_CARD.md").read_text()
+    predictor = build_predictor(str(out), method="rc")
+    from paddle_rc.demo import demo_image
+
+    assert isinstance(predictor.answer(demo_image(), "What color is the small star?", max_new_tokens=3)["text"], str)
+    # run again: finished, nothing retrained
+    assert train_demo(str(out), _recipe(stage1_steps=2, stage2_steps=2)) == json.loads((out / "train_log.json").read_text())
+
+
+def test_grounding_targets_sit_on_the_asked_objects_visual_tokens(tmp_path):
+    """The positions visual_targets marks hold exactly the spliced visual tokens of the target objects."""
+    import numpy as np
+    import paddle
+
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+    from paddle_rc.data.tiny_tokenizers import build_tiny_sentencepiece
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.llava import VisualTokens
+    from paddle_rc.train import batches as bt
+    from tests.conftest import tiny_llava_config
+
+    build_tiny_sentencepiece(str(tmp_path), vocab_size=400)
+    tok = LlamaTokenizer.from_dir(str(tmp_path))
+    items = bt.draw_items(3, "llm", 0, 6)
+    ids, mask, _ = bt.answer_sequences(items, tok, "vicuna_v1", -200, np.random.default_rng(0))
+    labels = bt.patch_labels(items, 112, 14)
+    target = bt.visual_targets(items, labels, ids, mask, -200)
+    n = labels.owner.shape[1]
+    # stand-in visual tokens: token j of image b carries the value 1000*b + j in every channel
+    marks = np.arange(len(items))[:, None] * 1000 + np.arange(n)[None, :]
+    model = LlavaForConditionalGeneration(tiny_llava_config(vocab=tok.vocab_size))
+    width = model.config.llm.hidden_size
+    emb = paddle.to_tensor(np.repeat(marks[:, :, None], width, axis=2).astype("float32"))
+    embeds, _, _ = model.splice(paddle.to_tensor(ids), paddle.to_tensor(mask),
+                                VisualTokens(emb, np.full(len(items), n), n))
+    assert target.shape[1] == embeds.shape[1]
+    for b, it in enumerate(items):
+        got = sorted(int(v) - 1000 * b for v in embeds.numpy()[b, target[b] > 0, 0])
+        want = np.nonzero(np.isin(labels.owner[b], it.target))[0].tolist() if it.target else []
+        assert got == want, (b, it.question)
+    assert target.sum() > 0
+
+
+def test_cli_rejects_an_unknown_recipe_field(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_demo.py"), "--out", str(tmp_path / "x"),
+                        "--recipe", "stage9_steps=3"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: unknown recipe field(s) stage9_steps")
+
+
+def test_shipped_model_is_as_accurate_as_its_card_says():
+    from paddle_rc.demo import synthvqa_checkpoint
+    from paddle_rc.train import evaluate_model
+
+    directory = synthvqa_checkpoint()
+    with open(os.path.join(directory, "train_log.json"), encoding="utf-8") as f:
+        card = json.load(f)["heldout"]
+    got = evaluate_model(directory, card["seed"], card["questions"], batch=32)
+    assert got["accuracy"] >= card["accuracy"] - 2.0, (got, card)
