@@ -12,7 +12,7 @@ from paddle_rc.compression import (available_methods, compress, get_method, load
                                    method_defaults, text_score, visual_score)
 
 ALL = ["none", "random", "cls-topk", "prumerge", "prumerge+", "visionzip", "divprune", "rc",
-       "rc-reference"]
+       "rc-reference", "pooling", "trim", "cdpruner"]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -154,9 +154,12 @@ def valid_tokens(res, b):
 
 # ------------------------------------------------------------------------------ tests
 
+LLM_METHODS = ["fastv"]  # prune inside the LLM: tested in test_fastv.py, not through compress()
+
+
 def test_registry_and_presets():
-    assert sorted(available_methods()) == sorted(ALL)
-    for m in ALL:
+    assert sorted(available_methods()) == sorted(ALL + LLM_METHODS)
+    for m in ALL + LLM_METHODS:
         preset = load_method_preset(m)
         assert preset["method"] == m
         assert preset["budget"] is None
@@ -294,6 +297,11 @@ def test_budget_exact(method, budget):
         assert lengths == [64, 64] and "ignored" in res.stats[0]["notes"][0]
         return
     want = min(budget, 64)
+    if method == "pooling":  # a k x k grid, k = floor(sqrt(budget))
+        note = [n for n in res.stats[0]["notes"] if "pooling" in n]
+        assert note == ([] if math.isqrt(want) ** 2 == want else [f"budget {want}: method 'pooling' emits "
+                                                                  f"{math.isqrt(want) ** 2} tokens"])
+        want = math.isqrt(want) ** 2
     assert lengths == [want, want], lengths
     assert all(s["total"] == want for s in res.stats)
     if budget > 64:
@@ -377,7 +385,8 @@ def test_random_is_seeded_and_batch_independent():
 
 @pytest.mark.parametrize("method", ALL)
 def test_batch_equals_single(method):
-    parts = [make_inputs(20 + i, b=1, n=56, spikes=2 + 3 * i) for i in range(3)]
+    n = 64 if method == "pooling" else 56  # pooling needs a square grid
+    parts = [make_inputs(20 + i, b=1, n=n, spikes=2 + 3 * i) for i in range(3)]
     inp = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
     extra = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
     res = method_inputs(method, inp, extra)
@@ -475,9 +484,9 @@ def test_edge_cases_do_not_crash(method):
         assert res.lengths.numpy().tolist() == [0, 0] and res.tokens.shape[1] == 0
     res = method_inputs(method, flat, extra_flat, budget=6)
     if method != "none":
-        assert res.lengths.numpy().tolist() == [6, 6]
+        assert res.lengths.numpy().tolist() == [4, 4] if method == "pooling" else [6, 6]
     # N smaller than every neighbour count / topk, n_rest <= 1
-    for n in (1, 2, 3, 5):
+    for n in ((1, 4, 9) if method == "pooling" else (1, 2, 3, 5)):
         small, ex = make_inputs(41 + n, b=2, n=n, c=8, spikes=0)
         for budget in (None, 1, n):
             res = method_inputs(method, small, ex, budget=budget)

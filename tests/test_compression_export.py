@@ -8,7 +8,7 @@ from paddle.static import InputSpec
 
 from paddle_rc.compression import CORE_FIELDS, compress_tensors
 
-N, C, D = 48, 16, 8
+N, C, D = 49, 16, 8  # 7 x 7: pooling needs a square grid
 
 
 def rc_core(F, Q, K, P, t, has_text):
@@ -81,7 +81,8 @@ def _assert_core_equal(want, got):
 
 USES = {"none": "F", "random": "F", "divprune": "F", "cls-topk": "F Q K", "prumerge": "F Q K",
         "prumerge+": "F Q K", "visionzip": "F cls_attn metric", "rc": "F Q K P t has_text",
-        "rc-reference": "F Q K P t has_text"}
+        "rc-reference": "F Q K P t has_text", "pooling": "F", "trim": "F P t has_text",
+        "cdpruner": "F P t has_text"}
 
 
 def make_core(method, budget):
@@ -100,14 +101,18 @@ def make_core(method, budget):
     def core3(a, b, c):
         return call([a, b, c])
 
+    def core4(a, b, c, d):
+        return call([a, b, c, d])
+
     def core6(a, b, c, d, e, f):
         return call([a, b, c, d, e, f])
-    return {1: core1, 3: core3, 6: core6}[len(names)], names
+    return {1: core1, 3: core3, 4: core4, 6: core6}[len(names)], names
 
 
 @pytest.mark.parametrize("method,budget", [
     ("none", None), ("random", None), ("cls-topk", 9), ("prumerge", None), ("prumerge+", None),
-    ("prumerge+", 12), ("visionzip", 16), ("divprune", 6), ("rc", 10), ("rc-reference", 10)])
+    ("prumerge+", 12), ("visionzip", 16), ("divprune", 6), ("rc", 10), ("rc-reference", 10),
+    ("pooling", None), ("pooling", 16), ("trim", None), ("trim", 7), ("cdpruner", 8)])
 def test_every_method_exports(method, budget, tmp_path):
     fn, names = make_core(method, budget)
     specs = {"F": InputSpec([None, N, C], "float32", "F"), "Q": InputSpec([None, N + 1, C], "float32", "Q"),

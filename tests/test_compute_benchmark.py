@@ -7,7 +7,7 @@ import os
 import pytest
 
 from paddle_rc.benchmark.compute import ComputeSettings, format_compute_table, plot_compute, run_compute_benchmark
-from paddle_rc.benchmark.flops import memory_bytes, prefill_flops
+from paddle_rc.benchmark.flops import fastv_prefill_flops, memory_bytes, prefill_flops
 from paddle_rc.errors import UserError
 from paddle_rc.models.config import LlamaConfig
 
@@ -25,12 +25,21 @@ def _bench_tool():
 
 def test_compute_tiny_analytic_and_measured(tmp_path):
     s = ComputeSettings(llm=TINY, layers=2, visual_tokens=(20, 5), text_tokens=7, bits=(32, 8, 4),
-                        repeats=2, sweep=(20, 10, 5), sweep_bits=(32, 8))
+                        repeats=2, sweep=(20, 10, 5), sweep_bits=(32, 8), fastv_kept=5, fastv_layer=2)
     res = run_compute_benchmark(s)
     rows = res["rows"]
     assert [(r["method"], r["precision"]) for r in rows] == [
-        ("none", "fp32"), ("none", "int8"), ("none", "int4"), ("rc", "fp32"), ("rc", "int8"), ("rc", "int4")]
-    for r in rows:
+        ("none", "fp32"), ("none", "int8"), ("none", "int4"), ("rc", "fp32"), ("rc", "int8"), ("rc", "int4"),
+        ("fastv", "fp32"), ("fastv", "int8"), ("fastv", "int4")]
+    for r in rows[6:]:
+        # FastV: the first 2 of 3 layers over 20 + 7 tokens, the last over 5 + 7.
+        assert r["tflops"] == fastv_prefill_flops(TINY, 20, 5, 2, 7)["total"] / 1e12
+        assert rows[3]["tflops"] < r["tflops"] < rows[0]["tflops"]
+        # KV cache by hand: 2 (K,V) * (2 layers * 27 tokens + 1 layer * 12 tokens) * 2 heads * 16 * 4 B.
+        assert r["kv_cache_bytes"] == pytest.approx(2 * (2 * 27 + 12) * 2 * 16 * 4)
+        assert r["activation_bytes"] == rows[0]["activation_bytes"]
+        assert r["prefill_s"] > 0
+    for r in rows[:6]:
         fl = prefill_flops(TINY, r["visual_tokens"], 7)
         assert r["tflops"] == fl["total"] / 1e12
         mem = memory_bytes(TINY, r["visual_tokens"] + 7, weight_bits=16 if r["bits"] == 32 else r["bits"],

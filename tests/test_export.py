@@ -18,7 +18,7 @@ from paddle_rc.export.runner import DeployedLlava
 from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-ALL_METHODS = available_methods()
+ALL_METHODS = [m for m in available_methods() if m not in exporter.UNTRACEABLE]
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
 VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [

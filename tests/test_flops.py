@@ -104,3 +104,22 @@ def test_paper_table_rows():
     assert by[("none", "INT8")]["weights_gb"] < 0.55 * by[("none", "FP16")]["weights_gb"]
     assert by[("rc", "FP16")]["kv_cache_gb"] < by[("none", "FP16")]["kv_cache_gb"] / 5
     assert by[("rc", "INT4")]["total_gb"] < by[("none", "INT4")]["total_gb"]
+
+
+def test_fastv_flops_split_the_layers():
+    from paddle_rc.benchmark.flops import LLAVA_7B, fastv_prefill_flops, llm_prefill_flops
+
+    full = llm_prefill_flops(LLAVA_7B, 636)
+    short = llm_prefill_flops(LLAVA_7B, 348)
+    fv = fastv_prefill_flops(LLAVA_7B, 576, 288, layer=2, text_tokens=60)
+    assert fv["layers"] == 2 * full["per_layer_total"] + 30 * short["per_layer_total"]
+    # The ranking is one q projection and one attention row: tiny next to a layer.
+    assert 0 < fv["ranking"] < 1e-3 * full["per_layer_total"]
+    assert fv["total"] == fv["layers"] + fv["ranking"] + short["final_norm"] + short["lm_head"]
+    # The paper's setting (K=2, R=50%) removes about 43% of the 7B prefill FLOPs here.
+    assert 0.40 < 1 - fv["total"] / full["total"] < 0.46
+    # Keeping everything costs the dense prefill plus the ranking.
+    keep_all = fastv_prefill_flops(LLAVA_7B, 576, 576, layer=2, text_tokens=60)
+    assert keep_all["total"] == full["total"] + keep_all["ranking"]
+    with pytest.raises(ValueError, match="layer"):
+        fastv_prefill_flops(LLAVA_7B, 576, 288, layer=32)

@@ -149,3 +149,44 @@ def test_left_pad_right_aligns_rows():
     assert ids.tolist() == [[5, 6, 7], [-1, -1, 8], [-1, -1, -1]]
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 0]]
     assert ids.dtype == mask.dtype == np.int64
+
+
+def test_segment_text_features_average_the_unit_segment_embeddings(tiny_model):
+    """CDPruner's text mode: a question longer than the tower is cut into zero-padded segments;
+    t is the mean of the unit-length segment embeddings; zero segments of a shorter row are padding."""
+    rng = np.random.default_rng(3)
+    L = tiny_model.config.text.max_position_embeddings
+    long_q = rng.integers(1, 78, size=L + 30)
+    short_q = rng.integers(1, 78, size=12)
+    ids = np.zeros((2, 2 * L), dtype=np.int64)
+    ids[0, :len(long_q)] = long_q
+    ids[1, :len(short_q)] = short_q
+    with paddle.no_grad():
+        got = tiny_model.segment_text_features(paddle.to_tensor(ids)).numpy()
+        seg = tiny_model.get_text_features(paddle.to_tensor(ids.reshape(4, L))).numpy()
+    seg = seg / np.linalg.norm(seg, axis=-1, keepdims=True)
+    np.testing.assert_allclose(got[0], seg[:2].mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(got[1], seg[2], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["trim", "cdpruner", "rc"])
+def test_methods_get_the_inputs_they_declare(tiny_model, method):
+    """P = visual_projection(post_layernorm(F)) for TRIM/CDPruner (and rc with p_source
+    feature-postln); CDPruner works on projected features and is not projected twice."""
+    from paddle_rc.compression import compress
+
+    rng = np.random.default_rng(8)
+    px = _pixels(rng, 2)
+    t = paddle.to_tensor(rng.standard_normal((2, 16)).astype("float32"))
+    opts = {"p_source": "feature-postln"} if method == "rc" else {}
+    tiny_model.set_compression(method, 5, **opts)
+    with paddle.no_grad():
+        vis = tiny_model.encode_images(px, t, paddle.to_tensor([True, True]))
+        tower = tiny_model.vision_tower
+        feats = tower(px, tiny_model.config.vision_feature_layer, need_qkp=True)
+        P = tiny_model.visual_projection(tower.post_layernorm(feats.F))
+        F = tiny_model.projector(feats.F) if method == "cdpruner" else feats.F
+        res = compress(method, F, feats.Q, feats.K, P=P, t=t, budget=5, **opts)
+        want = res.tokens if method == "cdpruner" else tiny_model.projector(res.tokens)
+    np.testing.assert_allclose(vis.embeds.numpy(), want.numpy(), atol=1e-5)
+    assert vis.result.samples == res.samples

@@ -1,7 +1,7 @@
 """Measured costs, as ratios within one run (absolute seconds depend on the machine).
 
     python tools/benchmark.py vision [--methods rc,none,...] [--repeats 5]   # tower + compression overhead
-    python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--bits 32,8,4] [--plot PNG]
+    python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--fastv-kept 58] [--bits 32,8,4]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
     python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
@@ -102,6 +102,9 @@ def _add_compute_parser(sub):
     c.add_argument("--visual-tokens", type=_int_list, default=(576, 58),
                    help="NONE,RC visual token counts (default 576,58: the paper's average for rc)")
     c.add_argument("--text-tokens", type=int, default=60, help="text tokens of the prompt (default 60)")
+    c.add_argument("--fastv-kept", type=int, default=58,
+                   help="FastV row: visual tokens kept after its layer (default 58, rc's count; 0: no row)")
+    c.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: layers that see every visual token")
     c.add_argument("--bits", type=_int_list, default=(32, 8, 4), help="weight precisions (32,16,8,4)")
     c.add_argument("--act-bits", type=int, help="KV cache/activation bits (default: widest float in --bits)")
     c.add_argument("--group-size", type=int, default=-1, help="-1 per-channel scales, or 64/128")
@@ -317,7 +320,10 @@ def _run_compute(args):
     _at_least_one(args, "layers", "repeats", "text_tokens")
     if not args.sweep or min(args.sweep) < 1:
         raise UserError(f"--sweep wants positive visual token counts, got {args.sweep}")
+    if args.fastv_kept < 0 or args.fastv_layer < 1:
+        raise UserError("--fastv-kept must be 0 or more and --fastv-layer at least 1")
     s = ComputeSettings(llm=LLAVA_13B if args.model == "13b" else LLAVA_7B, layers=args.layers,
+                        fastv_kept=args.fastv_kept, fastv_layer=args.fastv_layer,
                         visual_tokens=tuple(args.visual_tokens), text_tokens=args.text_tokens,
                         bits=tuple(args.bits), act_bits=args.act_bits, group_size=args.group_size,
                         repeats=args.repeats, sweep=tuple(args.sweep), sweep_bits=tuple(args.sweep_bits),

@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from paddle_rc.benchmark.flops import LLAVA_7B, PAPER_TEXT_TOKENS, memory_bytes, prefill_flops
+from paddle_rc.benchmark.flops import (LLAVA_7B, PAPER_TEXT_TOKENS, fastv_prefill_flops, memory_bytes,
+                                       prefill_flops)
 from paddle_rc.models.config import LlamaConfig
 
 SWEEP_VISUAL_TOKENS = (576, 432, 288, 192, 128, 64, 32)
@@ -43,6 +44,8 @@ class ComputeSettings:
     llm: LlamaConfig = field(default_factory=lambda: LLAVA_7B)   # analytic model
     layers: int = DEFAULT_LAYERS          # measured model: llm's widths, this many layers
     visual_tokens: tuple = (576, 58)      # none, rc
+    fastv_kept: int = 58                  # FastV row: visual tokens kept after its layer (0: no row)
+    fastv_layer: int = 2                  # FastV's K: layers that see every visual token
     text_tokens: int = PAPER_TEXT_TOKENS
     bits: tuple = (32, 8, 4)
     act_bits: int | None = None           # KV / activations / unquantized weights; None: widest float in bits
@@ -60,14 +63,26 @@ class ComputeSettings:
         return max(floats) if floats else 32
 
 
-def analytic_row(s: ComputeSettings, visual_tokens: int, bits: int) -> dict:
-    """FLOPs and memory (bytes) of the full model in s.llm for one (tokens, weight bits) cell."""
+def analytic_row(s: ComputeSettings, visual_tokens: int, bits: int, fastv_from: int | None = None) -> dict:
+    """FLOPs and memory (bytes) of the full model in s.llm for one (tokens, weight bits) cell.
+
+    fastv_from: FastV from this many visual tokens down to `visual_tokens` after s.fastv_layer
+    layers: those layers run (and cache) the full sequence, the rest the pruned one; the prefill's
+    activation peak is that of the full-length layers."""
     fb = s.float_bits()
     seq = visual_tokens + s.text_tokens
-    fl = prefill_flops(s.llm, visual_tokens, s.text_tokens)
     wb = 16 if bits == 32 else bits
     mem = memory_bytes(s.llm, seq, weight_bits=wb, kv_bits=fb, act_bits=fb, float_bits=fb,
                        group_size=s.group_size if bits in (8, 4) else -1)
+    if fastv_from is None:
+        fl = prefill_flops(s.llm, visual_tokens, s.text_tokens)
+    else:
+        fl = fastv_prefill_flops(s.llm, fastv_from, visual_tokens, s.fastv_layer, s.text_tokens)
+        full = memory_bytes(s.llm, fastv_from + s.text_tokens, weight_bits=wb, kv_bits=fb, act_bits=fb,
+                            float_bits=fb, group_size=s.group_size if bits in (8, 4) else -1)
+        share = s.fastv_layer / s.llm.num_hidden_layers
+        mem = dict(mem, kv_cache=share * full["kv_cache"] + (1 - share) * mem["kv_cache"],
+                   activations=full["activations"])
     weights = mem["weights"]
     if bits == 32:
         # memory_bytes knows 16/8/4-bit Linear weights; float32 ones are the 16-bit bytes twice.
@@ -123,13 +138,27 @@ class _Prefill:
                                      paddle.to_tensor(np.arange(seq_len, dtype=np.int64)[None]))
         return self._inputs[seq_len]
 
-    def run(self, bits: int, seq_len: int) -> float:
+    def run(self, bits: int, seq_len: int, fastv=None) -> float:
+        """Timed prefill; fastv = (visual tokens, kept, layer) prunes inside the slice (the visual
+        block sits after the first text tokens, as LLaVA's system prompt precedes the image)."""
         import paddle
 
         x, mask, pos = self.inputs(seq_len)
         with paddle.no_grad():
             t0 = time.perf_counter()
-            hidden, k, v = self.models[bits](x, mask, pos)
+            if fastv is None:
+                hidden, k, v = self.models[bits](x, mask, pos)
+            else:
+                from paddle_rc.compression.methods.fastv import FASTV_DEFAULTS, fastv_keep
+                from paddle_rc.models.llm_pruning import pruned_prefill
+
+                n, kept, layer = fastv
+                start = min(35, seq_len - n)
+                visual = paddle.zeros([1, seq_len], dtype="bool")
+                visual[:, start:start + n] = True
+                hidden, k, _, _, v, _ = pruned_prefill(
+                    self.models[bits], x, mask, pos,
+                    lambda sc: fastv_keep(sc, visual, n, kept, FASTV_DEFAULTS), layer)
             logits = self.lm_head(hidden[:, -1, :])
             # .numpy() waits for the result (and for the KV cache, which prefill must produce).
             logits.numpy()
@@ -138,48 +167,55 @@ class _Prefill:
 
 
 def _measure(cases, runner: _Prefill, repeats: int, progress=None) -> dict:
-    """cases: list of (bits, seq_len). -> {case: [seconds, ...]}.
+    """cases: list of (bits, seq_len, fastv or None). -> {case: [seconds, ...]}.
 
     One untimed warm-up per precision, at its shortest length: first calls pay for kernel
     selection and allocator growth, and the shortest length is the cheapest way to pay it."""
     times = {c: [] for c in cases}
-    for bits in dict.fromkeys(b for b, _ in cases):
-        runner.run(bits, min(n for b, n in cases if b == bits))
+    for bits in dict.fromkeys(c[0] for c in cases):
+        runner.run(bits, min(c[1] for c in cases if c[0] == bits))
     for r in range(repeats):
         # Rotate the order too, so no case always runs right after the same neighbour.
         order = cases[r % len(cases):] + cases[:r % len(cases)]
         for c in order:
             times[c].append(runner.run(*c))
             if progress:
-                progress(f"repeat {r + 1}/{repeats}: {BITS_LABEL[c[0]]}, {c[1]} tokens: "
-                         f"{times[c][-1]:.2f}s")
+                progress(f"repeat {r + 1}/{repeats}: {BITS_LABEL[c[0]]}, {c[1]} tokens"
+                         f"{'' if c[2] is None else ', fastv'}: {times[c][-1]:.2f}s")
     return times
 
 
 def run_compute_benchmark(s: ComputeSettings, progress=None) -> dict:
     """-> {"settings", "rows" (the table), "sweep" (for the plot)}."""
     none_vt, rc_vt = int(s.visual_tokens[0]), int(s.visual_tokens[1])
-    methods = (("none", none_vt), ("rc", rc_vt))
+    methods = [("none", none_vt, None), ("rc", rc_vt, None)]
+    # The measured slice has s.layers layers; FastV prunes after min(K, layers - 1) of them.
+    slice_layer = min(s.fastv_layer, s.layers - 1)
+    if s.fastv_kept:
+        kept = min(int(s.fastv_kept), none_vt)
+        methods.append(("fastv", kept, (none_vt, kept, slice_layer)))
     rows = []
-    for method, vt in methods:
+    for method, vt, fastv in methods:
         for bits in s.bits:
             row = {"method": method, "visual_tokens": vt, "text_tokens": s.text_tokens,
-                   "precision": BITS_LABEL[bits], "bits": bits}
-            row.update(analytic_row(s, vt, bits))
+                   "precision": BITS_LABEL[bits], "bits": bits, "fastv": fastv}
+            row.update(analytic_row(s, vt, bits, fastv_from=None if fastv is None else none_vt))
             rows.append(row)
 
     sweep = [{"visual_tokens": vt, "tflops": prefill_flops(s.llm, vt, s.text_tokens)["total"] / 1e12}
              for vt in s.sweep]
     if s.measure:
         runner = _Prefill(s, list(s.bits) + list(s.sweep_bits))
-        cases = [(b, vt + s.text_tokens) for _, vt in methods for b in s.bits]
-        cases += [(b, vt + s.text_tokens) for vt in s.sweep for b in s.sweep_bits
-                  if (b, vt + s.text_tokens) not in cases]
+        cases = [(b, (none_vt if fastv else vt) + s.text_tokens, fastv) for _, vt, fastv in methods
+                 for b in s.bits]
+        cases += [(b, vt + s.text_tokens, None) for vt in s.sweep for b in s.sweep_bits
+                  if (b, vt + s.text_tokens, None) not in cases]
         load_before = os.getloadavg()
         times = _measure(cases, runner, s.repeats, progress)
         med = {c: statistics.median(t) for c, t in times.items()}
         for row in rows:
-            c = (row["bits"], row["seq_len"])
+            seq = (none_vt if row["fastv"] else row["visual_tokens"]) + s.text_tokens
+            c = (row["bits"], seq, row["fastv"])
             row["prefill_s"] = med[c]
             row["prefill_s_all"] = times[c]
         for row in rows:
@@ -188,13 +224,14 @@ def run_compute_benchmark(s: ComputeSettings, progress=None) -> dict:
             row["speedup_vs_none"] = base["prefill_s"] / row["prefill_s"]
             row["time_vs_float"] = row["prefill_s"] / fp["prefill_s"] if fp else None
         for point in sweep:
-            point["prefill_s"] = {BITS_LABEL[b]: med[(b, point["visual_tokens"] + s.text_tokens)]
+            point["prefill_s"] = {BITS_LABEL[b]: med[(b, point["visual_tokens"] + s.text_tokens, None)]
                                   for b in s.sweep_bits}
     for row in rows:
         base = next(r for r in rows if r["method"] == "none" and r["bits"] == row["bits"])
         row["flops_ratio_vs_none"] = base["tflops"] / row["tflops"]
     settings = {"analytic_model": asdict(s.llm),
                 "measured_layers": s.layers, "visual_tokens": [none_vt, rc_vt],
+                "fastv": {"kept": s.fastv_kept, "layer": s.fastv_layer, "measured_layer": slice_layer},
                 "text_tokens": s.text_tokens, "bits": list(s.bits), "float_bits": s.float_bits(),
                 "group_size": s.group_size, "repeats": s.repeats, "sweep": list(s.sweep),
                 "sweep_bits": list(s.sweep_bits), "measured": s.measure,
@@ -231,6 +268,13 @@ def format_compute_table(result: dict) -> str:
              f"+ {st['text_tokens']} text tokens; "
              f"KV/activations/unquantized weights at {st['float_bits']} bits; "
              f"scales: {'per channel' if st['group_size'] == -1 else 'group ' + str(st['group_size'])}"]
+    fv = st.get("fastv") or {}
+    if fv.get("kept"):
+        note = (f"fastv: {st['visual_tokens'][0]} visual tokens in the first {fv['layer']} layers, "
+                f"{fv['kept']} after them (FLOPs, KV cache)")
+        if measured:
+            note += f"; measured: pruning after {fv['measured_layer']} of the {st['measured_layers']} measured layers"
+        notes.append(note)
     if measured:
         la = st.get("load_average_before_after", ["?", "?"])
         notes.append(f"measured: {st['measured_layers']} layers at those widths, random weights, this CPU "
@@ -270,7 +314,7 @@ def plot_compute(result: dict, path: str) -> None:
         handles = handles + ax2.get_lines()
         text = [f"none/rc at {r['visual_tokens']} tokens, {r['precision']}: "
                 f"{r['speedup_vs_none']:.2f}x measured, {r['flops_ratio_vs_none']:.2f}x FLOPs"
-                for r in result["rows"] if r["method"] == "rc"]
+                for r in result["rows"] if r["method"] != "none"]
         ax.text(0.02, 0.02, "\n".join(text), transform=ax.transAxes, fontsize=7, va="bottom",
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
     ax.legend(handles=handles, labels=[h.get_label() for h in handles], loc="upper right", fontsize=8)

@@ -143,6 +143,27 @@ def prefill_flops(llm: LlamaConfig = LLAVA_7B, visual_tokens: int = 576, text_to
     return out
 
 
+def fastv_prefill_flops(llm: LlamaConfig = LLAVA_7B, visual_tokens: int = 576, kept: int = 288,
+                        layer: int = 2, text_tokens: int = PAPER_TEXT_TOKENS, batch: int = 1,
+                        lm_head: str = "last", elementwise: bool = True, causal: bool = False) -> dict:
+    """LLM prefill FLOPs with FastV: the first ``layer`` decoder layers over visual + text tokens,
+    the other layers over kept + text, plus the ranking (the last position's q in layer K-1 and its
+    attention row, heads averaged); final norm and LM head after the pruning."""
+    if not 1 <= int(layer) < llm.num_hidden_layers:
+        raise ValueError(f"layer must be in [1, {llm.num_hidden_layers - 1}], got {layer}")
+    full = llm_prefill_flops(llm, int(visual_tokens) + int(text_tokens), batch, lm_head, elementwise, causal)
+    short = llm_prefill_flops(llm, int(kept) + int(text_tokens), batch, lm_head, elementwise, causal)
+    s, b, k = full["seq_len"], int(batch), int(layer)
+    rank = 2 * b * llm.hidden_size * llm.hidden_size + 2 * b * s * llm.head_dim * llm.num_attention_heads
+    if elementwise:
+        rank += 7 * b * llm.hidden_size + 5 * b * llm.num_attention_heads * s + b * llm.num_attention_heads * s
+    layers = k * full["per_layer_total"] + (llm.num_hidden_layers - k) * short["per_layer_total"]
+    total = layers + rank + short["final_norm"] + short["lm_head"]
+    return {"visual_tokens": int(visual_tokens), "kept": int(kept), "layer": k, "text_tokens": int(text_tokens),
+            "seq_len": s, "seq_len_after": short["seq_len"], "layers": layers, "ranking": rank,
+            "total": total, "tflops": total / 1e12}
+
+
 def _scale_rows(n_in: int, group_size: int) -> int:
     return 1 if group_size == -1 else math.ceil(n_in / group_size)
 

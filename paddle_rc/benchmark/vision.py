@@ -32,11 +32,15 @@ class VisionSide(paddle.nn.Layer):
         self.projector = MLPProjector(width, llm_width)
         self.eval()
 
-    from paddle_rc.models.llava import LlavaForConditionalGeneration as _Llava
+    def run_vision_tower(self, pixel_values, spec, options):
+        from paddle_rc.models.llava import run_vision_tower
 
-    run_vision_tower = _Llava.run_vision_tower
-    compression_inputs = _Llava.compression_inputs
-    del _Llava
+        return run_vision_tower(self, pixel_values, spec, options)
+
+    def compression_inputs(self, feats, spec, options, text_embeds=None, has_text=None):
+        from paddle_rc.models.llava import compression_inputs
+
+        return compression_inputs(self, feats, spec, options, text_embeds, has_text)
 
 
 def run_vision_benchmark(methods, *, width=1024, layers=24, heads=16, image_size=336, patch=14,

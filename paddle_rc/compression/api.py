@@ -116,6 +116,9 @@ def compress_tensors(method, F, Q, K, P=None, t=None, has_text=None, budget=None
     True when t is given). With trim=False tokens keep the full width N+1 (static shape).
     """
     spec = get_method(method)
+    if spec.stage != "vision":
+        raise ValueError(f"method {method!r} prunes inside the LLM, not the vision tower's output; "
+                         "run it through the model (set_compression)")
     opts = dict(spec.defaults)
     opts.update(options or {})
     n = F.shape[1]
@@ -175,6 +178,9 @@ def compress(method, F, Q, K, P=None, t=None, budget=None, **options):
             budget_used = _check_budget(budget, n)
             if budget_used < int(budget):
                 notes.append(f"budget {budget} > N={n}: clamped to {n}")
+            if spec.budget_tokens is not None and spec.budget_tokens(budget_used) != budget_used:
+                notes.append(f"budget {budget_used}: method '{method}' emits "
+                             f"{spec.budget_tokens(budget_used)} tokens")
     text_note = None
     if spec.uses_text:
         if t is None:

@@ -38,6 +38,7 @@ class MethodSpec:
     reads: Union[FrozenSet[str], Callable] = frozenset()   # a set, or options -> set
     text_mode: Optional[str] = None      # one of TEXT_MODES when the method reads TEXT
     takes_budget: bool = True            # False: a budget is ignored (method `none`)
+    budget_tokens: Optional[Callable] = None   # budget -> tokens emitted, when not the budget itself
     after_projector: bool = False        # F is handed over already projected into the LLM's space
     stage: str = "vision"
 
@@ -61,8 +62,8 @@ class MethodSpec:
 _REGISTRY: Dict[str, MethodSpec] = {}
 
 
-def register(name, defaults=None, reads=(), text_mode=None, takes_budget=True, after_projector=False,
-             stage="vision"):
+def register(name, defaults=None, reads=(), text_mode=None, takes_budget=True, budget_tokens=None,
+             after_projector=False, stage="vision"):
     if text_mode is not None and text_mode not in TEXT_MODES:
         raise ValueError(f"text_mode must be one of {TEXT_MODES}, got {text_mode!r}")
     if stage not in STAGES:
@@ -79,7 +80,7 @@ def register(name, defaults=None, reads=(), text_mode=None, takes_budget=True, a
         if name in _REGISTRY:
             raise ValueError(f"compression method {name!r} registered twice")
         _REGISTRY[name] = MethodSpec(name, fn, dict(defaults or {}), reads, text_mode, takes_budget,
-                                     after_projector, stage)
+                                     budget_tokens, after_projector, stage)
         return fn
     return deco
 

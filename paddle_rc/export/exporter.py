@@ -41,7 +41,8 @@ GRAPHS = ("vision", "llm")
 # Why a method may not be exportable; checked before tracing so the user gets a sentence, not a trace.
 # Every registered method's core is written to trace (no host round trip, static counts); this
 # table stays for methods added later that are not.
-UNTRACEABLE: dict = {}
+UNTRACEABLE: dict = {"fastv": "its pruning lives in the LLM graph, whose single-program export does not "
+                               "carry FastV's split cache yet; run it with --model"}
 
 
 def _vision_inputs(config, method: str) -> list:

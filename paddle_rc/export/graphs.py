@@ -10,7 +10,8 @@ import paddle
 import paddle.nn as nn
 
 from paddle_rc.compression.registry import P_FEATURE, P_NEXT, get_method
-from paddle_rc.models.llava import LlavaForConditionalGeneration
+from paddle_rc.models.llava import (LlavaForConditionalGeneration, compression_inputs, question_features,
+                                    run_vision_tower)
 
 # rc-reference pads/truncates the question to this many CLIP tokens (pipeline.REFERENCE_TEXT_LENGTH).
 REFERENCE_TEXT_LENGTH = 20
@@ -42,24 +43,19 @@ class VisionGraph(nn.Layer):
             self.text_tower = model.text_tower
             self.text_projection = model.text_projection
 
-    # The model's own code, run on this wrapper (it only needs the sub-layers held above).
-    get_text_features = LlavaForConditionalGeneration.get_text_features
-    reference_text_features = LlavaForConditionalGeneration.reference_text_features
-    segment_text_features = LlavaForConditionalGeneration.segment_text_features
-    question_features = LlavaForConditionalGeneration.question_features
-    run_vision_tower = LlavaForConditionalGeneration.run_vision_tower
-    compression_inputs = LlavaForConditionalGeneration.compression_inputs
+    # The model's own steps (module-level functions of paddle_rc.models.llava, which to_static can
+    # convert) run on this wrapper: they only need the sub-layers held above.
 
     def _compress(self, pixel_values, clip_ids=None, has_text=None):
         from paddle_rc.compression import compress_tensors
 
-        feats = self.run_vision_tower(pixel_values, self.spec, self.options)
+        feats = run_vision_tower(self, pixel_values, self.spec, self.options)
         if self.method == "none" or self.spec.stage == "llm":
             embeds = self.projector(feats.F)
             lengths = paddle.full_like(embeds[:, 0, 0], feats.F.shape[1], dtype="int64")
             return embeds, lengths
-        t = self.question_features(clip_ids, self.spec.text_mode) if self.spec.uses_text else None
-        args = self.compression_inputs(feats, self.spec, self.options, t, has_text)
+        t = question_features(self, clip_ids, self.spec.text_mode) if self.spec.uses_text else None
+        args = compression_inputs(self, feats, self.spec, self.options, t, has_text)
         core = compress_tensors(self.method, args["F"], args["Q"], args["K"], P=args["P"], t=args["t"],
                                 has_text=args.get("has_text"), budget=self.budget,
                                 options=args["options"])

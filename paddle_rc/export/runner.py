@@ -276,6 +276,16 @@ class DeployedLlava:
         slot = paddle.zeros(shape, dtype="float32")
         return self._step(inputs_embeds, attention_mask, position_ids, slot, slot)
 
+    def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
+        return tuple(self.graphs["prefill"](inputs_embeds.astype("float32"), attention_mask.astype("int64"),
+                                            position_ids.astype("int64"), visual_mask.astype("bool")))
+
+    def decode_pruned(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late,
+                      keep_index):
+        return tuple(self.graphs["decode"](input_ids.astype("int64"), attention_mask.astype("int64"),
+                                           position_ids.astype("int64"), k_early, v_early, k_late, v_late,
+                                           keep_index))
+
     def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
         return self._step(self.language_model.embed_tokens(input_ids), attention_mask, position_ids, past_k, past_v)
 
@@ -287,7 +297,11 @@ class DeployedLlava:
 
 
 # The dynamic model's host-side code, shared rather than copied: both only touch attributes the
-# deployed model has (config, language_model.embed_tokens, encode_images, prefill, decode).
+# deployed model has (config, compression, language_model.embed_tokens, encode_images, prefill,
+# decode, prefill_pruned, decode_pruned).
 DeployedLlava.splice = _model_class().splice
 DeployedLlava.generate = _model_class().generate
+DeployedLlava._llm_method = _model_class()._llm_method
+DeployedLlava._llm_steps = _model_class()._llm_steps
+DeployedLlava._record_llm_selection = _model_class()._record_llm_selection
 

@@ -19,6 +19,7 @@ from paddle_rc.models.clip import CLIPTextTower, CLIPVisionTower
 from paddle_rc.models.config import LlavaConfig
 from paddle_rc.models.generation import generate_loop
 from paddle_rc.models.llama import LlamaModel, positions_from_mask
+from paddle_rc.models.llm_pruning import pruned_decode, pruned_prefill
 from paddle_rc.models.projector import MLPProjector
 
 def _check_dtype(dtype: str) -> None:
@@ -56,6 +57,7 @@ class VisualTokens:
     lengths: np.ndarray  # [B] int64
     before: int  # patch tokens per image before compression
     result: object = None  # paddle_rc.compression.CompressionResult, or None for `none`
+    kept_in_llm: Optional[int] = None  # visual tokens an in-LLM method (FastV) keeps after its layer
 
 
 @dataclass
@@ -70,6 +72,70 @@ class GenerateOutput:
     tokens: np.ndarray  # [B, n] new tokens, pad after EOS
     visual: Optional[VisualTokens]
     timings: dict
+
+
+# The three functions below are the model's own steps, written at module level so that the exported
+# graphs (paddle_rc.export.graphs) can run them on their wrappers and to_static can convert them.
+def text_features(model, input_ids):
+    """CLIP text embedding [B, D] (CLIPModel.get_text_features)."""
+    return model.text_projection(model.text_tower.pooled(input_ids))
+
+
+def reference_text_features(model, input_ids):
+    """rc-reference (released code): the LAST position of last_hidden_state, projected."""
+    return model.text_projection(model.text_tower(input_ids)[:, -1, :])
+
+
+def segment_text_features(model, input_ids):
+    """CDPruner's long-question embedding: input_ids [B, M*L] hold M segments of the tower's length L
+    (zero-padded, as the authors pad); each segment is pooled and projected, unit-normalised, and the
+    segments of a sample are averaged. A segment of zeros only is padding of a shorter sample in the
+    batch and is left out. -> [B, D] (not unit length)."""
+    length = model.text_tower.config.max_position_embeddings
+    seg = input_ids.reshape([-1, length])
+    feats = nnf.normalize(text_features(model, seg), p=2, axis=-1)
+    feats = feats.reshape([paddle.shape(input_ids)[0], -1, feats.shape[-1]])
+    valid = (seg != 0).any(axis=-1).astype(feats.dtype).reshape([paddle.shape(input_ids)[0], -1, 1])
+    return (feats * valid).sum(axis=1) / paddle.clip(valid.sum(axis=1), min=1.0)
+
+
+def question_features(model, input_ids, mode: str):
+    """The question's embedding t in the text mode a method declares (registry.TEXT_MODES)."""
+    if mode == "prompt-first-line":
+        return reference_text_features(model, input_ids)
+    if mode == "question-segments":
+        return segment_text_features(model, input_ids)
+    return text_features(model, input_ids)
+
+
+def run_vision_tower(model, pixel_values, spec, options):
+    """One tower pass with the extras the method declares it reads."""
+    from paddle_rc.compression.registry import CLS_STATS
+
+    return model.vision_tower(pixel_values.astype(model.projector.linear_1.weight.dtype),
+                              model.config.vision_feature_layer,
+                              need_qkp=spec.needs_next_layer(options),
+                              need_cls_stats=CLS_STATS in spec.inputs(options))
+
+
+def compression_inputs(model, feats, spec, options, text_embeds=None, has_text=None) -> dict:
+    """compress()/compress_tensors() keyword arguments for the method, from one tower pass."""
+    from paddle_rc.compression.registry import CLS_STATS, P_FEATURE, P_NEXT, TEXT
+
+    reads = spec.inputs(options)
+    F = model.projector(feats.F) if spec.after_projector else feats.F
+    args = {"F": F, "Q": feats.Q, "K": feats.K, "P": None, "t": None, "options": dict(options)}
+    if CLS_STATS in reads:
+        args["options"].update(cls_attn=feats.cls_attn, metric=feats.metric)
+    # P and t go together or not at all (no question: the text stages are skipped).
+    if TEXT in reads and text_embeds is not None:
+        if P_NEXT in reads:
+            args["P"] = model.visual_projection(feats.P)
+        elif P_FEATURE in reads:
+            args["P"] = model.visual_projection(model.vision_tower.post_layernorm(feats.F))
+        args["t"] = text_embeds
+        args["has_text"] = has_text
+    return args
 
 
 class LlavaForConditionalGeneration(nn.Layer):
@@ -114,65 +180,43 @@ class LlavaForConditionalGeneration(nn.Layer):
         from paddle_rc.compression import check_compression
 
         check_compression(method, budget, options)
+        from paddle_rc.compression import method_defaults
+        from paddle_rc.compression.registry import get_method
+        from paddle_rc.errors import UserError
+
+        if get_method(method).stage == "llm":
+            from paddle_rc.compression.methods.fastv import check_layer
+
+            opts = dict(method_defaults(method))
+            opts.update(options)
+            try:
+                check_layer(opts, self.config.llm.num_hidden_layers, "layer" in options)
+            except ValueError as e:
+                raise UserError(str(e)) from None
         self.compression = CompressionSpec(method, budget, dict(options))
 
     # ---- text side ---------------------------------------------------------------------------
     def get_text_features(self, input_ids):
         """CLIP text embedding [B, D] (CLIPModel.get_text_features)."""
-        return self.text_projection(self.text_tower.pooled(input_ids))
+        return text_features(self, input_ids)
 
     def reference_text_features(self, input_ids):
         """rc-reference (released code): the LAST position of last_hidden_state, projected."""
-        return self.text_projection(self.text_tower(input_ids)[:, -1, :])
+        return reference_text_features(self, input_ids)
 
     def segment_text_features(self, input_ids):
-        """CDPruner's long-question embedding: input_ids [B, M*L] hold M segments of the tower's
-        length L (zero-padded, as the authors pad); each segment is pooled and projected, unit-
-        normalised, and the segments of a sample are averaged. A segment of zeros only is padding
-        of a shorter sample in the batch and is left out. -> [B, D] (not unit length)."""
-        length = self.text_tower.config.max_position_embeddings
-        seg = input_ids.reshape([-1, length])
-        feats = nnf.normalize(self.get_text_features(seg), p=2, axis=-1)
-        feats = feats.reshape([paddle.shape(input_ids)[0], -1, feats.shape[-1]])
-        valid = (seg != 0).any(axis=-1).astype(feats.dtype).reshape([paddle.shape(input_ids)[0], -1, 1])
-        return (feats * valid).sum(axis=1) / paddle.clip(valid.sum(axis=1), min=1.0)
+        return segment_text_features(self, input_ids)
 
     def question_features(self, input_ids, mode: str):
         """The question's embedding t in the text mode a method declares (registry.TEXT_MODES)."""
-        if mode == "prompt-first-line":
-            return self.reference_text_features(input_ids)
-        if mode == "question-segments":
-            return self.segment_text_features(input_ids)
-        return self.get_text_features(input_ids)
+        return question_features(self, input_ids, mode)
 
     # ---- vision side -------------------------------------------------------------------------
     def run_vision_tower(self, pixel_values, spec, options):
-        """One tower pass with the extras the method declares it reads."""
-        from paddle_rc.compression.registry import CLS_STATS
-
-        return self.vision_tower(pixel_values.astype(self.projector.linear_1.weight.dtype),
-                                 self.config.vision_feature_layer,
-                                 need_qkp=spec.needs_next_layer(options),
-                                 need_cls_stats=CLS_STATS in spec.inputs(options))
+        return run_vision_tower(self, pixel_values, spec, options)
 
     def compression_inputs(self, feats, spec, options, text_embeds=None, has_text=None) -> dict:
-        """compress()/compress_tensors() keyword arguments for the method, from one tower pass."""
-        from paddle_rc.compression.registry import CLS_STATS, P_FEATURE, P_NEXT, TEXT
-
-        reads = spec.inputs(options)
-        F = self.projector(feats.F) if spec.after_projector else feats.F
-        args = {"F": F, "Q": feats.Q, "K": feats.K, "P": None, "t": None, "options": dict(options)}
-        if CLS_STATS in reads:
-            args["options"].update(cls_attn=feats.cls_attn, metric=feats.metric)
-        # P and t go together or not at all (no question: the text stages are skipped).
-        if TEXT in reads and text_embeds is not None:
-            if P_NEXT in reads:
-                args["P"] = self.visual_projection(feats.P)
-            elif P_FEATURE in reads:
-                args["P"] = self.visual_projection(self.vision_tower.post_layernorm(feats.F))
-            args["t"] = text_embeds
-            args["has_text"] = has_text
-        return args
+        return compression_inputs(self, feats, spec, options, text_embeds, has_text)
 
     def encode_images(self, pixel_values, text_embeds=None, has_text=None) -> VisualTokens:
         """Tower (one pass) -> compression -> projector.
@@ -200,11 +244,13 @@ class LlavaForConditionalGeneration(nn.Layer):
         return VisualTokens(embeds, result.lengths.numpy().astype(np.int64), n, result)
 
     # ---- splicing ----------------------------------------------------------------------------
-    def splice(self, input_ids, attention_mask=None, visual: Optional[VisualTokens] = None):
+    def splice(self, input_ids, attention_mask=None, visual: Optional[VisualTokens] = None,
+               with_visual_mask: bool = False):
         """Embeddings with each sample's visual tokens where its image placeholder stood.
 
         Returns (inputs_embeds [B,L,H], attention_mask [B,L], position_ids [B,L]), left-padded so
-        that every sample's last token is at the end (what batched decoding needs).
+        that every sample's last token is at the end (what batched decoding needs); with
+        `with_visual_mask` also [B,L] bool marking the visual positions (for in-LLM pruning).
         """
         ids = input_ids.numpy()
         batch, seq = ids.shape
@@ -238,6 +284,9 @@ class LlavaForConditionalGeneration(nn.Layer):
         table = paddle.concat(parts, axis=0)
         embeds = paddle.gather(table, paddle.to_tensor(index.reshape(-1))).reshape([batch, length, -1])
         mask_t = paddle.to_tensor(new_mask)
+        if with_visual_mask:
+            vis_mask = paddle.to_tensor((index >= batch * seq) & (index < zero_row))
+            return embeds, mask_t, positions_from_mask(mask_t), vis_mask
         return embeds, mask_t, positions_from_mask(mask_t)
 
     # ---- forward / generate ----------------------------------------------------------------------
@@ -245,6 +294,12 @@ class LlavaForConditionalGeneration(nn.Layer):
         visual = None
         if pixel_values is not None:
             visual = self.encode_images(pixel_values, text_embeds, has_text)
+        if visual is not None and self._llm_method() is not None:
+            # In-LLM pruning: logits for the positions the later layers keep, with their mask.
+            embeds, mask, pos, vis_mask = self.splice(input_ids, attention_mask, visual, with_visual_mask=True)
+            spec, opts, layer = self._llm_method()
+            out = pruned_prefill(self.language_model, embeds, mask, pos, self._selector(vis_mask), layer)
+            return LlavaOutput(self.lm_head(out[0]), paddle.take_along_axis(mask, out[5], axis=1), visual)
         embeds, mask, pos = self.splice(input_ids, attention_mask, visual)
         hidden, _, _ = self.language_model(embeds, mask, pos)
         return LlavaOutput(self.lm_head(hidden), mask, visual)
@@ -262,6 +317,70 @@ class LlavaForConditionalGeneration(nn.Layer):
     def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
         return self.step(self.language_model.embed_tokens(input_ids), attention_mask, position_ids, past_k, past_v)
 
+    # ---- in-LLM pruning (registry stage "llm") ----------------------------------------------------
+    def _llm_method(self):
+        """(spec, options, layer) when the compression method prunes inside the LLM, else None."""
+        from paddle_rc.compression.methods.fastv import check_layer
+        from paddle_rc.compression.registry import get_method
+
+        spec = get_method(self.compression.method)
+        if spec.stage != "llm":
+            return None
+        opts = dict(spec.defaults)
+        opts.update(self.compression.options)
+        explicit = "layer" in self.compression.options
+        return spec, opts, check_layer(opts, self.config.llm.num_hidden_layers, explicit)
+
+    def _selector(self, visual_mask):
+        spec, opts, _ = self._llm_method()
+        n = self.config.vision.num_patches
+        budget = self.compression.budget
+        return lambda scores: spec.fn(scores, visual_mask, n, budget, opts)
+
+    def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
+        """Prefill with in-LLM pruning -> (last logits [B,V], k_early, v_early, k_late, v_late,
+        keep_index [B,S']) (see paddle_rc.models.llm_pruning)."""
+        _, _, layer = self._llm_method()
+        hidden, ke, ve, kl, vl, keep = pruned_prefill(self.language_model, inputs_embeds, attention_mask,
+                                                      position_ids, self._selector(visual_mask), layer)
+        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl, keep
+
+    def decode_pruned(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late,
+                      keep_index):
+        embeds = self.language_model.embed_tokens(input_ids)
+        hidden, ke, ve, kl, vl = pruned_decode(self.language_model, embeds, attention_mask, position_ids,
+                                               k_early, v_early, k_late, v_late, keep_index)
+        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl
+
+    def _llm_steps(self, visual_mask):
+        """(prefill, decode, record) for generate_loop. For in-LLM pruning the two caches and the
+        kept positions travel as the loop's opaque k/v; record["keep"] gets the kept positions."""
+        if visual_mask is None or self._llm_method() is None:
+            return self.prefill, self.decode, None
+        record = {}
+
+        def prefill(embeds, mask, pos):
+            logits, ke, ve, kl, vl, keep = self.prefill_pruned(embeds, mask, pos, visual_mask)
+            record["keep"] = keep
+            return logits, (ke, kl, keep), (ve, vl)
+
+        def decode(ids, mask, pos, k, v):
+            logits, ke, ve, kl, vl = self.decode_pruned(ids, mask, pos, k[0], v[0], k[1], v[1], k[2])
+            return logits, (ke, kl, k[2]), (ve, vl)
+        return prefill, decode, record
+
+    def _record_llm_selection(self, visual, visual_mask, keep):
+        """Which patches the in-LLM method kept, as a CompressionResult (stats, --save-vis)."""
+        from paddle_rc.compression.methods.fastv import kept_count, selection_result
+
+        spec, opts, _ = self._llm_method()
+        vm = visual_mask.numpy()
+        kept_pos = np.zeros_like(vm)
+        np.put_along_axis(kept_pos, keep.numpy(), True, axis=1)
+        kept = np.stack([kept_pos[b][vm[b]] for b in range(vm.shape[0])])
+        visual.result = selection_result(paddle.to_tensor(kept), self.compression.budget, opts)
+        visual.kept_in_llm = kept_count(int(visual.before), self.compression.budget, opts)
+
     @paddle.no_grad()
     def generate(self, input_ids, pixel_values=None, attention_mask=None, text_embeds=None, has_text=None, *,
                  max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
@@ -273,13 +392,16 @@ class LlavaForConditionalGeneration(nn.Layer):
             visual = self.encode_images(pixel_values, text_embeds, has_text)
             _ = visual.embeds.numpy()  # finish the (asynchronous) vision work inside its own timing
         t1 = time.perf_counter()
-        embeds, mask, pos = self.splice(input_ids, attention_mask, visual)
+        embeds, mask, pos, vis_mask = self.splice(input_ids, attention_mask, visual, with_visual_mask=True)
+        prefill, decode, record = self._llm_steps(vis_mask if visual is not None else None)
         llm = self.config.llm
         check_context(int(embeds.shape[1]), max_new_tokens, llm.max_position_embeddings)
         tokens, timings = generate_loop(
-            self.prefill, self.decode, embeds, mask, pos, max_new_tokens=max_new_tokens,
+            prefill, decode, embeds, mask, pos, max_new_tokens=max_new_tokens,
             eos_token_id=llm.eos_token_id if eos_token_id is None else eos_token_id,
             pad_token_id=llm.pad_token_id if pad_token_id is None else pad_token_id,
             temperature=temperature, top_p=top_p, seed=seed)
         timings["vision"] = t1 - t0
+        if record:
+            self._record_llm_selection(visual, vis_mask, record["keep"])
         return GenerateOutput(tokens, visual, timings)
