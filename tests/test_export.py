@@ -303,6 +303,16 @@ def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoin
         assert a["text"] == b["text"] and a["stage_counts"] == b["stage_counts"]
 
 
+def test_deployed_long_answers_one_at_a_time_equal_the_dynamic_model(deploy_rc, checkpoint):
+    """Batch 1 over many decode steps: a graph whose cached-attention path differed from the dynamic
+    model's only showed after the first few tokens."""
+    from paddle_rc.demo import demo_image
+
+    dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
+    for im, q in ((demo_image(), "What is this?"), (demo_image().rotate(90), "Describe it in detail.")):
+        assert dep.answer(im, q, max_new_tokens=32)["text"] == dyn.answer(im, q, max_new_tokens=32)["text"]
+
+
 def test_deployed_batch_equals_one_at_a_time(deploy_rc):
     from paddle_rc.demo import demo_image
 
