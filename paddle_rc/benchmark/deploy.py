@@ -56,6 +56,23 @@ def _median_ms(samples):
     return 1000.0 * statistics.median(samples)
 
 
+def decode_run(step, k0, v0, mask, pos, steps: int):
+    """A callable that decodes `steps` tokens one at a time from a prefilled cache (k0, v0: tensors, or
+    arrays made into fresh tensors on every call) through `step` (a model's decode or an exported
+    graph's), as generation does: the mask grows by one and the position advances each step."""
+    def run():
+        k = paddle.to_tensor(k0) if isinstance(k0, np.ndarray) else k0
+        v = paddle.to_tensor(v0) if isinstance(v0, np.ndarray) else v0
+        m, p = mask, pos[:, -1:]
+        tok = paddle.to_tensor(np.array([[5]], np.int64))
+        for _ in range(steps):
+            m = paddle.concat([m, paddle.ones([1, 1], "int64")], axis=1)
+            p = p + 1
+            logits, k, v = step(tok, m, p, k, v)
+            logits.numpy()
+    return run
+
+
 def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, prompt_len: int = 48,
                          decode_steps: int = 16, repeats: int = 5, warmup: int = 2, threads=None,
                          onednn: bool = False, seed: int = 0) -> dict:
@@ -109,16 +126,7 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
             k0, v0 = k0.numpy(), v0.numpy()
 
             def decode_loop(step_fn):
-                def run():
-                    k, v = paddle.to_tensor(k0), paddle.to_tensor(v0)
-                    m, p = mask, pos[:, -1:]
-                    tok = paddle.to_tensor(np.array([[5]], np.int64))
-                    for _ in range(decode_steps):
-                        m = paddle.concat([m, paddle.ones([1, 1], "int64")], axis=1)
-                        p = p + 1
-                        logits, k, v = step_fn(tok, m, p, k, v)
-                        logits.numpy()
-                return run
+                return decode_run(step_fn, k0, v0, mask, pos, decode_steps)
 
             # As the runner calls the LLM graph (DeployedLlava.prefill / decode): a masked-out past
             # slot for the prefill, the host-side embedding for decode.

@@ -33,6 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 import paddle
 
+from paddle_rc.benchmark.deploy import decode_run
 from paddle_rc.runtime import default_threads, release_freed_memory
 
 PAUSE_S = 0.3
@@ -221,16 +222,7 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
             pos = positions_from_mask(mask)
 
             def decode_loop(step):
-                def run():
-                    k, v = k0, v0
-                    m, p = mask, pos[:, -1:]
-                    tok = paddle.to_tensor(np.array([[5]], np.int64))
-                    for _ in range(decode_steps):
-                        m = paddle.concat([m, paddle.ones([1, 1], "int64")], axis=1)
-                        p = p + 1
-                        logits, k, v = step(tok, m, p, k, v)
-                        logits.numpy()
-                return run
+                return decode_run(step, k0, v0, mask, pos, decode_steps)
 
         if "llm" in stages:
             say(f"llm: building {llm_layers}-layer LLaMA at 7B widths on both sides (random weights)")
