@@ -195,7 +195,7 @@ def render(objects: Sequence[SynthObject], rng: np.random.Generator) -> Image.Im
         if obj.kind == "sign":
             x0, y0, x1, y1 = obj.bbox
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255), outline=(90, 90, 90))
-            font = _font(18)
+            font = _font(V.SIGN_FONT)
             l, t, r, b = font.getbbox(obj.word)
             tx = (x0 + x1) / 2.0 - (l + r) / 2.0
             ty = (y0 + y1) / 2.0 - (t + b) / 2.0

@@ -47,6 +47,9 @@ class PatchLabels:
     word: np.ndarray  # [B, N] class id, 0 = no word
     size: np.ndarray  # [B, N] 0 background, 1 small, 2 large
     centre: np.ndarray  # [B, N] 1 where an object's centre falls
+    row: np.ndarray  # [B, N] the patch's grid row (so the feature layer keeps where each token is)
+    col: np.ndarray  # [B, N] the patch's grid column
+    weight: np.ndarray  # [B, N] float: each object's patches share weight 1, the background shares BACKGROUND_SHARE
 
 
 def object_patches(bbox, scale: float, grid: int, patch: int) -> list:
@@ -67,6 +70,12 @@ def colour_classes() -> list:
     from paddle_rc.synth.vocab import SIGN_COLOUR
 
     return list(COLOURS) + [SIGN_COLOUR]
+
+
+# Weight of all background patches together, against 1 per object. Unweighted, the background and
+# the large distractors (nearly every patch) swamp the loss and the heads learn nothing of the small
+# objects: the first demo's feature layer told the sign's word in 16% of held-out cases.
+BACKGROUND_SHARE = 0.5
 
 
 def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
@@ -91,13 +100,22 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
             x0, y0, x1, y1 = [v * scale for v in obj.bbox]
             cx, cy = int(min(grid - 1, ((x0 + x1) / 2) // patch)), int(min(grid - 1, ((y0 + y1) / 2) // patch))
             out["centre"][b, cy * grid + cx] = 1
-    return PatchLabels(owner=owner, **out)
+    weight = np.zeros((len(items), n), np.float32)
+    for b in range(len(items)):
+        ids, counts = np.unique(owner[b], return_counts=True)
+        for j, c in zip(ids, counts):
+            weight[b, owner[b] == j] = (BACKGROUND_SHARE if j < 0 else 1.0) / c
+    cells = np.arange(n)
+    out["row"] = np.broadcast_to(cells // grid, (len(items), n)).copy()
+    out["col"] = np.broadcast_to(cells % grid, (len(items), n)).copy()
+    return PatchLabels(owner=owner, weight=weight, **out)
 
 
-def label_sizes() -> dict:
+def label_sizes(grid: int) -> dict:
     from paddle_rc.synth import SHAPES, WORDS
 
-    return {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3, "centre": 2}
+    return {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3,
+            "centre": 2, "row": grid, "col": grid}
 
 
 def user_text(item, rng) -> str:

@@ -42,11 +42,13 @@ def patch_text_loss(patch_emb, text_emb, image_of, target, scale, phrase_target=
     return loss
 
 
-def patch_label_loss(logits: dict, labels: dict):
-    """Sum over attribute heads of the per-patch cross-entropy."""
+def patch_label_loss(logits: dict, labels: dict, weight):
+    """Sum over attribute heads of the per-patch cross-entropy, weighted per patch (weight [B,N])."""
+    w = weight.reshape([-1])
     total = 0.0
     for name, lg in logits.items():
-        total = total + F.cross_entropy(lg.reshape([-1, lg.shape[-1]]), labels[name].reshape([-1, 1]))
+        ce = F.cross_entropy(lg.reshape([-1, lg.shape[-1]]), labels[name].reshape([-1, 1]), reduction="none")
+        total = total + (ce.reshape([-1]) * w).sum() / w.sum()
     return total
 
 

@@ -100,7 +100,7 @@ class DemoTrainer:
         config = model_config(self.recipe, self.clip_tok, self.llm_tok)
         paddle.seed(self.recipe.seed)
         self.model = LlavaForConditionalGeneration(config)
-        self.heads = _AttributeHeads(config.vision.hidden_size)
+        self.heads = _AttributeHeads(config.vision.hidden_size, self.recipe.image_size // self.recipe.patch_size)
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         weights = os.path.join(self.work, "model.pdparams")
@@ -186,6 +186,9 @@ class DemoTrainer:
             if not math.isfinite(value):
                 raise RuntimeError(f"stage {stage} step {step}: loss is {value}")
             state["losses"][stage].append(round(value, 5))
+            for k, v in parts.items():
+                if k.startswith("probe_") and math.isfinite(v):
+                    state.setdefault("probe", {}).setdefault(k[len("probe_"):], []).append(round(v, 4))
             state["step"] = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
@@ -243,13 +246,14 @@ class DemoTrainer:
         return {"pixels": pixels, "same": np.array([[a == b for b in cap] for a in cap], np.float32),
                 "captions": bt.clip_ids(self.clip_tok, cap, pad), "texts": bt.clip_ids(self.clip_tok, texts, pad),
                 "image_of": image_of, "target": target, "phrase_target": phrase_target, "owned": owner >= 0,
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes()}}
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
+                "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _clip_step(self, d: dict):
         from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
 
         m = self.model
-        t = {k: paddle.to_tensor(v) for k, v in d.items() if k != "labels"}
+        t = {k: paddle.to_tensor(v) for k, v in d.items() if k not in ("labels", "small")}
         feat, last = self._tower(t["pixels"])
         scales = paddle.exp(paddle.clip(self.scales, max=math.log(100.0)))
         img_emb = m.visual_projection(m.vision_tower.post_layernorm(last[:, 0]))
@@ -258,9 +262,13 @@ class DemoTrainer:
         P = m.visual_projection(last[:, 1:])
         l_patch = patch_text_loss(P, txt_emb, t["image_of"], t["target"], scales[1], t["phrase_target"], t["owned"])
         heads = self.heads(feat[:, 1:])
-        l_attr = patch_label_loss(heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()})
-        loss = l_clip + l_patch + 0.5 * l_attr
-        return loss, {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr)}
+        l_attr = patch_label_loss(heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()}, t["weight"])
+        loss = l_clip + l_patch + l_attr
+        # The heads see each batch before updating on it (fresh scenes every step), so this is a held-out
+        # linear probe of the feature layer on the small objects' patches: what the LLM can read there.
+        probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word")}
+        return loss, {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr),
+                      **{f"probe_{k}": v for k, v in probe.items()}}
 
     def _llm_data(self, step: int) -> dict:
         from paddle_rc.data.image import ImageProcessor
@@ -348,14 +356,33 @@ def _rename(state: dict, names: dict) -> dict:
     return out
 
 
+def _small_patches(items, labels) -> np.ndarray:
+    """[B, N] bool: patches owned by a small object (a small shape or the sign)."""
+    small = np.zeros(labels.owner.shape, bool)
+    for b, it in enumerate(items):
+        for j, obj in enumerate(it.objects):
+            if obj.size == "small":
+                small[b] |= labels.owner[b] == j
+    return small
+
+
+def _accuracy(logits, labels: np.ndarray, where: np.ndarray) -> float:
+    """Share of the patches in `where` whose label is non-zero that the head classifies right (nan if none)."""
+    sel = where & (labels > 0)
+    if not sel.any():
+        return float("nan")
+    pred = logits.numpy().argmax(-1)
+    return float((pred[sel] == labels[sel]).mean())
+
+
 class _AttributeHeads(nn.Layer):
     """Linear per-patch classifiers on the feature layer (training only; not part of the checkpoint)."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, grid: int):
         from paddle_rc.train.batches import label_sizes
 
         super().__init__()
-        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes().items()})
+        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(grid).items()})
 
     def forward(self, x):
         return {k: h(x) for k, h in self.heads.items()}
