@@ -4,7 +4,7 @@
     python tools/benchmark.py compute [--layers 4] [--visual-tokens 576,58] [--fastv-kept 58] [--bits 32,8,4]
     python tools/benchmark.py quant [--prompts 64] [--slice-layers 2] [--train-steps 80]  # bytes, RSS, logits error
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
-    python tools/benchmark.py seven-b [--quant int8,int4-g128] [--methods none,rc]  # real-shape 7B, ~30 min
+    python tools/benchmark.py seven-b [--quant int8,int4-g128] [--checkpoints DIR] [--deploy int8]  # real-shape 7B
     python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py serve [--concurrency 1,4,16] [--requests 32]   # tools/serve.py under load
@@ -154,8 +154,12 @@ def _add_seven_b_parser(sub):
     s.add_argument("--max-new-tokens", type=int, default=4)
     s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
     s.add_argument("--keep", action="store_true", help="keep the checkpoints")
-    s.add_argument("--deploy", action="store_true",
-                   help="also export each quantized checkpoint (rc) and time tools/infer.py --deploy")
+    s.add_argument("--checkpoints", metavar="DIR",
+                   help="keep the quantized checkpoints in DIR and reuse them on later runs (written there "
+                        "when missing, ~12 GB for both presets; never removed); the runs then take minutes")
+    s.add_argument("--deploy", nargs="?", const="all", metavar="PRESETS",
+                   help="also export the quantized checkpoints (rc) and time tools/infer.py --deploy: all of "
+                        "them, or the comma-separated presets given (e.g. --deploy int8)")
     s.add_argument("--churn", type=int, metavar="LAYERS",
                    help="instead: decode cost after a none vs an rc prefill, page faults and system time, "
                         "portable path vs the operator, on LAYERS int8 layers at 7B width")
@@ -180,9 +184,16 @@ def _run_seven_b(args):
         QuantConfig.preset(p)  # unknown presets: one error line before 14 GB are written
     if args.max_new_tokens < 2:
         raise UserError("--max-new-tokens must be at least 2 (one prefill token, then decode steps)")
+    deploy_presets = None
+    if args.deploy not in (None, "all"):
+        deploy_presets = tuple(p.strip() for p in args.deploy.split(",") if p.strip())
+        unknown = [p for p in deploy_presets if p not in presets]
+        if unknown:
+            raise UserError(f"--deploy {','.join(unknown)}: not among --quant {','.join(presets)}")
     result = run_seven_b(args.workdir, presets, tuple(m.strip() for m in args.methods.split(",") if m.strip()),
                          args.max_new_tokens, args.threads, args.keep,
-                         progress=lambda m: print(m, file=sys.stderr, flush=True), deploy=args.deploy)
+                         progress=lambda m: print(m, file=sys.stderr, flush=True), deploy=args.deploy is not None,
+                         checkpoints=args.checkpoints, deploy_presets=deploy_presets)
     print(format_seven_b_table(result))
     _write_json(args.json, result)
 

@@ -103,6 +103,90 @@ def write_random_checkpoint(directory: str, progress: Optional[Callable] = None,
     return checkpoint_weight_bytes(directory)
 
 
+FP16_NAME = "llava-7b-random-fp16"
+
+
+def checkpoint_name(preset: str) -> str:
+    return f"llava-7b-random-{preset}"
+
+
+def _matches(directory: str, make_config: Callable, preset: str) -> bool:
+    """Whether `directory` holds a finished quantized checkpoint of `make_config`'s shapes at `preset`
+    (quantize_checkpoint renames a checkpoint into place only once it is complete)."""
+    from paddle_rc.data.clip_tokenizer import CLIPTokenizer
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+    from paddle_rc.models.config import LlavaConfig
+    from paddle_rc.quant import QuantConfig
+
+    if not os.path.isfile(os.path.join(directory, "config.json")):
+        return False
+    try:
+        have = LlavaConfig.load(directory)
+        want = make_config(CLIPTokenizer.from_dir(os.path.join(directory, "clip_tokenizer")),
+                           LlamaTokenizer.from_dir(os.path.join(directory, "tokenizer")))
+    except Exception:  # unreadable or foreign: written again
+        return False
+    want.quantization = QuantConfig.preset(preset).to_dict()
+    return have.to_dict() == want.to_dict()
+
+
+def prepare_checkpoints(directory: str, presets=QUANT_PRESETS, progress: Callable = lambda m: None,
+                        make_config: Callable = seven_b_config) -> dict:
+    """The quantized random checkpoints in `directory` (`llava-7b-random-<preset>`), reusing those
+    already there from an earlier run with the same shapes; the float16 source is written only if
+    a preset is missing and removed afterwards (~14 GB for 7B). Returns sizes and times, including
+    `reused` (the presets found ready)."""
+    from paddle_rc.quant import QuantConfig
+    from paddle_rc.quant.checkpoint import checkpoint_weight_bytes, quantize_checkpoint
+
+    os.makedirs(directory, exist_ok=True)
+    info = {"paths": {}, "reused": [], "quantize_s": {}, "quant_bytes": {}}
+    todo = []
+    for preset in presets:
+        dst = os.path.join(directory, checkpoint_name(preset))
+        info["paths"][preset] = dst
+        if _matches(dst, make_config, preset):
+            info["reused"].append(preset)
+            info["quant_bytes"][preset] = checkpoint_weight_bytes(dst)
+            progress(f"reusing {dst}")
+        else:
+            todo.append(preset)
+    sidecar = os.path.join(directory, "seven-b.json")  # the float16 size, known only when written
+    try:
+        with open(sidecar, encoding="utf-8") as f:
+            info["fp16_bytes"] = int(json.load(f)["fp16_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if not todo:
+        return info
+    fp16 = os.path.join(directory, FP16_NAME)
+    shutil.rmtree(fp16, ignore_errors=True)  # a half-written one from an interrupted run
+    done = [0]
+
+    def tick(name):
+        done[0] += 1
+        if done[0] % 50 == 0:
+            progress(f"  {done[0]} tensors written ({name})")
+
+    try:
+        t0 = time.perf_counter()
+        progress("writing the random float16 7B checkpoint (streamed)")
+        info["fp16_bytes"] = write_random_checkpoint(fp16, tick, make_config)
+        info["write_s"] = time.perf_counter() - t0
+        with open(sidecar, "w", encoding="utf-8") as f:
+            json.dump({"fp16_bytes": info["fp16_bytes"]}, f)
+        for preset in todo:
+            progress(f"quantizing to {preset}")
+            t0 = time.perf_counter()
+            dst = info["paths"][preset]
+            quantize_checkpoint(fp16, dst, QuantConfig.preset(preset), overwrite=os.path.exists(dst))
+            info["quantize_s"][preset] = time.perf_counter() - t0
+            info["quant_bytes"][preset] = checkpoint_weight_bytes(dst)
+    finally:
+        shutil.rmtree(fp16, ignore_errors=True)  # not needed for inference
+    return info
+
+
 def _tool(name: str, args: list, threads=None) -> tuple:
     """Run tools/<name>.py in a fresh process -> (stdout, peak RSS in GB of that process)."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", f"{name}.py")] + list(args)
@@ -158,40 +242,22 @@ def _deploy_case(result, preset, model_dir, out, image, max_new_tokens, threads,
 def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("none", "rc"),
                 max_new_tokens: int = 4, threads=None, keep: bool = False,
                 progress: Callable = lambda m: None, make_config: Callable = seven_b_config,
-                deploy: bool = False) -> dict:
-    """With `deploy`, each quantized checkpoint is also exported (method rc, tools/export.py) and
-    run through Paddle Inference (`tools/infer.py --deploy`)."""
+                deploy: bool = False, checkpoints: Optional[str] = None, deploy_presets=None) -> dict:
+    """With `deploy`, each quantized checkpoint (or those in `deploy_presets`) is also exported
+    (method rc, tools/export.py) and run through Paddle Inference (`tools/infer.py --deploy`).
+    With `checkpoints`, the quantized checkpoints live in that folder: reused when an earlier run
+    left them there (prepare_checkpoints), written there otherwise, and never removed."""
     from paddle_rc.demo import demo_image
-    from paddle_rc.quant import QuantConfig, kernel
-    from paddle_rc.quant.checkpoint import checkpoint_weight_bytes, quantize_checkpoint
+    from paddle_rc.quant import kernel
 
     base = tempfile.mkdtemp(prefix="paddle_rc_7b_", dir=workdir)
     result = {"cases": [], "kernel": kernel.status()}
     try:
         image = os.path.join(base, "image.png")
         demo_image().resize((640, 480)).save(image)
-        fp16 = os.path.join(base, "llava-7b-random-fp16")
-        t0 = time.perf_counter()
-        done = [0]
-
-        def tick(name):
-            done[0] += 1
-            if done[0] % 50 == 0:
-                progress(f"  {done[0]} tensors written ({name})")
-
-        progress("writing the random float16 7B checkpoint (streamed)")
-        result["fp16_bytes"] = write_random_checkpoint(fp16, tick, make_config)
-        result["write_s"] = time.perf_counter() - t0
-        quantized = {}
-        for preset in presets:
-            progress(f"quantizing to {preset}")
-            t0 = time.perf_counter()
-            dst = os.path.join(base, f"llava-7b-random-{preset}")
-            quantize_checkpoint(fp16, dst, QuantConfig.preset(preset))
-            quantized[preset] = dst
-            result.setdefault("quantize_s", {})[preset] = time.perf_counter() - t0
-            result.setdefault("quant_bytes", {})[preset] = checkpoint_weight_bytes(dst)
-        shutil.rmtree(fp16)  # 14 GB: not needed for inference
+        info = prepare_checkpoints(checkpoints or base, presets, progress, make_config)
+        quantized = info.pop("paths")
+        result.update(info)
         for preset in presets:
             for method in methods:
                 progress(f"tools/infer.py --model <{preset}> --method {method}")
@@ -199,7 +265,7 @@ def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("
                 case["weights"] = preset
                 result["cases"].append(case)
                 progress("  " + json.dumps(case))
-            if deploy:
+            if deploy and (deploy_presets is None or preset in deploy_presets):
                 try:
                     _deploy_case(result, preset, quantized[preset], os.path.join(base, f"deploy-{preset}"),
                                  image, max_new_tokens, threads, progress)
@@ -224,11 +290,15 @@ def format_seven_b_table(result: dict) -> str:
                      f"{c['prefill_s']:.1f} | {per} | {c['peak_rss_gb']:.1f} |")
     by = {(c["weights"], c["method"]): c for c in result["cases"] if not c.get("deployed")}
     notes = []
-    for w in {c["weights"] for c in result["cases"]}:
+    for w in dict.fromkeys(c["weights"] for c in result["cases"]):
         if (w, "none") in by and (w, "rc") in by:
             notes.append(f"{w}: rc prefill speed-up {by[(w, 'none')]['prefill_s'] / by[(w, 'rc')]['prefill_s']:.2f}x")
     sizes = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in result.get("quant_bytes", {}).items())
-    return "\n".join(lines + ["", f"checkpoints: float16 {result.get('fp16_bytes', 0) / 1e9:.2f} GB, {sizes}; "
+    if result.get("fp16_bytes"):
+        sizes = f"float16 {result['fp16_bytes'] / 1e9:.2f} GB, " + sizes
+    if result.get("reused"):
+        sizes += f" ({', '.join(result['reused'])} prepared by an earlier run)"
+    return "\n".join(lines + ["", f"checkpoints: {sizes}; "
                               f"kernel: {result['kernel']['kernel']}"] + notes
                      + [_export_line(k, v) for k, v in result.get("export", {}).items()])
 

@@ -130,6 +130,18 @@ class SafetensorsFile(_File):
             self._offsets[name] = b
 
     def raw(self, key: str) -> np.ndarray:
+        # A copy, so the caller's array outlives the mapping and is writable.
+        value = self.view(key).copy()
+        self.release(key)
+        return value
+
+    def file_offset(self, key: str) -> int:
+        """Where `key`'s bytes start in the file (for a memory map of that tensor alone)."""
+        return self._data_start + self._offsets[key]
+
+    def view(self, key: str) -> np.ndarray:
+        """The tensor as stored, read-only, on the file's memory map (no copy). Its pages count
+        in this process's resident memory once read, until release(key) or close()."""
         info = self.infos[key]
         if info.nbytes == 0:
             return np.zeros(info.shape, NP_DTYPES[info.dtype])
@@ -139,8 +151,21 @@ class SafetensorsFile(_File):
         dt = NP_DTYPES[info.dtype]
         count = info.nbytes // dt.itemsize
         view = np.frombuffer(self._mm, dtype=dt, count=count, offset=self._data_start + self._offsets[key])
-        # A copy, so the caller's array outlives the mapping and is writable.
-        return view.reshape(info.shape).copy()
+        return view.reshape(info.shape)
+
+    def release(self, key: str) -> None:
+        """Unmap the pages of `key` that were read (madvise DONTNEED): they stay in the page cache
+        but leave this process's RSS, so streaming a 14 GB checkpoint does not show as 14 GB
+        resident. A later view() reads them again. No-op where madvise is unavailable."""
+        info = self.infos[key]
+        if self._mm is None or info.nbytes == 0 or not hasattr(self._mm, "madvise"):
+            return
+        start = self._data_start + self._offsets[key]
+        aligned = start - start % mmap.PAGESIZE
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, aligned, start + info.nbytes - aligned)
+        except (OSError, ValueError, AttributeError):
+            pass
 
     def close(self) -> None:
         if self._mm is not None:

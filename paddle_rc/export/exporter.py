@@ -210,7 +210,8 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
     export_vision(model, out_dir, method, budget, options)
     say("exporting the LLM graph (prefill and decode)")
     export_llm(model, out_dir)
-    table = model.language_model.embed_tokens.weight.numpy().astype(np.float32)
+    embed = model.language_model.embed_tokens
+    table = embed.table() if hasattr(embed, "table") else embed.weight.numpy().astype(np.float32)
     np.save(os.path.join(out_dir, EMBED_FILE), table)
     config.save(out_dir)
 
