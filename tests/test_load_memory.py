@@ -133,23 +133,44 @@ def test_loading_holds_one_tensor_of_the_file_at_a_time(tmp_path):
     assert r["after"]["VmHWM"] - r["before"]["RssAnon"] - r["before"]["RssFile"] < 90, r
 
 
-def test_inference_prefill_cache_equals_the_stacked_one():
+def test_inference_cache_in_place_equals_the_stacked_one(monkeypatch):
+    """Prefill and decode steps with gradients on (stacked cache, a concat per step) and off
+    (cache written in place, with room for CACHE_ROOM tokens): the same values, also when the
+    room runs out, when two steps start from the same cache (the second must not overwrite the
+    first's), and for a multi-token step."""
+    from paddle_rc.models import llama
     from paddle_rc.models.config import LlamaConfig
     from paddle_rc.models.llama import LlamaModel, positions_from_mask
 
+    monkeypatch.setattr(llama, "CACHE_ROOM", 2)
     paddle.seed(0)
     m = LlamaModel(LlamaConfig(vocab_size=30, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
                                num_attention_heads=4, num_key_value_heads=2))
     m.eval()
-    x = paddle.randn([2, 5, 32])
+    x = paddle.randn([2, 9, 32])
     mask = paddle.to_tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype="int64")
-    pos = positions_from_mask(mask)
-    h1, k1, v1 = m(x, mask, pos)  # gradients on: stacked per-layer tensors
+
+    def run(steps):
+        out = []
+        h, k, v = m(x[:, :5], mask, positions_from_mask(mask))
+        out += [h, k, v]
+        msk, pos = mask, positions_from_mask(mask)[:, -1:]
+        for t, width in steps:
+            msk = paddle.concat([msk, paddle.ones([2, width], dtype="int64")], axis=1)
+            p = pos + 1 + paddle.arange(width, dtype="int64").unsqueeze(0)
+            h, k2, v2 = m(x[:, t:t + width], msk, p, k, v)
+            out += [h, k2, v2]
+            if t == 6:  # branch: a second step from the same cache as the first
+                hb, kb, vb = m(x[:, 8:9], msk[:, :-width + 1] if width > 1 else msk, p[:, :1], k, v)
+                out += [hb, kb, vb]
+            k, v, pos = k2, v2, p[:, -1:]
+        return [t.numpy() for t in out]
+
+    steps = [(5, 1), (6, 1), (7, 2), (8, 1)]  # room 2: the third step no longer fits in place
+    ref = run(steps)
     with paddle.no_grad():
-        h2, k2, v2 = m(x, mask, pos)  # written in place
-        assert k2.shape == [3, 2, 2, 5, 8]
-        mask2 = paddle.concat([mask, paddle.ones([2, 1], dtype="int64")], axis=1)
-        step = m(x[:, :1], mask2, pos[:, -1:] + 1, k2, v2)
-    step_ref = m(x[:, :1], mask2, pos[:, -1:] + 1, k1, v1)
-    for a, b in [(h1, h2), (k1, k2), (v1, v2)] + list(zip(step, step_ref)):
-        np.testing.assert_array_equal(a.numpy(), b.numpy())
+        got = run(steps)
+        assert len(llama._capacity) <= 2 * 3  # entries die with their caches
+    assert len(got) == len(ref) == 3 * 6
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
