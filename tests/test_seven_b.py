@@ -2,7 +2,8 @@
 processes -> table, and nothing left behind."""
 import os
 
-from paddle_rc.benchmark.seven_b import format_seven_b_table, run_seven_b, seven_b_config, write_random_checkpoint
+from paddle_rc.benchmark.seven_b import (format_seven_b_table, prepare_checkpoints, run_seven_b, seven_b_config,
+                                         write_random_checkpoint)
 
 
 def _small(clip_tok, llm_tok):
@@ -49,6 +50,32 @@ def test_pipeline_end_to_end(tmp_path):
     table = format_seven_b_table(res)
     assert "| int4-g128 | rc | dynamic |" in table and "| int4-g128 | rc | deployed |" in table
     assert "rc prefill speed-up" in table and "int4-g128 export (rc)" in table
+
+
+def test_prepared_checkpoints_are_reused(tmp_path):
+    """--checkpoints DIR: written once (float16 source removed), reused by later runs with the
+    same shapes and presets, written again for other shapes; the runs leave them in place."""
+    d = str(tmp_path / "ck")
+    first = prepare_checkpoints(d, ("int8",), make_config=_small)
+    assert first["reused"] == [] and first["fp16_bytes"] > 0
+    stamp = os.path.getmtime(os.path.join(first["paths"]["int8"], "model.safetensors"))
+    second = prepare_checkpoints(d, ("int8", "int4-g128"), make_config=_small)
+    assert second["reused"] == ["int8"] and second["fp16_bytes"] == first["fp16_bytes"]
+    assert os.path.getmtime(os.path.join(first["paths"]["int8"], "model.safetensors")) == stamp
+    assert sorted(os.listdir(d)) == ["llava-7b-random-int4-g128", "llava-7b-random-int8", "seven-b.json"]
+
+    res = run_seven_b(str(tmp_path / "work"), presets=("int8",), methods=("rc",), max_new_tokens=2,
+                      make_config=_small, checkpoints=d)
+    assert res["reused"] == ["int8"] and [c["method"] for c in res["cases"]] == ["rc"]
+    assert "int8 prepared by an earlier run" in format_seven_b_table(res)
+    assert os.listdir(tmp_path / "work") == [] and os.path.isdir(first["paths"]["int8"])
+
+    def one_layer(clip_tok, llm_tok):
+        cfg = _small(clip_tok, llm_tok)
+        cfg.llm.num_hidden_layers = 1
+        return cfg
+
+    assert prepare_checkpoints(d, ("int8",), make_config=one_layer)["reused"] == []
 
 
 def test_churn_measurement_counts_the_portable_paths_fresh_memory():

@@ -147,8 +147,8 @@ def _add_deploy_parser(sub):
 
 def _add_seven_b_parser(sub):
     s = sub.add_parser("seven-b", help="LLaVA-1.5-7B's real shapes (random weights): write, quantize, time "
-                                       "tools/infer.py for none/rc at int8/int4, peak RSS; needs ~12 GB RAM, "
-                                       "~30 GB disk")
+                                       "tools/infer.py for none/rc at int8/int4, peak RSS; needs ~11 GB RAM, "
+                                       "~27 GB disk while the checkpoints are written (~12 GB after)")
     s.add_argument("--quant", default="int8,int4-g128", help="quantization presets, comma-separated")
     s.add_argument("--methods", default="none,rc")
     s.add_argument("--max-new-tokens", type=int, default=4)

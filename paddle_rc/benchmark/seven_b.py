@@ -250,6 +250,8 @@ def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("
     from paddle_rc.demo import demo_image
     from paddle_rc.quant import kernel
 
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
     base = tempfile.mkdtemp(prefix="paddle_rc_7b_", dir=workdir)
     result = {"cases": [], "kernel": kernel.status()}
     try:

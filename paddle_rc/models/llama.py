@@ -177,23 +177,23 @@ class LlamaModel(nn.Layer):
         stacked path (same values)."""
         n = len(self.layers)
         past_len = 0 if past_k is None else int(past_k.shape[3])
-        step = int(x.shape[1])
-        room = _appendable(past_k, past_len + step) and _appendable(past_v, past_len + step)
-        ks = vs = None
+        length = past_len + int(x.shape[1])
+        room = _appendable(past_k, length) and _appendable(past_v, length)
+        full_k = full_v = None
         for i, layer in enumerate(self.layers):
             pk = past_k[i] if past_k is not None else None
             pv = past_v[i] if past_v is not None else None
             x, k, v = layer(x, cos, sin, bias, pk, pv)
-            if ks is None:
-                if room:  # views over past's buffers, one step longer
-                    ks, vs = _grown(past_k, past_len + step), _grown(past_v, past_len + step)
+            if full_k is None:
+                if room:  # the past's whole buffers (contiguous: written in place, never copied)
+                    full_k, full_v = _whole_buffer(past_k), _whole_buffer(past_v)
                 else:
-                    ks, vs = _new_cache(past_k, k, n, past_len + step), _new_cache(past_v, v, n, past_len + step)
-            ks[i, :, :, past_len:] = k
-            vs[i, :, :, past_len:] = v
+                    full_k, full_v = _new_buffer(past_k, k, n, length), _new_buffer(past_v, v, n, length)
+            full_k[i, :, :, past_len:length] = k
+            full_v[i, :, :, past_len:length] = v
         for old in (past_k, past_v):
             _forget(old)  # appended to: another decode from it must copy, not overwrite
-        return self.norm(x), _remember(ks), _remember(vs)
+        return self.norm(x), _remember(full_k, length), _remember(full_v, length)
 
 
 # Decode steps an inference cache takes in place before it is copied into a larger one
@@ -202,42 +202,41 @@ CACHE_ROOM = 64
 _capacity = {}  # id(cache view) -> (weak reference to it, tokens its buffer holds)
 
 
-def _new_cache(past, new, n_layers: int, length: int):
-    """A [L, B, kvH, length, d] view over a buffer with CACHE_ROOM more tokens, holding `past`."""
+def _new_buffer(past, new, n_layers: int, length: int):
+    """A contiguous [L, B, kvH, length + CACHE_ROOM, d] buffer, `past` copied to its start."""
     shape = [n_layers] + list(new.shape)
     shape[3] = length + CACHE_ROOM
     buf = paddle.empty(shape, dtype=new.dtype)
-    view = buf[:, :, :, :length]
     if past is not None:
-        view[:, :, :, :int(past.shape[3])] = past
-    _capacity[id(view)] = (None, length + CACHE_ROOM)  # completed by _remember
-    return view
+        buf[:, :, :, :int(past.shape[3])] = past
+    return buf
 
 
 def _appendable(cache, length: int) -> bool:
     if cache is None:
         return False
     entry = _capacity.get(id(cache))
-    return entry is not None and entry[0] is not None and entry[0]() is cache and length <= entry[1]
+    return entry is not None and entry[0]() is cache and length <= entry[1]
 
 
-def _grown(cache, length: int):
-    """The view of `cache`'s buffer `length` tokens long (its strides, its storage)."""
+def _whole_buffer(cache):
+    """The contiguous tensor over all of `cache`'s buffer (same storage). Writing through a
+    slice view instead would copy the whole cache per write (Paddle makes it contiguous)."""
     shape = list(cache.shape)
-    shape[3] = length
-    view = paddle.as_strided(cache, shape, list(cache.strides))
-    _capacity[id(view)] = (None, _capacity[id(cache)][1])
-    return view
+    shape[3] = _capacity[id(cache)][1]
+    return paddle.as_strided(cache, shape, list(cache.strides))
 
 
-def _remember(view):
-    cap = _capacity[id(view)][1]
+def _remember(buf, length: int):
+    """The first `length` tokens of `buf` as the cache view handed out, appendable in place."""
+    view = buf[:, :, :, :length]
+    key = id(view)
 
-    def drop(ref, key=id(view)):
+    def drop(ref):
         if _capacity.get(key, (None,))[0] is ref:
             del _capacity[key]
 
-    _capacity[id(view)] = (weakref.ref(view, drop), cap)
+    _capacity[key] = (weakref.ref(view, drop), int(buf.shape[3]))
     return view
 
 
