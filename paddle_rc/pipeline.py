@@ -174,6 +174,7 @@ class Predictor:
             batch = DecodeBatch.prefill(prefill, decode, embeds, mask, pos, keys)
             if record:
                 self.model.record_llm_selection(visual, vis_mask, record["keep"])
+                encoded.visual.kept_in_llm = visual.kept_in_llm  # the same for every row
             return batch
 
     # ---- answering ---------------------------------------------------------------------------

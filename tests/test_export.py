@@ -539,6 +539,20 @@ def test_deployed_long_answers_one_at_a_time_equal_the_dynamic_model(deploy_rc, 
         assert dep.answer(im, q, max_new_tokens=32)["text"] == dyn.answer(im, q, max_new_tokens=32)["text"]
 
 
+def test_deployed_answers_alone_after_a_batch_equal_the_dynamic_model(deploy_rc, checkpoint):
+    """A sequence decoded alone after a larger batch: the predictor's buffers are larger than its
+    outputs then, and a runner that fed the program's cache output back had it overwritten while
+    the next step read it (docs/serving.md's batch-1 differences; 0 of 4 answers equal before)."""
+    from paddle_rc.demo import demo_image
+
+    images = [demo_image(), demo_image().rotate(90), demo_image().convert("L")]
+    questions = ["What is this?", "Describe it.", "What color is the car?"]
+    dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
+    want = [dyn.answer(im, q, max_new_tokens=32)["text"] for im, q in zip(images, questions)]
+    assert [r["text"] for r in dep.answer_batch(images, questions, max_new_tokens=32)] == want
+    assert [dep.answer(im, q, max_new_tokens=32)["text"] for im, q in zip(images, questions)] == want
+
+
 def test_deployed_batch_equals_one_at_a_time(deploy_rc):
     from paddle_rc.demo import demo_image
 
