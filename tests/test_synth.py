@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from paddle_rc.synth import vocab as V
 from paddle_rc.synth import (ANSWERS, COLOURS, QTYPES, SHAPES, WORDS, all_questions, caption, generate,
                              generate_scene, iter_items, phrase, questions_for_scene, vocabulary)
 
@@ -58,7 +59,7 @@ def check_layout(objects):
     for o in large:
         assert o.kind == "shape" and 90 <= o.bbox[2] - o.bbox[0] <= 150
     for o in small:
-        assert 22 <= o.bbox[2] - o.bbox[0] <= 36 and o.colour in COLOURS and o.shape in SHAPES
+        assert V.SMALL_SIDE[0] <= o.bbox[2] - o.bbox[0] <= V.SMALL_SIDE[1] and o.colour in COLOURS and o.shape in SHAPES
     for o in signs:
         assert o.word in WORDS and o.shape is None
     for o in objects:

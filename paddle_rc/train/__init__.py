@@ -113,7 +113,8 @@ def model_card(log: dict) -> str:
         "projector + LLaMA trained on the reply tokens with all visual tokens (no compression in training: "
         "compression is training-free), plus an auxiliary grounding loss (weight "
         f"{r.grounding_weight}): in decoder layers 2 and up, the position that predicts the reply should "
-        "attend to the asked objects' visual tokens. Half the prompts end with \"Answer the question using "
+        "attend to the asked objects' visual tokens; and the attribute heads again, on the projector's "
+        f"output (weight {r.token_label_weight}, discarded after training). Half the prompts end with \"Answer the question using "
         "a single word or phrase.\"",
         "",
         f"| stage | steps | loss, first 5% | loss, last 5% |",
@@ -124,9 +125,13 @@ def model_card(log: dict) -> str:
         f"Training time: {log['train_seconds'] / 60:.1f} min (2 cores).",
     ]
     if log.get("probe"):
-        lines += ["", "Linear probe of the feature layer on small objects' patches (the attribute heads on each "
-                  "batch before their update, last 50 steps of stage 1, % right): "
-                  + ", ".join(f"{k} {v}" for k, v in log["probe"].items()) + "."]
+        p = log["probe"]
+        lines += ["", "What the visual tokens carry, on the small objects' patches (% right, last 50 steps of the "
+                  "stage; each batch is scored before the update on it, so these are held-out figures): "
+                  "linear heads on the feature layer (stage 1) "
+                  + ", ".join(f"{k[6:]} {v}" for k, v in p.items() if k.startswith("probe_"))
+                  + "; linear heads on the projector's output (stage 2) "
+                  + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_")) + "."]
     if "heldout" in log:
         h = log["heldout"]
         lines += ["", "## Held-out accuracy",

@@ -100,7 +100,11 @@ class DemoTrainer:
         config = model_config(self.recipe, self.clip_tok, self.llm_tok)
         paddle.seed(self.recipe.seed)
         self.model = LlavaForConditionalGeneration(config)
-        self.heads = _AttributeHeads(config.vision.hidden_size, self.recipe.image_size // self.recipe.patch_size)
+        grid = self.recipe.image_size // self.recipe.patch_size
+        self.heads = _AttributeHeads(config.vision.hidden_size, grid)
+        # the same attribute heads on the projector's output (stage 2): the per-token MLP learns to expose
+        # what the LLM must read much sooner from a direct signal than through the reply loss alone
+        self.token_heads = _AttributeHeads(config.llm.hidden_size, grid)
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         weights = os.path.join(self.work, "model.pdparams")
@@ -108,20 +112,22 @@ class DemoTrainer:
             self.model.set_state_dict(paddle.load(weights))
             extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
             self.heads.set_state_dict(extra["heads"])
+            self.token_heads.set_state_dict(extra["token_heads"])
             self.scales.set_value(extra["scales"])
 
     def _stable_names(self) -> dict:
         """Paddle's parameter names (linear_125.w_0) depend on how many layers the process made before;
         the optimizer state is stored under the structural names instead, so any process can resume it."""
         names = {self.scales.name: "scales"}
-        for prefix, layer in (("model", self.model), ("heads", self.heads)):
+        for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads)):
             for n, p in layer.named_parameters():
                 names[p.name] = f"{prefix}.{n}"
         return names
 
     def _save(self, state: dict, opt) -> None:
         for name, obj in (("model.pdparams", self.model.state_dict()),
-                          ("extra.pdparams", {"heads": self.heads.state_dict(), "scales": self.scales}),
+                          ("extra.pdparams", {"heads": self.heads.state_dict(), "token_heads": self.token_heads.state_dict(),
+                                             "scales": self.scales}),
                           ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
@@ -156,7 +162,8 @@ class DemoTrainer:
             for p in (list(m.vision_tower.parameters()) + list(m.visual_projection.parameters())
                       + list(m.text_tower.parameters()) + list(m.text_projection.parameters())):
                 p.stop_gradient = True
-            params = list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
+            params = (list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
+                      + list(self.token_heads.parameters()))
         opt = paddle.optimizer.AdamW(learning_rate=peak, parameters=params, weight_decay=0.01,
                                      grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
         opt_path = os.path.join(self.work, "opt.pdopt")
@@ -187,8 +194,8 @@ class DemoTrainer:
                 raise RuntimeError(f"stage {stage} step {step}: loss is {value}")
             state["losses"][stage].append(round(value, 5))
             for k, v in parts.items():
-                if k.startswith("probe_") and math.isfinite(v):
-                    state.setdefault("probe", {}).setdefault(k[len("probe_"):], []).append(round(v, 4))
+                if k.startswith(("probe_", "tok_")) and math.isfinite(v):
+                    state.setdefault("probe", {}).setdefault(k, []).append(round(v, 4))
             state["step"] = step + 1
             bar.update(1)
             bar.set_postfix(loss=f"{value:.3f}", **{k: f"{v:.2f}" for k, v in parts.items()})
@@ -281,18 +288,28 @@ class DemoTrainer:
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
         looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
-        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at}
+        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
+                "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
-        from paddle_rc.train.losses import answer_loss, attention_target_loss
+        from paddle_rc.train.losses import answer_loss, attention_target_loss, patch_label_loss
 
         m, r = self.model, self.recipe
         ids, mask, alen = d["ids"], d["mask"], d["alen"]
         with paddle.no_grad():
             F = m.vision_tower(paddle.to_tensor(d["pixels"]), m.config.vision_feature_layer).F
         n = F.shape[1]
-        visual = VisualTokens(m.projector(F), np.full([len(ids)], n, np.int64), n)
+        tokens = m.projector(F)
+        visual = VisualTokens(tokens, np.full([len(ids)], n, np.int64), n)
+        parts = {}
+        aux = 0.0
+        if r.token_label_weight > 0:
+            heads = self.token_heads(tokens)
+            aux = r.token_label_weight * patch_label_loss(
+                heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()}, paddle.to_tensor(d["weight"]))
+            parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word")}
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
         lm = m.language_model
         length = embeds.shape[1]
@@ -315,10 +332,12 @@ class DemoTrainer:
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
         loss = answer_loss(logits, paddle.to_tensor(ids[:, -width:]), paddle.to_tensor(alen))
-        if not grounding:
-            return loss, {}
-        g = paddle.add_n(grounding) / len(grounding)
-        return loss + r.grounding_weight * g, {"answer": float(loss), "ground": float(g)}
+        parts["answer"] = float(loss)
+        if grounding:
+            g = paddle.add_n(grounding) / len(grounding)
+            parts["ground"] = float(g)
+            loss = loss + r.grounding_weight * g
+        return loss + aux, parts
 
     def drop_resume_state(self) -> None:
         """After the checkpoint is written: the weights and optimizer state are no longer needed."""
