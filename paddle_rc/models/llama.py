@@ -154,7 +154,7 @@ class LlamaModel(nn.Layer):
         # plus 1.0 ms per add), so the head axis is expanded here once rather than in every layer.
         heads = [-1, self.config.num_attention_heads, -1, -1]
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
-        if paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
+        if append and paddle.in_dynamic_mode() and not paddle.is_grad_enabled():
             return self._forward_in_place(x, cos, sin, bias, past_k, past_v)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
