@@ -158,6 +158,7 @@ BENCH_CASES = [
     (["quant", "--prompt-len", "0"], "--prompt-len must be at least 1"),
     (["quant", "--group-size", "7"], "--group-size takes -1"),
     (["compute", "--repeats", "0"], "--repeats must be at least 1"),
+    (["seven-b", "--quant", "int8", "--deploy", "int4-g128"], "--deploy int4-g128: not among --quant int8"),
     (["nosuchmode"], "invalid choice: 'nosuchmode'"),
 ]
 
