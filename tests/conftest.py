@@ -6,7 +6,8 @@ import paddle
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# The demo checkpoint is written on first use; keep tests from touching the user's cache.
+# paddle_rc builds things on first use in PADDLE_RC_HOME (the weight-only operator); keep tests from
+# touching the user's cache.
 os.environ.setdefault("PADDLE_RC_HOME", os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache"))
 
 
@@ -33,6 +34,14 @@ def tiny_model():
     model = LlavaForConditionalGeneration(tiny_llava_config())
     model.eval()
     return model
+
+
+@pytest.fixture(scope="session")
+def random_model():
+    """The random 576-patch checkpoint of tests/random_model.py (written once per session)."""
+    from random_model import random_checkpoint
+
+    return random_checkpoint()
 
 
 @pytest.fixture
