@@ -170,8 +170,14 @@ class Predictor:
             visual = VisualTokens(paddle.index_select(visual.embeds, idx, axis=0),
                                   visual.lengths[np.asarray(rows, dtype=np.int64)], visual.before)
         with paddle.no_grad():
-            embeds, mask, pos = self.model.splice(input_ids, mask, visual)
-            return DecodeBatch.prefill(self.model.prefill, self.model.decode, embeds, mask, pos, keys)
+            embeds, mask, pos, vis_mask = self.model.splice(input_ids, mask, visual, with_visual_mask=True)
+            # An in-LLM method (FastV) prunes in this prefill; the model's steps say how.
+            prefill, decode, record = self.model.llm_steps(vis_mask if visual is not None else None)
+            batch = DecodeBatch.prefill(prefill, decode, embeds, mask, pos, keys)
+            if record:
+                self.model.record_llm_selection(visual, vis_mask, record["keep"])
+                encoded.visual.kept_in_llm = visual.kept_in_llm  # the same for every row
+            return batch
 
     # ---- answering ---------------------------------------------------------------------------
     def answer_batch(self, images: Sequence, user_texts: Sequence[str],
@@ -251,7 +257,13 @@ class Encoded:
     def item(self, b: int) -> dict:
         return {"prompt": self.prompts[b], "question": self.questions[b], "method": self.method,
                 "budget": self.budget, "visual_tokens_before": int(self.visual.before),
-                "visual_tokens": int(self.visual.lengths[b]), "stage_counts": _stage_counts(self.visual, b)}
+                "visual_tokens": self.visual_tokens(b), "stage_counts": _stage_counts(self.visual, b)}
+
+    def visual_tokens(self, b: int) -> int:
+        """Visual tokens item b keeps: after compression, or for FastV after its LLM layer (known
+        once the prefill ran; before, all of them)."""
+        kept = self.visual.kept_in_llm
+        return int(self.visual.lengths[b]) if kept is None else int(kept)
 
 
 def _pad_rows(rows, width: int, pad: int) -> np.ndarray:

@@ -14,11 +14,11 @@ from paddle_rc.data.padding import left_pad
 from paddle_rc.errors import UserError
 from paddle_rc.compression import available_methods, get_method
 from paddle_rc.export import exporter
-from paddle_rc.export.runner import DeployedLlava
+from paddle_rc.export.runner import DeployedLlava, append_step
 from paddle_rc.predictor import build_predictor
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools")
-ALL_METHODS = [m for m in available_methods() if m not in exporter.UNTRACEABLE]
+ALL_METHODS = available_methods()  # every method exports, fastv (pruning inside the LLM) included
 # (method, budget, options): every method adaptively, plus budget / option cases whose traced
 # control flow differs (budget branches in rc and prumerge+, a non-default option).
 VISION_CASES = [(m, None, {}) for m in ALL_METHODS] + [
@@ -159,7 +159,7 @@ def _prompt_batch(model, rng):
     return paddle.to_tensor(ids), paddle.to_tensor(mask)
 
 
-@pytest.mark.parametrize("method", ["none", "rc"])
+@pytest.mark.parametrize("method", ["none", "rc", "fastv"])
 def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, tmp_path, method):
     out = str(tmp_path / "deploy")
     shutil.copytree(llm_dir, out)
@@ -187,6 +187,151 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
     np.testing.assert_array_equal(got.visual.lengths, want.visual.lengths)
     if method == "rc":
         assert got.visual.result.stats == want.visual.result.stats
+    if method == "fastv":  # the same patches kept inside the LLM
+        assert got.visual.result.stats == want.visual.result.stats
+        assert got.visual.kept_in_llm == want.visual.kept_in_llm == 8
+
+
+def _fastv_model(layers=4):
+    from conftest import tiny_llava_config
+
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    cfg = tiny_llava_config()
+    cfg.llm.num_hidden_layers = layers
+    paddle.seed(4)
+    model = LlavaForConditionalGeneration(cfg)
+    model.eval()
+    return model
+
+
+def _export_in_memory(model, out, method, budget=None, options=None):
+    os.makedirs(out, exist_ok=True)
+    manifest = exporter.export_loaded_model(model, out, method, budget, dict(options or {}))
+    for d in ("tokenizer", "clip_tokenizer"):
+        os.makedirs(os.path.join(out, d), exist_ok=True)
+        open(os.path.join(out, d, "placeholder"), "w").close()
+    return exporter.finish_manifest(out, manifest)
+
+
+@pytest.fixture(scope="module")
+def fastv_deploy(tmp_path_factory):
+    """A 4-layer LLM pruned after layer 2 to 6 of 16 visual tokens, and its export."""
+    model = _fastv_model()
+    model.set_compression("fastv", 6, layer=2)
+    out = str(tmp_path_factory.mktemp("fastv") / "deploy")
+    return model, out, _export_in_memory(model, out, "fastv", 6, {"layer": 2})
+
+
+@pytest.mark.parametrize("rows", [[[1, 5, 6, -200, 7, 8]],
+                                  [[1, 5, 6, -200, 7, 8], [1, 9, 4, 4, 5, 6, -200, 7, 3, 3, 2], [-200, 4]]],
+                         ids=["batch1", "batch3"])
+def test_fastv_llm_graph_prefill_and_decode_equal_the_dynamic_model(fastv_deploy, rows):
+    """The one llm program of a FastV export, as the runner calls it: the same kept positions, last
+    logits and split caches (past the runner's masked slot) as the dynamic model, in the prefill and
+    over decode steps; batch 1 and a left-padded batch of different prompt lengths."""
+    model, out, manifest = fastv_deploy
+    assert manifest["compression"]["llm_layer"] == 2
+    assert manifest["graphs"]["llm"]["outputs"] == ["logits", "k", "v", "k_late", "v_late", "kept_mask",
+                                                    "keep_index"]
+    deployed = DeployedLlava(out)
+    rng = np.random.default_rng(len(rows))
+    ids, mask = left_pad(rows, 0)
+    ids, mask = paddle.to_tensor(ids), paddle.to_tensor(mask)
+    px = paddle.to_tensor(rng.standard_normal((len(rows), 3, 56, 56)).astype("float32"))
+    with paddle.no_grad():
+        visual = model.encode_images(px)
+        embeds, m, pos, vm = model.splice(ids, mask, visual, with_visual_mask=True)
+        want = model.prefill_pruned(embeds, m, pos, vm)
+    got = deployed.prefill_pruned(embeds, m, pos, vm)
+    np.testing.assert_array_equal(got[2].numpy(), want[2].numpy())  # keep_index
+    assert want[2].shape[1] == embeds.shape[1] - 16 + 6
+
+    def check(got, want, early_mask):
+        np.testing.assert_allclose(got[0].numpy(), want[0].numpy(), rtol=1e-5, atol=1e-5)
+        g, w = got[1].tensors(), want[1].tensors()
+        np.testing.assert_array_equal(g[4].numpy()[:, 1:], w[4].numpy())
+        assert (g[4].numpy()[:, 0] == 0).all()
+        # The export's caches start with the masked slot; left-padding positions (masked, their
+        # queries attend uniformly to whatever is there) may differ, the rest must not.
+        for a, b, mk in zip(g[:4], w[:4], [early_mask.numpy()] * 2 + [w[4].numpy()] * 2):
+            keep = mk.astype(bool)[None, :, None, :, None]
+            np.testing.assert_allclose(a.numpy()[:, :, :, 1:] * keep, b.numpy() * keep, rtol=1e-5, atol=1e-5)
+    check(got, want, m)
+    for step in range(4):
+        tok = paddle.to_tensor(want[0].numpy().argmax(-1).reshape(-1, 1))
+        np.testing.assert_array_equal(got[0].numpy().argmax(-1), want[0].numpy().argmax(-1))
+        m = paddle.concat([m, paddle.ones([len(rows), 1], dtype="int64")], axis=1)
+        pos = pos[:, -1:] + 1
+        with paddle.no_grad():
+            want = model.decode_pruned(tok, m, pos, want[1])
+        got = deployed.decode_pruned(tok, m, pos, got[1])
+        check(got, want, m)
+        assert want[1].k_late.shape[3] == embeds.shape[1] - 10 + step + 1
+
+
+def _fastv_batch(backend, rows, px, keys):
+    from paddle_rc.models.generation import DecodeBatch
+
+    ids, mask = left_pad(rows, 0)
+    with paddle.no_grad():
+        visual = backend.encode_images(px)
+        embeds, m, pos, vm = backend.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual,
+                                            with_visual_mask=True)
+        prefill, decode, _ = backend.llm_steps(vm)
+        return DecodeBatch.prefill(prefill, decode, embeds, m, pos, keys)
+
+
+def _greedy_logits(batch, steps, leave=None):
+    """{key: [logits per step]}, greedy; row `leave` leaves the batch after the first step."""
+    out = {k: [batch.logits[i]] for i, k in enumerate(batch.keys)}
+    with paddle.no_grad():
+        for step in range(steps):
+            if step == 1 and leave is not None:
+                batch.keep([i for i, k in enumerate(batch.keys) if k != leave])
+            batch.step(batch.logits.argmax(-1))
+            for i, k in enumerate(batch.keys):
+                out[k].append(batch.logits[i])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["dynamic", "exported"])
+def test_fastv_split_cache_rows_leave_and_join_like_alone(fastv_deploy, backend):
+    """DecodeBatch over FastV's split cache: a row leaving the batch (keep) and two batches of
+    different prompt lengths joining (join pads both parts of the cache) leave every row's logits
+    as when it runs alone (what answer_batch and the server do)."""
+    model, out, _ = fastv_deploy
+    runner = model if backend == "dynamic" else DeployedLlava(out)
+    rows = [[1, 5, 6, -200, 7, 8], [1, 9, 4, 4, 5, 6, -200, 7, 3, 3, 2], [-200, 4]]
+    rng = np.random.default_rng(9)
+    px = paddle.to_tensor(rng.standard_normal((3, 3, 56, 56)).astype("float32"))
+    alone = {r: _greedy_logits(_fastv_batch(runner, [rows[r]], px[r:r + 1], [r]), 4)[r] for r in range(3)}
+    together = _greedy_logits(_fastv_batch(runner, rows, px, [0, 1, 2]), 4, leave=1)
+    joined = _fastv_batch(runner, rows[:1], px[:1], [0])
+    joined.join(_fastv_batch(runner, rows[1:], px[1:], [1, 2]))
+    joined = _greedy_logits(joined, 4)
+    for r in range(3):
+        for got in (together[r], joined[r]):
+            assert len(got) == (2 if (got is together[r] and r == 1) else 5)
+            for g, w in zip(got, alone[r]):
+                np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+                assert g.argmax() == w.argmax()
+
+
+def test_fastv_export_stores_the_llm_weights_once(fastv_deploy, tmp_path):
+    """The FastV llm program holds the same parameters as any other method's (no second copy), and
+    an export for another method of the same model is plain (no pruning inputs, no cost)."""
+    model, out, manifest = fastv_deploy
+    assert not any(n.startswith(("prefill.", "decode.")) for n in manifest["files"])
+    model.set_compression("none")
+    try:
+        plain = _export_in_memory(model, str(tmp_path / "none"), "none")
+    finally:
+        model.set_compression("fastv", 6, layer=2)
+    assert manifest["files"]["llm.pdiparams"] == plain["files"]["llm.pdiparams"]
+    assert [i["name"] for i in plain["graphs"]["llm"]["inputs"]] == [
+        "inputs_embeds", "attention_mask", "position_ids", "past_k", "past_v"]
+    assert plain["compression"]["llm_layer"] is None
 
 
 def test_one_llm_graph_does_prefill_and_decode_like_the_dynamic_model(model, llm_dir):
@@ -200,17 +345,55 @@ def test_one_llm_graph_does_prefill_and_decode_like_the_dynamic_model(model, llm
     pos = positions_from_mask(mask)
     want = model.prefill(embeds, mask, pos)
     no_past = paddle.zeros([2, 3, 2, 0, 16])  # [layers, batch, kv heads, 0, head dim]
-    got = llm.run([embeds, mask, pos, no_past, no_past])
+    got = append_step(llm.run([embeds, mask, pos, no_past, no_past]), no_past, no_past)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
     ids = paddle.to_tensor(np.array([[5], [7], [9]], np.int64))
     mask2 = paddle.concat([mask, paddle.ones([3, 1], "int64")], axis=1)
     pos2 = pos[:, -1:] + 1
     want = model.decode(ids, mask2, pos2, want[1], want[2])
-    got = llm.run([model.language_model.embed_tokens(ids), mask2, pos2, got[1], got[2]])
+    out = llm.run([model.language_model.embed_tokens(ids), mask2, pos2, got[1], got[2]])
+    assert out[1].shape == [2, 3, 2, 1, 16]  # the step's keys/values; the runner appends them
+    got = append_step(out, got[1], got[2])
     assert got[1].shape == [2, 3, 2, 10, 16]
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_runner_keeps_no_program_output_across_runs(model, llm_dir):
+    """Paddle Inference outputs share the predictor's memory, which a later run overwrites when its
+    output fits (a smaller batch after a larger one). The runner's caches must not: a batch-1
+    sequence decoded after a larger prefill, and a cache held while another batch is prefilled,
+    give what a fresh predictor gives."""
+    from paddle_rc.export.runner import Graph, RunnerOptions
+
+    spec = {"inputs": exporter._spec_json(exporter._llm_inputs(model.config)),
+            "outputs": exporter.output_names("none")["llm"]}
+    rng = np.random.default_rng(11)
+
+    def call(graph, b, s, past=None):
+        e = paddle.to_tensor(rng.standard_normal((b, s, 64)).astype(np.float32))
+        if past is None:
+            past = paddle.zeros([2, b, 2, 1, 16])
+            past = (past, past)
+        m = paddle.ones([b, past[0].shape[3] + s], dtype="int64")
+        p = paddle.arange(s).unsqueeze(0).expand([b, s]).astype("int64") + past[0].shape[3]
+        return append_step(graph(e, m, p, *past), *past)
+
+    runs = {}
+    for name in ("fresh", "used"):
+        rng = np.random.default_rng(11)
+        graph = Graph(llm_dir, "llm", spec, RunnerOptions(threads=1))
+        big = call(graph, 3, 30) if name == "used" else None  # noqa: F841 (held, as a running batch)
+        rng = np.random.default_rng(11)
+        a = call(graph, 1, 10)
+        b = call(graph, 1, 12)  # another sequence prefilled while `a` is kept
+        steps = [a]
+        for _ in range(3):
+            steps.append(call(graph, 1, 1, past=steps[-1][1:]))
+        runs[name] = [x.numpy() for st in steps + [b] for x in st]
+    for f, u in zip(runs["fresh"], runs["used"]):
+        np.testing.assert_array_equal(f, u)
 
 
 # ---- end to end through the tools, on a checkpoint with real (tiny) tokenizers ----------------------
@@ -270,7 +453,7 @@ def test_export_tool_writes_the_documented_layout(deploy_rc, checkpoint):
             assert manifest["files"][name + ext] == os.path.getsize(os.path.join(deploy_rc, name + ext)) > 0
     assert manifest["compression"]["method"] == "rc" and manifest["compression"]["budget"] == 6
     assert [i["name"] for i in manifest["graphs"]["vision"]["inputs"]] == ["pixel_values", "clip_ids", "has_text"]
-    assert manifest["graphs"]["llm"]["outputs"] == ["logits", "k_cache", "v_cache"]
+    assert manifest["graphs"]["llm"]["outputs"] == ["logits", "k", "v"]
     assert [i["name"] for i in manifest["graphs"]["llm"]["inputs"]] == [
         "inputs_embeds", "attention_mask", "position_ids", "past_k", "past_v"]
     assert not any(n.startswith(("prefill.", "decode.")) for n in manifest["files"])
@@ -287,6 +470,49 @@ def test_infer_deploy_gives_the_dynamic_answer(deploy_rc, checkpoint):
         assert dep[key] == dyn[key], key
     assert dep["visual_tokens_after"] < dep["visual_tokens_before"]
     assert dep["model"] == "deploy:rc"
+
+
+@pytest.fixture(scope="module")
+def deploy_fastv(checkpoint, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("deploy") / "fastv")
+    _tool("export", ["--model", checkpoint, "--out", out, "--method", "fastv", "--budget", "5", "--json"])
+    return out
+
+
+def test_infer_deploy_fastv_gives_the_dynamic_answer(deploy_fastv, deploy_rc, checkpoint):
+    """tools/export.py --method fastv, then tools/infer.py --deploy: the dynamic model's answer, with
+    the pruning inside the exported LLM program (5 of 16 visual tokens after its layer)."""
+    manifest = json.load(open(os.path.join(deploy_fastv, "manifest.json")))
+    assert sorted(n for n in manifest["files"] if n.endswith((".json", ".pdiparams")) and "/" not in n) == [
+        "config.json", "llm.json", "llm.pdiparams", "vision.json", "vision.pdiparams"]
+    # one copy of the LLM's weights, as large as another method's export of the same checkpoint
+    assert manifest["files"]["llm.pdiparams"] == os.path.getsize(os.path.join(deploy_rc, "llm.pdiparams"))
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]
+    dyn = json.loads(_tool("infer", ["--model", checkpoint, "--method", "fastv", "--budget", "5"] + args))
+    dep = json.loads(_tool("infer", ["--deploy", deploy_fastv] + args))
+    for key in ("answer", "method", "budget", "visual_tokens_before", "visual_tokens_after", "stage_counts"):
+        assert dep[key] == dyn[key], key
+    assert (dep["visual_tokens_before"], dep["visual_tokens_after"]) == (16, 5)
+    assert dep["model"] == "deploy:fastv"
+
+
+def test_deployed_fastv_batches_equal_the_dynamic_model(deploy_fastv, checkpoint):
+    """A batch of different prompt lengths whose rows end at different steps (rows leave the split
+    cache) gives the dynamic model's answers and kept patches, and each row its answer alone."""
+    from paddle_rc.demo import demo_image
+
+    images = [demo_image(), demo_image().rotate(90).resize((80, 200)), demo_image().convert("L")]
+    questions = ["What is this?", "Describe the picture in detail, please.", "Color?"]
+    dep = build_predictor(deploy_dir=deploy_fastv)
+    dyn = build_predictor(checkpoint, method="fastv", budget=5)
+    a = dep.answer_batch(images, questions, max_new_tokens=12)
+    b = dyn.answer_batch(images, questions, max_new_tokens=12)
+    kept = [dep.last_visual.result.samples[i].visual for i in range(3)]
+    assert kept == [dyn.last_visual.result.samples[i].visual for i in range(3)]
+    for x, y, (im, q) in zip(a, b, zip(images, questions)):
+        assert (x["text"], x["visual_tokens"], x["stage_counts"]) == (y["text"], y["visual_tokens"], y["stage_counts"])
+        assert x["visual_tokens"] == 5
+        assert dep.answer(im, q, max_new_tokens=12)["text"] == x["text"]
 
 
 def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoint):
@@ -311,6 +537,20 @@ def test_deployed_long_answers_one_at_a_time_equal_the_dynamic_model(deploy_rc, 
     dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
     for im, q in ((demo_image(), "What is this?"), (demo_image().rotate(90), "Describe it in detail.")):
         assert dep.answer(im, q, max_new_tokens=32)["text"] == dyn.answer(im, q, max_new_tokens=32)["text"]
+
+
+def test_deployed_answers_alone_after_a_batch_equal_the_dynamic_model(deploy_rc, checkpoint):
+    """A sequence decoded alone after a larger batch: the predictor's buffers are larger than its
+    outputs then, and a runner that fed the program's cache output back had it overwritten while
+    the next step read it (docs/serving.md's batch-1 differences; 0 of 4 answers equal before)."""
+    from paddle_rc.demo import demo_image
+
+    images = [demo_image(), demo_image().rotate(90), demo_image().convert("L")]
+    questions = ["What is this?", "Describe it.", "What color is the car?"]
+    dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
+    want = [dyn.answer(im, q, max_new_tokens=32)["text"] for im, q in zip(images, questions)]
+    assert [r["text"] for r in dep.answer_batch(images, questions, max_new_tokens=32)] == want
+    assert [dep.answer(im, q, max_new_tokens=32)["text"] for im, q in zip(images, questions)] == want
 
 
 def test_deployed_batch_equals_one_at_a_time(deploy_rc):

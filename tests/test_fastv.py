@@ -151,3 +151,24 @@ def test_fastv_layer_option_is_checked():
         from paddle_rc.compression import compress
 
         compress("fastv", paddle.zeros([1, 4, 2]), None, None)
+
+
+def test_predictor_answers_prune_like_generate():
+    """The pipeline's answers (tools/infer.py, eval, the server: Predictor.start + DecodeBatch)
+    run FastV's pruning as model.generate does, and report its kept count."""
+    from paddle_rc.demo import demo_image
+    from paddle_rc.pipeline import until_eos
+    from paddle_rc.predictor import build_predictor
+
+    pred = build_predictor(method="fastv", budget=5)
+    questions = ["What color is the car?", "Describe the picture in every detail you can see."]
+    images = [demo_image(), demo_image().rotate(90)]
+    outs = pred.answer_batch(images, questions, max_new_tokens=6)
+    for im, q, out in zip(images, questions, outs):
+        ids, mask = pred.encode_prompts([pred.build_prompt(q)])
+        pixels = paddle.to_tensor(pred.processor([im]))
+        with paddle.no_grad():
+            gen = pred.model.generate(ids, pixels, mask, max_new_tokens=6, eos_token_id=pred.tok.llm.eos_token_id)
+        assert out["text"] == pred.tok.llm.decode(until_eos(gen.tokens[0], pred.tok.llm.eos_token_id)).strip()
+        assert out["visual_tokens"] == gen.visual.kept_in_llm == 5
+        assert out["stage_counts"]["visual"] == 5

@@ -105,7 +105,7 @@ def test_two_methods_per_request(client, images):
     path, url = images[2]
     q = "What color is the car?"
     got = {}
-    for method, budget in (("rc", None), ("prumerge+", None), ("cls-topk", 40)):
+    for method, budget in (("rc", None), ("prumerge+", None), ("cls-topk", 40), ("fastv", 20)):
         comp = {"method": method} if budget is None else {"method": method, "budget": budget}
         r = _ask(client, url, q, extra_body={"compression": comp})
         ref = _infer(path, q, method, budget=budget)
@@ -113,10 +113,14 @@ def test_two_methods_per_request(client, images):
         assert r.usage.model_extra["visual_tokens_after"] == ref["visual_tokens_after"], method
         got[method] = r.usage
     assert got["cls-topk"].model_extra["visual_tokens_after"] == 40
-    # the prompt counts the visual tokens after compression: same text, different totals
+    assert got["fastv"].model_extra["visual_tokens_after"] == 20  # kept after its LLM layer
+    # the prompt counts the visual tokens after compression: same text, different totals (FastV's
+    # prompt holds every visual token: its first layers see them all)
+    fastv = got.pop("fastv")
     text_part = {m: u.prompt_tokens - u.model_extra["visual_tokens_after"] for m, u in got.items()}
     assert len(set(text_part.values())) == 1
     assert len({u.prompt_tokens for u in got.values()}) == 3
+    assert fastv.prompt_tokens == text_part["rc"] + fastv.model_extra["visual_tokens_before"]
 
 
 def test_stop_sequences_and_seeded_sampling(client, images):

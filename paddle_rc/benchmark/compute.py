@@ -156,7 +156,7 @@ class _Prefill:
                 start = min(35, seq_len - n)
                 visual = paddle.zeros([1, seq_len], dtype="bool")
                 visual[:, start:start + n] = True
-                hidden, k, _, _, v, _ = pruned_prefill(
+                hidden, k, _, _, v, _, _ = pruned_prefill(
                     self.models[bits], x, mask, pos,
                     lambda sc: fastv_keep(sc, visual, n, kept, FASTV_DEFAULTS), layer)
             logits = self.lm_head(hidden[:, -1, :])

@@ -2,8 +2,11 @@
 
     out/
       vision.json, vision.pdiparams     pixels (+ question CLIP ids, has_text) -> image embeds, lengths[, indices]
-      llm.json, llm.pdiparams           inputs_embeds, attention_mask, position_ids, past_k, past_v -> last logits, k, v
-                                        (prefill: a past of length 0; decode: one new token's embedding)
+      llm.json, llm.pdiparams           inputs_embeds, attention_mask, position_ids, past_k, past_v -> last logits,
+                                        this call's k, v (the runner appends them to the cache)
+                                        (prefill: a past of length 0; decode: one new token's embedding);
+                                        for FastV also past_k_late, past_v_late, late_mask, visual_mask
+                                        -> ..., k_late, v_late, kept_mask, keep_index (its split cache)
       embed_tokens.npy                  the LLM token-embedding table, for the splice and decode's new token
       config.json, tokenizer/, clip_tokenizer/
       manifest.json                     what was exported, with which options, and every file's size
@@ -34,16 +37,9 @@ from paddle.static import InputSpec
 from paddle_rc.errors import UserError
 
 MANIFEST = "manifest.json"
-MANIFEST_FORMAT = 2  # 1: separate prefill and decode graphs
+MANIFEST_FORMAT = 3  # 1: separate prefill and decode graphs; 2: llm returned the whole caches
 EMBED_FILE = "embed_tokens.npy"
 GRAPHS = ("vision", "llm")
-
-# Why a method may not be exportable; checked before tracing so the user gets a sentence, not a trace.
-# Every registered method's core is written to trace (no host round trip, static counts); this
-# table stays for methods added later that are not.
-UNTRACEABLE: dict = {"fastv": "its pruning lives in the LLM graph, whose single-program export does not "
-                               "carry FastV's split cache yet; run it with --model"}
-
 
 def _vision_inputs(config, method: str) -> list:
     size = config.vision.image_size
@@ -58,21 +54,35 @@ def _vision_inputs(config, method: str) -> list:
     return specs
 
 
-def _llm_inputs(config) -> list:
+def _llm_inputs(config, pruned_layer=None) -> list:
+    """The llm program's inputs; with in-LLM pruning after `pruned_layer` (K) layers past_k/past_v
+    are the first K layers' cache and the later layers' cache, its mask and the visual positions
+    follow."""
     llm = config.llm
-    cache = [llm.num_hidden_layers, None, llm.num_key_value_heads, None, llm.head_dim]
-    return [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
-            InputSpec([None, None], "int64", "attention_mask"),
-            InputSpec([None, None], "int64", "position_ids"),
-            InputSpec(cache, "float32", "past_k"),
-            InputSpec(cache, "float32", "past_v")]
+    early = llm.num_hidden_layers if pruned_layer is None else pruned_layer
+    cache = [early, None, llm.num_key_value_heads, None, llm.head_dim]
+    specs = [InputSpec([None, None, llm.hidden_size], "float32", "inputs_embeds"),
+             InputSpec([None, None], "int64", "attention_mask"),
+             InputSpec([None, None], "int64", "position_ids"),
+             InputSpec(cache, "float32", "past_k"),
+             InputSpec(cache, "float32", "past_v")]
+    if pruned_layer is None:
+        return specs
+    late = [llm.num_hidden_layers - pruned_layer, None, llm.num_key_value_heads, None, llm.head_dim]
+    return specs + [InputSpec(late, "float32", "past_k_late"), InputSpec(late, "float32", "past_v_late"),
+                    InputSpec([None, None], "int64", "late_mask"),
+                    InputSpec([None, None], "bool", "visual_mask")]
 
 
 def output_names(method: str) -> dict:
+    from paddle_rc.compression.registry import get_method
     from paddle_rc.export.graphs import INDEX_OUTPUTS
 
+    llm = ["logits", "k", "v"]
+    if get_method(method).stage == "llm":
+        return {"vision": ["image_embeds", "lengths"], "llm": llm + ["k_late", "v_late", "kept_mask", "keep_index"]}
     vision = ["image_embeds", "lengths"] + ([] if method == "none" else list(INDEX_OUTPUTS))
-    return {"vision": vision, "llm": ["logits", "k_cache", "v_cache"]}
+    return {"vision": vision, "llm": llm}
 
 
 def _spec_json(specs) -> list:
@@ -142,8 +152,6 @@ def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Opt
     say = progress or (lambda msg: None)
     options = dict(options or {})
     check_compression(method, budget, options)
-    if method in UNTRACEABLE:
-        raise UserError(f"method {method!r} cannot be exported: {UNTRACEABLE[method]}")
     LlavaConfig.load(model_dir)  # not a checkpoint: say so before --out is touched
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file; give a directory")
@@ -184,10 +192,20 @@ def export_vision(model, out_dir: str, method: str, budget=None, options=None, n
     return specs
 
 
-def export_llm(model, out_dir: str) -> None:
-    from paddle_rc.export.graphs import LLMGraph
+def _pruned_layer(model):
+    """K of the model's in-LLM pruning method (FastV), or None."""
+    pruning = model._llm_method()
+    return None if pruning is None else pruning[2]
 
-    _save_graph(LLMGraph(model), _llm_inputs(model.config), os.path.join(out_dir, "llm"))
+
+def export_llm(model, out_dir: str) -> None:
+    """The one LLM program (prefill and decode); for an in-LLM pruning method (FastV) the pruning
+    and the split cache are inside it, for every other method it is the plain step."""
+    from paddle_rc.export.graphs import LLMGraph, PrunedLLMGraph
+
+    layer = _pruned_layer(model)
+    graph = LLMGraph(model) if layer is None else PrunedLLMGraph(model)
+    _save_graph(graph, _llm_inputs(model.config, layer), os.path.join(out_dir, "llm"))
 
 
 def export_loaded_model(model, out_dir: str, method: str, budget, options: dict, say=None) -> dict:
@@ -204,7 +222,8 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
     n_patches = config.vision.num_patches
     budget_used = None if budget is None else min(int(budget), n_patches)
     vision_specs = _vision_inputs(config, method)
-    llm_specs = _llm_inputs(config)
+    layer = _pruned_layer(model)
+    llm_specs = _llm_inputs(config, layer)
 
     say(f"exporting vision graph (method {method}{'' if budget is None else f', budget {budget}'})")
     export_vision(model, out_dir, method, budget, options)
@@ -226,16 +245,22 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
         "compression": {"method": method, "budget": budget, "budget_applied": budget_used,
                         "options": _jsonable(options), "n_patches": n_patches,
                         "uses_text": spec.uses_text, "text_mode": spec.text_mode,
-                        "stage": spec.stage},
+                        "stage": spec.stage, "llm_layer": layer},
         "graphs": {
             "vision": {"inputs": _spec_json(vision_specs), "outputs": names["vision"],
                        "notes": "image_embeds [B,Tmax,H] zero-padded after each sample's lengths[b] tokens"},
             "llm": {"inputs": _spec_json(llm_specs), "outputs": names["llm"],
-                    "notes": "logits [B,V] at the last position; caches [layers,B,kv_heads,P+S,head_dim]; "
-                             "attention_mask covers past + new tokens; prefill passes a past of length 0"},
+                    "notes": "logits [B,V] at the last position; k, v [layers,B,kv_heads,S,head_dim]: the new "
+                             "tokens' keys/values, which the caller appends to past_k, past_v; "
+                             "attention_mask covers past + new tokens; prefill passes a past of length 0"
+                             + ("" if layer is None else
+                                f"; in-LLM pruning after layer {layer}: past_k/v, k/v are layers 0..{layer - 1} "
+                                "over every position, past_k/v_late, k/v_late the later layers over the kept "
+                                "ones under late_mask (kept_mask: the kept new positions' part); visual_mask "
+                                "marks the new positions it may drop (none in decode); keep_index [B,S'] the "
+                                "kept new positions")},
         },
         "embed_tokens": {"file": EMBED_FILE, "shape": list(table.shape), "dtype": "float32"},
-        "untraceable_methods": dict(UNTRACEABLE),
         # The C++ weight-only matmul of quantized layers (paddle_rc.quant.kernel), when it was
         # available at export time; the runner builds/loads it before creating the predictors.
         "custom_ops": custom_ops_used(out_dir),

@@ -12,6 +12,7 @@ import paddle.nn as nn
 from paddle_rc.compression.registry import P_FEATURE, P_NEXT, get_method
 from paddle_rc.models.llava import (LlavaForConditionalGeneration, compression_inputs, question_features,
                                     run_vision_tower)
+from paddle_rc.models.llm_pruning import pruned_step
 
 # rc-reference pads/truncates the question to this many CLIP tokens (pipeline.REFERENCE_TEXT_LENGTH).
 REFERENCE_TEXT_LENGTH = 20
@@ -85,5 +86,34 @@ class _LLMGraph(nn.Layer):
 
 class LLMGraph(_LLMGraph):
     """Prefill and decode in one program (a prefill is a step with an empty past), so the LLM's
-    weights are stored and loaded once; token embeddings come from the host-side table."""
-    forward = LlavaForConditionalGeneration.step
+    weights are stored and loaded once; token embeddings come from the host-side table. It returns
+    this call's keys/values; the runner appends them to the cache (runner.append_step)."""
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):
+        return LlavaForConditionalGeneration.step(self, inputs_embeds, attention_mask, position_ids, past_k,
+                                                  past_v, append=False)
+
+
+class PrunedLLMGraph(_LLMGraph):
+    """The LLM program of an in-LLM pruning method (FastV), still one program for prefill and
+    decode (the weights once): paddle_rc.models.llm_pruning.pruned_step over the split cache, with
+    the method's layer, budget and options fixed at export. visual_mask marks the new positions the
+    method may drop: the image's in a prefill, none in a decode step (which then keeps its token).
+    Like LLMGraph it returns this call's parts of the caches (and of late_mask), which the runner appends.
+    Only FastV exports carry this program; every other method's `llm` is LLMGraph, unchanged."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        spec, opts, layer = model._llm_method()
+        n = model.config.vision.num_patches
+        budget = model.compression.budget
+        self.layer = layer
+        self._select = lambda scores, visual: spec.fn(scores, visual, n, budget, opts)
+
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k, past_v, past_k_late, past_v_late,
+                late_mask, visual_mask):
+        hidden, k, v, kl, vl, kept_mask, keep = pruned_step(
+            self.language_model, inputs_embeds, attention_mask, position_ids, self.layer,
+            lambda scores: self._select(scores, visual_mask), past=(past_k, past_v, past_k_late, past_v_late, late_mask),
+            append=False)
+        return self.lm_head(hidden[:, -1, :]), k, v, kl, vl, kept_mask, keep

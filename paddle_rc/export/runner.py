@@ -17,6 +17,7 @@ import numpy as np
 import paddle
 
 from paddle_rc.errors import UserError
+from paddle_rc.models.generation import SplitCache
 from paddle_rc.runtime import default_threads
 from paddle_rc.export.exporter import EMBED_FILE, GRAPHS, MANIFEST, MANIFEST_FORMAT
 
@@ -115,7 +116,14 @@ def make_config(prefix: str, opts: RunnerOptions):
 
 
 class Graph:
-    """One exported program: run(list of paddle tensors) -> list of paddle tensors, in manifest order."""
+    """One exported program: run(list of paddle tensors) -> list of paddle tensors, in manifest order.
+
+    The outputs share memory with the predictor's own variables, and a later run of the same
+    program writes into that memory whenever its output fits (Paddle 3.3: the output tensors hold
+    the variables' allocations, which the kernels reuse). So nothing a run returns is kept across
+    another run: callers copy (clone) what they keep, and the LLM's caches are appended to on the
+    host (append_step), which makes them the caller's own memory at no extra cost.
+    """
 
     def __init__(self, directory: str, name: str, spec: dict, opts: RunnerOptions):
         self.name = name
@@ -191,7 +199,12 @@ class DeployedLlava:
         self.language_model = paddle.nn.Layer()
         self.language_model.embed_tokens = HostEmbedding(self._load_table())
         llm = self.config.llm
-        self._slot_shape = [llm.num_hidden_layers, 0, llm.num_key_value_heads, 1, llm.head_dim]
+        # An in-LLM pruning export (FastV) splits the cache after its layer K: K layers, then the rest.
+        self._layer = comp.get("llm_layer")
+        early = llm.num_hidden_layers if self._layer is None else self._layer
+        self._slot_shape = [early, 0, llm.num_key_value_heads, 1, llm.head_dim]
+        self._late_slot_shape = None if self._layer is None else \
+            [llm.num_hidden_layers - self._layer, 0, llm.num_key_value_heads, 1, llm.head_dim]
 
     def _load_table(self) -> np.ndarray:
         path = os.path.join(self.directory, EMBED_FILE)
@@ -225,7 +238,8 @@ class DeployedLlava:
         if comp["uses_text"]:
             ids, has_text = self._text_inputs(text_embeds, has_text, int(pixel_values.shape[0]))
             inputs += [ids, has_text]
-        outs = self.graphs["vision"](*inputs)
+        # Copies (small next to the tower): the result is read after later runs of the program.
+        outs = [o.clone() for o in self.graphs["vision"](*inputs)]
         embeds = outs[0]
         lengths = outs[1].numpy().astype(np.int64)
         n = int(comp["n_patches"])
@@ -270,30 +284,67 @@ class DeployedLlava:
     # one masked-out slot (zeros, attention mask 0) rather than an empty one: oneDNN's concat
     # rejects zero-length inputs. The slot stays at the front of the caches, so every call puts a
     # 0 in front of the attention mask; a masked key gets weight exactly 0, so outputs are unchanged.
+    # The program returns this call's keys/values; append_step adds them to the past here.
     def prefill(self, inputs_embeds, attention_mask, position_ids):
-        shape = list(self._slot_shape)
-        shape[1] = int(inputs_embeds.shape[0])
-        slot = paddle.zeros(shape, dtype="float32")
+        if self._layer is not None:  # a FastV export without an image: its program, pruning nothing
+            visual = paddle.zeros(inputs_embeds.shape[:2], dtype="bool")
+            logits, cache, _ = self.prefill_pruned(inputs_embeds, attention_mask, position_ids, visual)
+            return logits, cache, None
+        slot = self._slot(self._slot_shape, inputs_embeds)
         return self._step(inputs_embeds, attention_mask, position_ids, slot, slot)
 
-    def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
-        return tuple(self.graphs["prefill"](inputs_embeds.astype("float32"), attention_mask.astype("int64"),
-                                            position_ids.astype("int64"), visual_mask.astype("bool")))
-
-    def decode_pruned(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late,
-                      keep_index):
-        return tuple(self.graphs["decode"](input_ids.astype("int64"), attention_mask.astype("int64"),
-                                           position_ids.astype("int64"), k_early, v_early, k_late, v_late,
-                                           keep_index))
-
     def decode(self, input_ids, attention_mask, position_ids, past_k, past_v):
+        if self._layer is not None:
+            logits, cache = self.decode_pruned(input_ids, attention_mask, position_ids, past_k)
+            return logits, cache, None
         return self._step(self.language_model.embed_tokens(input_ids), attention_mask, position_ids, past_k, past_v)
 
-    def _step(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):
+    # FastV: the same program over the split cache (generation.SplitCache). Its later layers' cache
+    # starts with a masked slot too, which late_mask (carried in the cache) covers with its own 0.
+    def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
+        early, late = self._slot(self._slot_shape, inputs_embeds), self._slot(self._late_slot_shape, inputs_embeds)
+        late_mask = paddle.zeros([int(inputs_embeds.shape[0]), 1], dtype="int64")
+        logits, cache, keep = self._step_pruned(inputs_embeds, attention_mask, position_ids,
+                                                SplitCache(early, early, late, late, late_mask), visual_mask)
+        return logits, cache, keep
+
+    def decode_pruned(self, input_ids, attention_mask, position_ids, cache):
+        embeds = self.language_model.embed_tokens(input_ids)
+        visual = paddle.zeros(embeds.shape[:2], dtype="bool")  # a decode step drops nothing
+        logits, cache, _ = self._step_pruned(embeds, attention_mask, position_ids, cache, visual)
+        return logits, cache
+
+    @staticmethod
+    def _slot(shape, inputs_embeds):
+        shape = list(shape)
+        shape[1] = int(inputs_embeds.shape[0])
+        return paddle.zeros(shape, dtype="float32")
+
+    def _run_llm(self, inputs_embeds, attention_mask, position_ids, *past):
         mask = attention_mask.astype("int64")
         mask = paddle.concat([paddle.zeros([mask.shape[0], 1], dtype="int64"), mask], axis=1)
-        return tuple(self.graphs["llm"](inputs_embeds.astype("float32"), mask, position_ids.astype("int64"),
-                                        past_k, past_v))
+        return self.graphs["llm"](inputs_embeds.astype("float32"), mask, position_ids.astype("int64"), *past)
+
+    def _step(self, inputs_embeds, attention_mask, position_ids, past_k, past_v):
+        outs = self._run_llm(inputs_embeds, attention_mask, position_ids, past_k, past_v)
+        return append_step(outs, past_k, past_v)
+
+    def _step_pruned(self, inputs_embeds, attention_mask, position_ids, cache, visual_mask):
+        outs = self._run_llm(inputs_embeds, attention_mask, position_ids, *cache.tensors(),
+                             visual_mask.astype("bool"))
+        logits, k, v = append_step(outs[:3], cache.k, cache.v)
+        _, kl, vl = append_step(outs[:1] + outs[3:5], cache.k_late, cache.v_late)
+        late_mask = paddle.concat([cache.late_mask, outs[5]], axis=1)
+        return logits, SplitCache(k, v, kl, vl, late_mask), outs[6].clone()
+
+
+def append_step(outs, past_k, past_v):
+    """(logits, k, v) of one llm-program run -> (logits, past_k + k, past_v + v): this call's keys and
+    values appended to the cache on the host. The concatenation is the one cache copy a step makes
+    anyway (the dynamic model makes it inside LlamaModel.forward); made here, the cache is the
+    caller's memory, which later runs of the program cannot overwrite (see Graph)."""
+    logits, k, v = outs
+    return logits.clone(), paddle.concat([past_k, k], axis=3), paddle.concat([past_v, v], axis=3)
 
 
 # The dynamic model's host-side code, shared rather than copied: both only touch attributes the
@@ -302,6 +353,6 @@ class DeployedLlava:
 DeployedLlava.splice = _model_class().splice
 DeployedLlava.generate = _model_class().generate
 DeployedLlava._llm_method = _model_class()._llm_method
-DeployedLlava._llm_steps = _model_class()._llm_steps
-DeployedLlava._record_llm_selection = _model_class()._record_llm_selection
+DeployedLlava.llm_steps = _model_class().llm_steps
+DeployedLlava.record_llm_selection = _model_class().record_llm_selection
 

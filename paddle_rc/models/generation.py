@@ -4,6 +4,8 @@ Both backends provide the same two functions over paddle tensors:
     prefill(inputs_embeds [B,S,H], attention_mask [B,S], position_ids [B,S]) -> (logits [B,V], k, v)
     decode(input_ids [B,1], attention_mask [B,T+1], position_ids [B,1], k, v) -> (logits [B,V], k, v)
 so prompt handling, stopping and sampling are one piece of code whichever runs the network.
+k and v are stacked caches [layers, B, kv_heads, T, head_dim]; a method that prunes inside the LLM
+(FastV) passes one SplitCache as k and None as v instead.
 """
 from __future__ import annotations
 
@@ -53,6 +55,71 @@ def sample_next(logits: np.ndarray, temperature: float, top_p: float, rngs) -> n
     return out
 
 
+class SplitCache:
+    """The KV cache of in-LLM pruning (FastV): the first K layers cache every position (k, v
+    [K,B,kvH,T,d], masked by the decoding loop's attention mask), the later ones only the kept
+    positions (k_late, v_late [L-K,B,kvH,T',d]) under their own mask late_mask [B,T'].
+    DecodeBatch selects, pads and joins its rows as it does a plain cache's."""
+
+    def __init__(self, k, v, k_late, v_late, late_mask):
+        self.k, self.v, self.k_late, self.v_late, self.late_mask = k, v, k_late, v_late, late_mask
+
+    def tensors(self) -> tuple:
+        return self.k, self.v, self.k_late, self.v_late, self.late_mask
+
+    def rows(self, idx) -> "SplitCache":
+        sel = [paddle.index_select(t, idx, axis=1) for t in (self.k, self.v, self.k_late, self.v_late)]
+        return SplitCache(*sel, paddle.index_select(self.late_mask, idx, axis=0))
+
+    def pad_front(self, extra: int) -> "SplitCache":
+        """The early caches `extra` positions longer at the front (the loop pads its mask alike)."""
+        return SplitCache(_pad_front(self.k, extra), _pad_front(self.v, extra), self.k_late, self.v_late,
+                          self.late_mask)
+
+    @staticmethod
+    def concat_rows(caches) -> "SplitCache":
+        """Rows of several caches with equally long early parts; the later layers' parts are
+        left-padded (masked) to the longest."""
+        width = max(int(c.late_mask.shape[1]) for c in caches)
+        parts = []
+        for c in caches:
+            extra = width - int(c.late_mask.shape[1])
+            mask = c.late_mask
+            if extra:
+                mask = paddle.concat([paddle.zeros([mask.shape[0], extra], dtype=mask.dtype), mask], axis=1)
+            parts.append((c.k, c.v, _pad_front(c.k_late, extra), _pad_front(c.v_late, extra), mask))
+        return SplitCache(*[paddle.concat([p[i] for p in parts], axis=0 if i == 4 else 1) for i in range(5)])
+
+
+def _pad_front(cache, extra: int):
+    """A stacked cache [L,B,kvH,T,d] with `extra` zero positions in front of T."""
+    if extra == 0:
+        return cache
+    shape = list(cache.shape)
+    shape[3] = extra
+    return paddle.concat([paddle.zeros(shape, dtype=cache.dtype), cache], axis=3)
+
+
+def _cache_rows(cache, idx):
+    if cache is None:
+        return None
+    return paddle.index_select(cache, idx, axis=1) if isinstance(cache, paddle.Tensor) else cache.rows(idx)
+
+
+def _cache_pad(cache, extra: int):
+    if cache is None:
+        return None
+    return _pad_front(cache, extra) if isinstance(cache, paddle.Tensor) else cache.pad_front(extra)
+
+
+def _cache_concat(caches):
+    if caches[0] is None:
+        return None
+    if isinstance(caches[0], paddle.Tensor):
+        return paddle.concat(caches, axis=1)
+    return type(caches[0]).concat_rows(caches)
+
+
 class DecodeBatch:
     """Sequences decoded together, one row each. Rows join after their own prefill (`join`) and
     leave when they finish (`keep`), so no step computes for a finished sequence and a new sequence
@@ -62,7 +129,7 @@ class DecodeBatch:
     def __init__(self, decode: Callable, logits: np.ndarray, k, v, mask, pos, keys):
         self.decode_fn = decode
         self.logits = logits  # [B, V] host copy: the next token of each row is sampled from it
-        self.k, self.v = k, v  # [L, B, kvH, T, d]
+        self.k, self.v = k, v  # [L, B, kvH, T, d], or a SplitCache and None
         self.mask = mask  # int64 [B, T], 0 on left padding
         self.pos = pos  # int64 [B, 1], position of each row's last token
         self.keys = list(keys)  # the caller's name for each row
@@ -85,8 +152,7 @@ class DecodeBatch:
         if not rows:
             raise ValueError("a DecodeBatch cannot be empty; drop the batch instead")
         idx = paddle.to_tensor(np.asarray(rows, dtype=np.int64))
-        self.k = paddle.index_select(self.k, idx, axis=1)
-        self.v = paddle.index_select(self.v, idx, axis=1)
+        self.k, self.v = _cache_rows(self.k, idx), _cache_rows(self.v, idx)
         self.mask = paddle.index_select(self.mask, idx, axis=0)
         self.pos = paddle.index_select(self.pos, idx, axis=0)
         self.logits = self.logits[rows]
@@ -97,8 +163,8 @@ class DecodeBatch:
         t_self, t_other = int(self.mask.shape[1]), int(other.mask.shape[1])
         width = max(t_self, t_other)
         parts = [_left_pad_rows(b, width - t) for b, t in ((self, t_self), (other, t_other))]
-        self.k = paddle.concat([p[0] for p in parts], axis=1)
-        self.v = paddle.concat([p[1] for p in parts], axis=1)
+        self.k = _cache_concat([p[0] for p in parts])
+        self.v = _cache_concat([p[1] for p in parts])
         self.mask = paddle.concat([p[2] for p in parts], axis=0)
         self.pos = paddle.concat([self.pos, other.pos], axis=0)
         self.logits = np.concatenate([self.logits, other.logits], axis=0)
@@ -117,12 +183,8 @@ class DecodeBatch:
 def _left_pad_rows(batch: DecodeBatch, extra: int):
     if extra == 0:
         return batch.k, batch.v, batch.mask
-    shape = list(batch.k.shape)
-    shape[3] = extra
-    zeros = paddle.zeros(shape, dtype=batch.k.dtype)
     mask = paddle.zeros([len(batch), extra], dtype="int64")
-    return (paddle.concat([zeros, batch.k], axis=3), paddle.concat([zeros, batch.v], axis=3),
-            paddle.concat([mask, batch.mask], axis=1))
+    return _cache_pad(batch.k, extra), _cache_pad(batch.v, extra), paddle.concat([mask, batch.mask], axis=1)
 
 
 def decode_to_end(batch: DecodeBatch, rngs: list, *, max_new_tokens: int, eos_token_id: int,

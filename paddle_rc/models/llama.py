@@ -140,8 +140,10 @@ class LlamaModel(nn.Layer):
         neg = paddle.full([1], _NEG, dtype=dtype)
         return paddle.where(keep, zero, neg).unsqueeze(1)
 
-    def forward(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None):
-        """-> (hidden [B,S,H] after the final norm, k_cache, v_cache [L,B,kvH,T,d])."""
+    def forward(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None, append=True):
+        """-> (hidden [B,S,H] after the final norm, k_cache, v_cache [L,B,kvH,T,d]); append=False: this
+        call's keys/values [L,B,kvH,S,d] only, which the caller appends (the exported program: the
+        deployed runner appends on the host, so that no output of the program is kept across runs)."""
         x = inputs_embeds
         cos, sin = self._rope(position_ids, x.dtype)
         bias = self.attention_bias(attention_mask, paddle.shape(x)[1], x.dtype)
@@ -158,7 +160,7 @@ class LlamaModel(nn.Layer):
             ks.append(k)
             vs.append(v)
         k_new, v_new = paddle.stack(ks), paddle.stack(vs)
-        if past_k is None:
+        if past_k is None or not append:
             return self.norm(x), k_new, v_new
         # The one copy of the cache per step: append this step's keys/values along the time axis.
         return self.norm(x), paddle.concat([past_k, k_new], axis=3), paddle.concat([past_v, v_new], axis=3)

@@ -17,9 +17,9 @@ import paddle.nn.functional as nnf
 from paddle_rc.data.padding import left_pad
 from paddle_rc.models.clip import CLIPTextTower, CLIPVisionTower
 from paddle_rc.models.config import LlavaConfig
-from paddle_rc.models.generation import generate_loop
+from paddle_rc.models.generation import SplitCache, generate_loop
 from paddle_rc.models.llama import LlamaModel, positions_from_mask
-from paddle_rc.models.llm_pruning import pruned_decode, pruned_prefill
+from paddle_rc.models.llm_pruning import pruned_step
 from paddle_rc.models.projector import MLPProjector
 
 def _check_dtype(dtype: str) -> None:
@@ -298,17 +298,18 @@ class LlavaForConditionalGeneration(nn.Layer):
             # In-LLM pruning: logits for the positions the later layers keep, with their mask.
             embeds, mask, pos, vis_mask = self.splice(input_ids, attention_mask, visual, with_visual_mask=True)
             spec, opts, layer = self._llm_method()
-            out = pruned_prefill(self.language_model, embeds, mask, pos, self._selector(vis_mask), layer)
-            return LlavaOutput(self.lm_head(out[0]), paddle.take_along_axis(mask, out[5], axis=1), visual)
+            out = pruned_step(self.language_model, embeds, mask, pos, layer, self._selector(vis_mask))
+            return LlavaOutput(self.lm_head(out[0]), out[5], visual)
         embeds, mask, pos = self.splice(input_ids, attention_mask, visual)
         hidden, _, _ = self.language_model(embeds, mask, pos)
         return LlavaOutput(self.lm_head(hidden), mask, visual)
 
-    def step(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None):
+    def step(self, inputs_embeds, attention_mask, position_ids, past_k=None, past_v=None, append=True):
         """One LLM call over new tokens' embeddings (after `past` cached tokens, none for a
         prefill): -> (logits at the last position, k cache, v cache). The exported LLM graph is
-        this function, for prefill (empty past) and decode alike."""
-        hidden, k, v = self.language_model(inputs_embeds, attention_mask, position_ids, past_k, past_v)
+        this function, for prefill (empty past) and decode alike, with append=False: it returns
+        this call's keys/values, which the deployed runner appends to the cache."""
+        hidden, k, v = self.language_model(inputs_embeds, attention_mask, position_ids, past_k, past_v, append)
         return self.lm_head(hidden[:, -1, :]), k, v
 
     def prefill(self, inputs_embeds, attention_mask, position_ids):
@@ -338,38 +339,39 @@ class LlavaForConditionalGeneration(nn.Layer):
         return lambda scores: spec.fn(scores, visual_mask, n, budget, opts)
 
     def prefill_pruned(self, inputs_embeds, attention_mask, position_ids, visual_mask):
-        """Prefill with in-LLM pruning -> (last logits [B,V], k_early, v_early, k_late, v_late,
-        keep_index [B,S']) (see paddle_rc.models.llm_pruning)."""
+        """Prefill with in-LLM pruning -> (last logits [B,V], SplitCache, keep_index [B,S'] into the
+        prompt's positions) (see paddle_rc.models.llm_pruning)."""
         _, _, layer = self._llm_method()
-        hidden, ke, ve, kl, vl, keep = pruned_prefill(self.language_model, inputs_embeds, attention_mask,
-                                                      position_ids, self._selector(visual_mask), layer)
-        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl, keep
+        hidden, *cache, keep = pruned_step(self.language_model, inputs_embeds, attention_mask, position_ids,
+                                           layer, self._selector(visual_mask))
+        return self.lm_head(hidden[:, -1, :]), SplitCache(*cache), keep
 
-    def decode_pruned(self, input_ids, attention_mask, position_ids, k_early, v_early, k_late, v_late,
-                      keep_index):
+    def decode_pruned(self, input_ids, attention_mask, position_ids, cache):
+        """A decode step over the SplitCache of prefill_pruned -> (last logits [B,V], SplitCache)."""
+        _, _, layer = self._llm_method()
         embeds = self.language_model.embed_tokens(input_ids)
-        hidden, ke, ve, kl, vl = pruned_decode(self.language_model, embeds, attention_mask, position_ids,
-                                               k_early, v_early, k_late, v_late, keep_index)
-        return self.lm_head(hidden[:, -1, :]), ke, ve, kl, vl
+        hidden, *cache, _ = pruned_step(self.language_model, embeds, attention_mask, position_ids, layer,
+                                        past=cache.tensors())
+        return self.lm_head(hidden[:, -1, :]), SplitCache(*cache)
 
-    def _llm_steps(self, visual_mask):
-        """(prefill, decode, record) for generate_loop. For in-LLM pruning the two caches and the
-        kept positions travel as the loop's opaque k/v; record["keep"] gets the kept positions."""
+    def llm_steps(self, visual_mask):
+        """(prefill, decode, record) for generate_loop / DecodeBatch. For in-LLM pruning the split
+        cache travels as the loop's k (v is None); record["keep"] gets the kept positions."""
         if visual_mask is None or self._llm_method() is None:
             return self.prefill, self.decode, None
         record = {}
 
         def prefill(embeds, mask, pos):
-            logits, ke, ve, kl, vl, keep = self.prefill_pruned(embeds, mask, pos, visual_mask)
+            logits, cache, keep = self.prefill_pruned(embeds, mask, pos, visual_mask)
             record["keep"] = keep
-            return logits, (ke, kl, keep), (ve, vl)
+            return logits, cache, None
 
-        def decode(ids, mask, pos, k, v):
-            logits, ke, ve, kl, vl = self.decode_pruned(ids, mask, pos, k[0], v[0], k[1], v[1], k[2])
-            return logits, (ke, kl, k[2]), (ve, vl)
+        def decode(ids, mask, pos, cache, _):
+            logits, cache = self.decode_pruned(ids, mask, pos, cache)
+            return logits, cache, None
         return prefill, decode, record
 
-    def _record_llm_selection(self, visual, visual_mask, keep):
+    def record_llm_selection(self, visual, visual_mask, keep):
         """Which patches the in-LLM method kept, as a CompressionResult (stats, --save-vis)."""
         from paddle_rc.compression.methods.fastv import kept_count, selection_result
 
@@ -393,7 +395,7 @@ class LlavaForConditionalGeneration(nn.Layer):
             _ = visual.embeds.numpy()  # finish the (asynchronous) vision work inside its own timing
         t1 = time.perf_counter()
         embeds, mask, pos, vis_mask = self.splice(input_ids, attention_mask, visual, with_visual_mask=True)
-        prefill, decode, record = self._llm_steps(vis_mask if visual is not None else None)
+        prefill, decode, record = self.llm_steps(vis_mask if visual is not None else None)
         llm = self.config.llm
         check_context(int(embeds.shape[1]), max_new_tokens, llm.max_position_embeddings)
         tokens, timings = generate_loop(
@@ -403,5 +405,5 @@ class LlavaForConditionalGeneration(nn.Layer):
             temperature=temperature, top_p=top_p, seed=seed)
         timings["vision"] = t1 - t0
         if record:
-            self._record_llm_selection(visual, vis_mask, record["keep"])
+            self.record_llm_selection(visual, vis_mask, record["keep"])
         return GenerateOutput(tokens, visual, timings)

@@ -2,7 +2,8 @@
 
 They drive LlamaModel's own layers but live apart from LlamaModel.forward, so the decoder's usual
 path carries no branch, argument or cost for them. The cache they keep is split in two stacked
-tensors: the first K layers hold every prompt position, the later ones only the kept positions.
+tensors: the first K layers hold every prompt position, the later ones only the kept positions,
+with a mask of their own (paddle_rc.models.generation.SplitCache carries the four and that mask).
 """
 from __future__ import annotations
 
@@ -42,58 +43,74 @@ def _gather_rows(x, index):
     return paddle.take_along_axis(x, index.unsqueeze(2).expand([-1, -1, x.shape[2]]), axis=1)
 
 
-def pruned_prefill(llm, inputs_embeds, attention_mask, position_ids, select, layer: int):
-    """-> (hidden [B,S',H] after the final norm, k_early, v_early [K,B,kvH,S,d], k_late, v_late
-    [L-K,B,kvH,S',d], keep_index [B,S']). select(scores [B,S]) -> keep_index; kept positions keep
-    their original position ids (RoPE), as in the authors' KV-cache version."""
+def pruned_step(llm, inputs_embeds, attention_mask, position_ids, layer: int, select=None, past=None,
+                append=True):
+    """One LLM call over new tokens, pruning them after `layer` (K) decoder layers; prefill and
+    decode alike (the exported FastV graph is this function with a past and a selection).
+
+    inputs_embeds [B,S,H] the new tokens; attention_mask [B,P+S] over the first K layers' P cached
+    positions and the new ones; position_ids [B,S].
+    past: None (no cache yet) or (k_early, v_early [K,B,kvH,P,d], k_late, v_late [L-K,B,kvH,P',d],
+    late_mask [B,P']): the split cache, the later layers' positions with their own mask.
+    select(scores [B,S]) -> keep [B,S'], ascending indices into the new positions; scores is the
+    attention of the last new position in layer K-1, mean over heads, over the new positions.
+    None keeps every new position without scoring (the dynamic model's decode).
+    -> (hidden [B,S',H] after the final norm, k_early, v_early [K,B,kvH,P+S,d], k_late, v_late
+    [L-K,B,kvH,P'+S',d], late_mask [B,P'+S'], keep [B,S'] or None). Kept positions keep their
+    position ids (RoPE), as in the authors' KV-cache version. append=False: the four caches and
+    late_mask are this call's parts only ([..,S,..], [..,S',..], [B,S']), which the caller appends
+    (the exported program; see LlamaModel.forward).
+    """
     x = inputs_embeds
-    cos, sin, bias = _attention_inputs(llm, position_ids, attention_mask, paddle.shape(x)[1], x.dtype)
+    q_len = paddle.shape(x)[1]
+    cos, sin, bias = _attention_inputs(llm, position_ids, attention_mask, q_len, x.dtype)
+    if past is None:
+        k_early, v_early, k_late, v_late, late_mask = None, None, None, None, None
+        new_mask = attention_mask
+    else:
+        k_early, v_early, k_late, v_late, late_mask = past
+        new_mask = attention_mask[:, paddle.shape(k_early)[3]:]
     early_k, early_v = [], []
+    x_in = x
     for i in range(layer):
         x_in = x
-        x, k, v = llm.layers[i](x, cos, sin, bias)
+        x, k, v = llm.layers[i](x, cos, sin, bias, None if past is None else k_early[i],
+                                None if past is None else v_early[i])
         early_k.append(k)
         early_v.append(v)
-    scores = last_position_attention(llm.layers[layer - 1], x_in, cos, sin, bias, early_k[-1])
-    keep = select(scores)
-    x = _gather_rows(x, keep)
-    mask = paddle.take_along_axis(attention_mask, keep, axis=1)
-    pos = paddle.take_along_axis(position_ids, keep, axis=1)
-    cos, sin, bias = _attention_inputs(llm, pos, mask, paddle.shape(x)[1], x.dtype)
+    keep = None
+    kept_mask = new_mask
+    if select is not None:
+        # The ranking is over the new positions only (a prefill's past is none or a masked slot).
+        new_bias = bias
+        if past is not None:
+            _, _, new_bias = _attention_inputs(llm, position_ids, new_mask, q_len, x.dtype)
+        keep = select(last_position_attention(llm.layers[layer - 1], x_in, cos, sin, new_bias, early_k[-1]))
+        x = _gather_rows(x, keep)
+        kept_mask = paddle.take_along_axis(new_mask, keep, axis=1)
+        position_ids = paddle.take_along_axis(position_ids, keep, axis=1)
+    full_late_mask = kept_mask if past is None else paddle.concat([late_mask, kept_mask], axis=1)
+    if select is None:
+        _, _, bias = _attention_inputs(llm, position_ids, full_late_mask, q_len, x.dtype)
+    else:
+        cos, sin, bias = _attention_inputs(llm, position_ids, full_late_mask, paddle.shape(x)[1], x.dtype)
     late_k, late_v = [], []
     for i in range(layer, len(llm.layers)):
-        x, k, v = llm.layers[i](x, cos, sin, bias)
+        j = i - layer
+        x, k, v = llm.layers[i](x, cos, sin, bias, None if past is None else k_late[j],
+                                None if past is None else v_late[j])
         late_k.append(k)
         late_v.append(v)
-    return (llm.norm(x), paddle.stack(early_k), paddle.stack(early_v), paddle.stack(late_k),
-            paddle.stack(late_v), keep)
+
+    def grow(cache, new):  # the layers return this call's keys/values only
+        if cache is None or not append:
+            return paddle.stack(new)
+        return paddle.concat([cache, paddle.stack(new)], axis=3)
+    return (llm.norm(x), grow(k_early, early_k), grow(v_early, early_v), grow(k_late, late_k),
+            grow(v_late, late_v), full_late_mask if append else kept_mask, keep)
 
 
-def pruned_decode(llm, inputs_embeds, attention_mask, position_ids, k_early, v_early, k_late, v_late,
-                  keep_index):
-    """One decode step over the split cache. attention_mask [B, S+t+1] covers every position
-    (the generation loop's mask); the later layers see it restricted to the kept prompt positions.
-    -> (hidden [B,1,H], k_early, v_early, k_late, v_late), the caches one position longer."""
-    x = inputs_embeds
-    layer = k_early.shape[0]
-    q_len = paddle.shape(x)[1]
-    # Positions generated so far (and now) follow the prompt in both caches alike.
-    tail = paddle.shape(k_late)[3] - paddle.shape(keep_index)[1] + q_len
-    total = paddle.shape(attention_mask)[1]
-    late_mask = paddle.concat([paddle.take_along_axis(attention_mask, keep_index, axis=1),
-                               attention_mask[:, total - tail:]], axis=1)
-    cos, sin, bias = _attention_inputs(llm, position_ids, attention_mask, q_len, x.dtype)
-    _, _, late_bias = _attention_inputs(llm, position_ids, late_mask, q_len, x.dtype)
-    ks, vs = [], []
-    for i, dec in enumerate(llm.layers):
-        early = i < layer
-        pk = k_early[i] if early else k_late[i - layer]
-        pv = v_early[i] if early else v_late[i - layer]
-        x, k, v = dec(x, cos, sin, bias if early else late_bias, pk, pv)
-        ks.append(k)
-        vs.append(v)
-    # The layers return this step's keys/values only; append them to each cache.
-    def grow(past, new):
-        return paddle.concat([past, paddle.stack(new)], axis=3)
-    return (llm.norm(x), grow(k_early, ks[:layer]), grow(v_early, vs[:layer]), grow(k_late, ks[layer:]),
-            grow(v_late, vs[layer:]))
+def pruned_prefill(llm, inputs_embeds, attention_mask, position_ids, select, layer: int):
+    """A prefill without cache: pruned_step(past=None) -> (hidden [B,S',H], k_early, v_early, k_late,
+    v_late, late_mask [B,S'], keep [B,S'])."""
+    return pruned_step(llm, inputs_embeds, attention_mask, position_ids, layer, select)

@@ -220,6 +220,7 @@ class Engine:
         prefill = time.perf_counter() - t0
         for b in rows:
             job = group[b]
+            job.started_info["visual_tokens"] = enc.visual_tokens(b)  # FastV's count is known after its prefill
             job.timings["prefill"] = prefill
             job.started_info["timings"]["prefill"] = prefill
             job.emit(("started", job.started_info))

@@ -42,9 +42,11 @@ def fastv_keep(scores, visual, n_visual, budget, opts):
     """Which sequence positions the layers from K on keep.
 
     scores [B,S]: attention of the last position to every position in layer K-1, mean over heads.
-    visual [B,S] bool: the image's positions, exactly n_visual per row (a static int).
-    Returns keep_index [B, S - n_visual + T] int64, ascending: every non-visual position (text and
-    left padding) and the T visual positions with the highest scores (ties to the earlier one).
+    visual [B,S] bool: the image's positions, exactly n_visual per row (a static int), or none at
+    all (a decode step through the exported graph, which prunes nothing).
+    Returns keep_index [B, S - n_visual + T] int64 ([B, S] when no position is visual), ascending:
+    every non-visual position (text and left padding) and the T visual positions with the highest
+    scores (ties to the earlier one).
     """
     t = kept_count(n_visual, budget, opts)
     top = topk_mask(scores, t, valid=visual)
@@ -53,7 +55,10 @@ def fastv_keep(scores, visual, n_visual, budget, opts):
     pos = paddle.arange(s, dtype="int64").unsqueeze(0)
     key = paddle.where(keep, pos, pos + s)
     order = paddle.argsort(key, axis=1)
-    return order[:, :s - (n_visual - t)]
+    # Every row keeps as many (its visual positions are n_visual or none); the count is a tensor so
+    # that one traced program serves prefill (S - n_visual + T) and decode (S).
+    kept = keep.astype("int64").sum(axis=1).max().reshape([1])
+    return paddle.slice(order, axes=[1], starts=[0], ends=[kept])
 
 
 def selection_result(kept, budget, opts):
