@@ -57,6 +57,8 @@ class Predictor:
         self.template = get_template(self.conv_mode)
         self.processor = ImageProcessor.from_config(self.config)
         self.model_id = model_id
+        # The built-in demo model (or one trained the same way, paddle_rc.demo.is_demo_config): a model
+        # of the synthetic task only, which the tools say (paddle_rc.demo.DEFAULT_MODEL_NOTE).
         self.is_demo = is_demo
         self.last_visual = None
 

@@ -42,14 +42,14 @@ def assert_one_error(capsys, name, argv, match):
 
 @pytest.fixture(scope="module")
 def demo_dir():
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
 
-    return demo_checkpoint()
+    return default_model()
 
 
 @pytest.fixture
 def damaged(tmp_path, demo_dir):
-    """Copies of the demo checkpoint with a truncated and an empty model.safetensors."""
+    """Copies of the built-in model with a truncated and an empty model.safetensors."""
     out = {}
     for kind in ("truncated", "empty"):
         d = tmp_path / kind
@@ -129,21 +129,13 @@ def test_damaged_weights(capsys, damaged, tmp_path):
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
 
 
-def test_damaged_demo_cache_is_rebuilt(tmp_path, monkeypatch, demo_dir, capsys):
+def test_missing_default_model_is_one_error(capsys, tmp_path, monkeypatch):
+    """Without --model the tools use the shipped model; if an install lost it, one line says so."""
     from paddle_rc import demo
 
-    home = tmp_path / "home"
-    shutil.copytree(demo_dir, home / demo.DEMO_VERSION)
-    weights = home / demo.DEMO_VERSION / "model.safetensors"
-    with open(weights, "r+b") as f:
-        f.truncate(1000)
-    monkeypatch.setenv("PADDLE_RC_HOME", str(home))
-    path = demo.demo_checkpoint()
-    assert "damaged; writing it again" in capsys.readouterr().err
-    assert weights.stat().st_size == os.path.getsize(os.path.join(demo_dir, "model.safetensors"))
-    from paddle_rc.models import LlavaForConditionalGeneration
-
-    LlavaForConditionalGeneration.from_pretrained(path)
+    monkeypatch.setattr(demo, "SYNTHVQA_DIR", str(tmp_path / "synthvqa-demo"))
+    assert_one_error(capsys, "infer", FAST, "the built-in demo model is missing")
+    assert_one_error(capsys, "export", ["--out", str(tmp_path / "exp")], "pass --model DIR")
 
 
 BENCH_CASES = [
@@ -193,11 +185,11 @@ def test_subprocess_prints_one_line():
 
 
 def test_export_prints_no_paddle_tracing_noise(tmp_path, capfd):
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
     from paddle_rc.export import export_model
 
     capfd.readouterr()
-    export_model(demo_checkpoint(), str(tmp_path / "exp"), method="rc")
+    export_model(default_model(), str(tmp_path / "exp"), method="rc")
     err = capfd.readouterr().err
     assert "PIR" not in err and "Tensor do not have 'place'" not in err, err
 
@@ -205,9 +197,9 @@ def test_export_prints_no_paddle_tracing_noise(tmp_path, capfd):
 def test_long_question_is_refused_before_the_llm(capsys):
     """Past the LLM's context the answer is meaningless and the prefill slow: one line instead."""
     from paddle_rc.models.config import LlavaConfig
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
 
-    context = LlavaConfig.load(demo_checkpoint()).llm.max_position_embeddings
+    context = LlavaConfig.load(default_model()).llm.max_position_embeddings
     question = " ".join(["word"] * (context + 10))
     assert_one_error(capsys, "infer", FAST + ["--question", question], f"the LLM's context is {context}")
 

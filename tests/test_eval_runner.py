@@ -454,11 +454,11 @@ def test_batches_and_a_failing_item_inside_one(data_root, tmp_path):
     assert s["coverage"] == "4/6" and s["n_errors"] == 2 and s["missing_splits"] == ["popular"]
 
 
-def test_batched_greedy_answers_equal_batch_1_on_the_demo_model(data_root, tmp_path):
-    """The real predictor (built-in demo model, random weights, RC on): images of different
-    sizes and prompts of different lengths in one batch."""
+def test_batched_greedy_answers_equal_batch_1_on_a_random_model(data_root, tmp_path, random_model):
+    """The real predictor (the random 576-patch test model, RC on): images of different sizes and
+    prompts of different lengths in one batch."""
     from paddle_rc.predictor import build_predictor
-    predictor = build_predictor(method="rc")
+    predictor = build_predictor(random_model, method="rc")
     texts = {}
     for bs in (1, 4):
         out = str(tmp_path / f"b{bs}")

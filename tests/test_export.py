@@ -463,7 +463,7 @@ def test_export_tool_writes_the_documented_layout(deploy_rc, checkpoint):
 
 
 def test_infer_deploy_gives_the_dynamic_answer(deploy_rc, checkpoint):
-    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]  # demo image
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]  # the built-in scene
     dyn = json.loads(_tool("infer", ["--model", checkpoint, "--method", "rc", "--budget", "6"] + args))
     dep = json.loads(_tool("infer", ["--deploy", deploy_rc] + args))
     for key in ("answer", "method", "visual_tokens_before", "visual_tokens_after", "stage_counts"):
@@ -499,9 +499,9 @@ def test_infer_deploy_fastv_gives_the_dynamic_answer(deploy_fastv, deploy_rc, ch
 def test_deployed_fastv_batches_equal_the_dynamic_model(deploy_fastv, checkpoint):
     """A batch of different prompt lengths whose rows end at different steps (rows leave the split
     cache) gives the dynamic model's answers and kept patches, and each row its answer alone."""
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
-    images = [demo_image(), demo_image().rotate(90).resize((80, 200)), demo_image().convert("L")]
+    images = [drawn_scene(), drawn_scene().rotate(90).resize((80, 200)), drawn_scene().convert("L")]
     questions = ["What is this?", "Describe the picture in detail, please.", "Color?"]
     dep = build_predictor(deploy_dir=deploy_fastv)
     dyn = build_predictor(checkpoint, method="fastv", budget=5)
@@ -518,9 +518,9 @@ def test_deployed_fastv_batches_equal_the_dynamic_model(deploy_fastv, checkpoint
 def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoint):
     """The runner uses the pipeline's prompt and CLIP-text handling: in a batch where one sample has
     no question, that sample's text stage is skipped, and both samples match the dynamic model."""
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
-    images = [demo_image(), demo_image().rotate(90)]
+    images = [drawn_scene(), drawn_scene().rotate(90)]
     args = (images, ["What is this?", "Describe it."], ["What is the red sign?", ""])
     dep = build_predictor(deploy_dir=deploy_rc).answer_batch(*args, max_new_tokens=4)
     dyn = build_predictor(checkpoint, method="rc", budget=6).answer_batch(*args, max_new_tokens=4)
@@ -532,10 +532,10 @@ def test_deployed_predictor_batch_with_and_without_question(deploy_rc, checkpoin
 def test_deployed_long_answers_one_at_a_time_equal_the_dynamic_model(deploy_rc, checkpoint):
     """Batch 1 over many decode steps: a graph whose cached-attention path differed from the dynamic
     model's only showed after the first few tokens."""
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
     dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
-    for im, q in ((demo_image(), "What is this?"), (demo_image().rotate(90), "Describe it in detail.")):
+    for im, q in ((drawn_scene(), "What is this?"), (drawn_scene().rotate(90), "Describe it in detail.")):
         assert dep.answer(im, q, max_new_tokens=32)["text"] == dyn.answer(im, q, max_new_tokens=32)["text"]
 
 
@@ -543,9 +543,9 @@ def test_deployed_answers_alone_after_a_batch_equal_the_dynamic_model(deploy_rc,
     """A sequence decoded alone after a larger batch: the predictor's buffers are larger than its
     outputs then, and a runner that fed the program's cache output back had it overwritten while
     the next step read it (docs/serving.md's batch-1 differences; 0 of 4 answers equal before)."""
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
-    images = [demo_image(), demo_image().rotate(90), demo_image().convert("L")]
+    images = [drawn_scene(), drawn_scene().rotate(90), drawn_scene().convert("L")]
     questions = ["What is this?", "Describe it.", "What color is the car?"]
     dep, dyn = build_predictor(deploy_dir=deploy_rc), build_predictor(checkpoint, method="rc", budget=6)
     want = [dyn.answer(im, q, max_new_tokens=32)["text"] for im, q in zip(images, questions)]
@@ -554,10 +554,10 @@ def test_deployed_answers_alone_after_a_batch_equal_the_dynamic_model(deploy_rc,
 
 
 def test_deployed_batch_equals_one_at_a_time(deploy_rc):
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
     pred = build_predictor(deploy_dir=deploy_rc)
-    images = [demo_image(), demo_image().rotate(90).resize((80, 200)), demo_image().convert("L")]
+    images = [drawn_scene(), drawn_scene().rotate(90).resize((80, 200)), drawn_scene().convert("L")]
     questions = ["What is this?", "Describe it.", ""]
     batch = pred.answer_batch(images, questions, max_new_tokens=6)
     for b, (im, q) in zip(batch, zip(images, questions)):
@@ -642,10 +642,10 @@ def test_missing_deploy_dir_and_gpu_request(tmp_path, deploy_rc):
 
 def test_onednn_switch_on_our_graphs(deploy_rc):
     """oneDNN on: the 3.3.x PIR oneDNN bug does not fire on these graphs, and results are unchanged."""
-    from paddle_rc.demo import demo_image
+    from conftest import drawn_scene
 
-    off = build_predictor(deploy_dir=deploy_rc).answer(demo_image(), "What is this?", max_new_tokens=4)
-    on = build_predictor(deploy_dir=deploy_rc, onednn=True, threads=1).answer(demo_image(), "What is this?",
+    off = build_predictor(deploy_dir=deploy_rc).answer(drawn_scene(), "What is this?", max_new_tokens=4)
+    on = build_predictor(deploy_dir=deploy_rc, onednn=True, threads=1).answer(drawn_scene(), "What is this?",
                                                                            max_new_tokens=4)
     assert on["text"] == off["text"] and on["stage_counts"] == off["stage_counts"]
 

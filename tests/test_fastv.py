@@ -143,7 +143,7 @@ def test_fastv_layer_option_is_checked():
     for bad in (LAYERS, 0, 1.5):
         with pytest.raises(UserError, match="layer"):
             model.set_compression("fastv", None, layer=bad)
-    # the default K = 2 is capped for an LLM of 2 layers (the demo's): it prunes after layer 1
+    # the default K = 2 is capped for an LLM of 2 layers (the tests' tiny one): it prunes after layer 1
     shallow = LlavaForConditionalGeneration(tiny_llava_config())
     shallow.set_compression("fastv")
     assert shallow._llm_method()[2] == 1

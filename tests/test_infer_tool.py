@@ -172,23 +172,23 @@ def test_chat_first_turn_is_answer_and_keep_reuses_its_tokens(predictor):
     image = demo_image()
     kw = dict(max_new_tokens=5)
     session = predictor.chat(image)
-    first = session.ask("What is on the roof?", **kw)
-    assert first["text"] == predictor.answer(image, "What is on the roof?", **kw)["text"]
-    second = session.ask("What colour is the sign?", **kw)
-    assert second["turn"] == 2 and second["question"] == "What is on the roof?"
-    assert second["prompt"].endswith(f"{first['text']}</s>USER: What colour is the sign? ASSISTANT:")
+    first = session.ask("What color is the small star?", **kw)
+    assert first["text"] == predictor.answer(image, "What color is the small star?", **kw)["text"]
+    second = session.ask("What word is on the small sign?", **kw)
+    assert second["turn"] == 2 and second["question"] == "What color is the small star?"
+    assert second["prompt"].endswith(f"{first['text']}</s>USER: What word is on the small sign? ASSISTANT:")
     # keep: the same visual tokens as turn 1 (the text encoder still reads the first question)
     assert second["stage_counts"] == first["stage_counts"]
     ids = predictor.tok.llm.tokenize_with_image(second["prompt"], predictor.config.image_token_index)
     assert ids.count(predictor.tok.llm.eos_token_id) == 1  # "</s>" ends the first answer as EOS
     fresh = predictor.chat(image, recompress=True)
-    fresh.ask("What is on the roof?", **kw)
-    again = fresh.ask("What colour is the sign?", **kw)
-    assert again["question"] == "What colour is the sign?"
-    alone = predictor.answer(image, "What colour is the sign?", **kw)
+    fresh.ask("What color is the small star?", **kw)
+    again = fresh.ask("What word is on the small sign?", **kw)
+    assert again["question"] == "What word is on the small sign?"
+    alone = predictor.answer(image, "What word is on the small sign?", **kw)
     assert again["stage_counts"] == alone["stage_counts"]  # compressed for the new question
     session.reset()
-    assert session.ask("What is on the roof?", **kw)["text"] == first["text"]
+    assert session.ask("What color is the small star?", **kw)["text"] == first["text"]
 
 
 def test_chat_cli_reads_stdin(capsys, monkeypatch):
@@ -206,10 +206,10 @@ def test_chat_cli_reads_stdin(capsys, monkeypatch):
 
 
 def test_chat_too_long_ends_in_one_error(capsys, monkeypatch):
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
     from paddle_rc.models.config import LlavaConfig
 
-    context = LlavaConfig.load(demo_checkpoint()).llm.max_position_embeddings
+    context = LlavaConfig.load(default_model()).llm.max_position_embeddings
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n" + "word " * context + "\n"))
     code, err = run_tool(capsys, "infer", ["--chat", "--max-new-tokens", "4"])
     assert code == 2 and err[-1].startswith("error: the prompt is") and "context" in err[-1]

@@ -17,9 +17,9 @@ def test_vision_benchmark_shows_progress(capsys):
 
 
 def test_quantize_and_export_show_progress(capsys, tmp_path):
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
 
-    code, err = run_tool(capsys, "quantize", ["--model", demo_checkpoint(), "--dst", str(tmp_path / "q")])
+    code, err = run_tool(capsys, "quantize", ["--model", default_model(), "--dst", str(tmp_path / "q")])
     assert code == 0 and _bar(err, "quantizing"), err
     code, err = run_tool(capsys, "export", ["--out", str(tmp_path / "exp"), "--quant", "int8"])
     assert code == 0 and _bar(err, "quantizing") and "3/3" in " ".join(err), err

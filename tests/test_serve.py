@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from random_model import NAME as MODEL, random_checkpoint
 from serve_util import Server, data_url, infer_json, user_message
 
 MAX_IMAGE_BYTES = 300_000
@@ -35,7 +36,9 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(images):
-    s = Server("--max-batch-size", "8", "--max-image-bytes", str(MAX_IMAGE_BYTES),
+    """The random 576-patch test model (tests/random_model.py): the real geometry, and long answers to
+    stream, stop and sample (the built-in trained model answers in a word)."""
+    s = Server("--model", random_checkpoint(), "--max-batch-size", "8", "--max-image-bytes", str(MAX_IMAGE_BYTES),
                "--allow-local-files", os.path.dirname(images[0][0]))
     yield s
     s.stop()
@@ -47,12 +50,13 @@ def client(server):
 
 
 def _ask(client, url, text, max_tokens=12, **extra):
-    return client.chat.completions.create(model="demo-random", messages=user_message(url, text),
+    return client.chat.completions.create(model=MODEL, messages=user_message(url, text),
                                           max_tokens=max_tokens, temperature=0, **extra)
 
 
 def _infer(path, question, method, max_tokens=12, budget=None, extra=()):
-    argv = ["--image", path, "--question", question, "--method", method, "--max-new-tokens", str(max_tokens)]
+    argv = ["--model", random_checkpoint(), "--image", path, "--question", question, "--method", method,
+            "--max-new-tokens", str(max_tokens)]
     return infer_json(argv + (["--budget", str(budget)] if budget else []) + list(extra))
 
 
@@ -60,9 +64,10 @@ def _infer(path, question, method, max_tokens=12, budget=None, extra=()):
 
 def test_models_and_health(server, client):
     models = client.models.list()
-    assert [m.id for m in models.data] == ["demo-random"]
+    assert [m.id for m in models.data] == [MODEL]
     card = models.data[0].model_extra["paddle_rc"]
     assert card["kind"] == "dynamic" and "rc" in card["methods"] and card["visual_tokens_per_image"] == 576
+    assert card["demo"] is False  # an explicit --model: no demo note
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
 
 
@@ -129,7 +134,7 @@ def test_stop_sequences_and_seeded_sampling(client, images):
                        _ask(client, url, "Tell me more.", max_tokens=24, stop=stop, stream=True) if c.choices)
     assert streamed == cut
     kw = dict(temperature=0.9, top_p=0.8, seed=7, max_tokens=12)
-    a = client.chat.completions.create(model="demo-random", messages=user_message(url, "Hi"), **kw)
+    a = client.chat.completions.create(model=MODEL, messages=user_message(url, "Hi"), **kw)
     ref = _infer(path, "Hi", "rc", 12, extra=["--temperature", "0.9", "--top-p", "0.8", "--seed", "7"])
     assert a.choices[0].message.content == ref["answer"]
 
@@ -244,7 +249,7 @@ def test_bad_input_is_a_4xx_in_openai_shape(client, name):
     body, status, phrase = BAD[name]
     body = body()
     with pytest.raises(openai.APIStatusError) as e:
-        client.chat.completions.create(model=body.pop("model", "demo-random"), messages=body.pop("messages"),
+        client.chat.completions.create(model=body.pop("model", MODEL), messages=body.pop("messages"),
                                        extra_body=body)
     assert e.value.status_code == status
     err = e.value.response.json()["error"]
@@ -277,12 +282,11 @@ def test_raw_http_errors_and_the_server_keeps_serving(server, client, images):
 def _text_of_tokens(n: int) -> str:
     """A question whose whole prompt (template and placeholder included) is at most n text tokens."""
     from paddle_rc.data.conversation import get_template
-    from paddle_rc.demo import demo_checkpoint
     from paddle_rc.models.config import LlavaConfig
     from paddle_rc.pipeline import Tokenizers
 
-    config = LlavaConfig.load(demo_checkpoint())
-    tok = Tokenizers(demo_checkpoint()).llm
+    config = LlavaConfig.load(random_checkpoint())
+    tok = Tokenizers(random_checkpoint()).llm
     count = lambda w: len(tok.tokenize_with_image(get_template(config.conv_mode).prompt("word " * w),  # noqa: E731
                                                   config.image_token_index)) - 1
     words = n
@@ -293,20 +297,22 @@ def _text_of_tokens(n: int) -> str:
 
 def test_local_files_only_under_the_allowed_directory(client, images):
     name = os.path.basename(images[0][0])
-    r = client.chat.completions.create(model="demo-random", messages=user_message(name, "What?"), max_tokens=6,
+    r = client.chat.completions.create(model=MODEL, messages=user_message(name, "What?"), max_tokens=6,
                                        temperature=0)
     assert r.choices[0].message.content == _infer(images[0][0], "What?", "rc", 6)["answer"]
     with pytest.raises(openai.PermissionDeniedError, match="outside"):
-        client.chat.completions.create(model="demo-random", messages=user_message("../../etc/passwd", "x"))
+        client.chat.completions.create(model=MODEL, messages=user_message("../../etc/passwd", "x"))
     with pytest.raises(openai.BadRequestError, match="not found"):
-        client.chat.completions.create(model="demo-random", messages=user_message("missing.png", "x"))
+        client.chat.completions.create(model=MODEL, messages=user_message("missing.png", "x"))
 
 
 # ---- queue and disconnects ------------------------------------------------------------------------------
 
 def test_full_queue_is_a_503_and_a_disconnect_frees_the_slot(images):
-    s = Server("--max-batch-size", "1", "--max-queue", "1")
+    s = Server("--max-batch-size", "1", "--max-queue", "1")  # no --model: the built-in trained model
     try:
+        card = httpx.get(s.url + "/v1/models").json()["data"][0]
+        assert card["id"] == "synthvqa-demo" and card["paddle_rc"]["demo"] is True  # the page shows its note
         url = images[0][1]
         health = lambda: httpx.get(s.url + "/health").json()  # noqa: E731
         body = {"messages": user_message(url, "Go on."), "max_tokens": 1800, "ignore_eos": True, "stream": True,
@@ -430,7 +436,7 @@ def test_web_page_in_headless_chromium(server, images):
         d.get(server.url + "/")
         wait = WebDriverWait(d, 120)
         wait.until(lambda d: d.find_element(By.ID, "method").get_attribute("value") == "rc")
-        assert d.find_element(By.ID, "demo-note").is_displayed()
+        assert not d.find_element(By.ID, "demo-note").is_displayed()  # an explicit --model (see the queue test)
         d.find_element(By.ID, "image-input").send_keys(images[1][0])
         wait.until(lambda d: d.find_element(By.ID, "ask").is_enabled())
         question = d.find_element(By.ID, "question")

@@ -228,8 +228,9 @@ def _at_least_one(args, *names):
 def _add_evalbatch_parser(sub):
     e = sub.add_parser("evalbatch", help="tools/eval.py's runner: items/s at batch 1 and batch N, "
                                          "dynamic model and its export (synthetic benchmark)")
-    e.add_argument("--model", help="converted checkpoint (default: a random one of --preset)")
-    e.add_argument("--preset", default="demo", help="random model size without --model: demo or wide")
+    e.add_argument("--model", help="converted checkpoint (default: the one --preset names)")
+    e.add_argument("--preset", default="demo",
+                   help="without --model: demo (the built-in model) or wide (random weights, wider)")
     e.add_argument("--batch-sizes", type=_int_list, default=(1, 8))
     e.add_argument("--items", type=int, default=32)
     e.add_argument("--repeats", type=int, default=3)
@@ -243,7 +244,8 @@ def _add_evalbatch_parser(sub):
 def _add_serve_parser(sub):
     s = sub.add_parser("serve", help="tools/serve.py: throughput and p50/p95 latency at 1/4/16 clients, "
                                      "batching on/off, dynamic model and its export")
-    s.add_argument("--model", help="checkpoint directory (default: the built-in demo model)")
+    s.add_argument("--model", help="checkpoint directory (default: the built-in demo model, trained on the "
+                                   "synthetic task)")
     s.add_argument("--deploy", help="its export (default: exported to a temporary folder with --method/--budget)")
     s.add_argument("--method", default="rc")
     s.add_argument("--budget", type=int)

@@ -1,7 +1,7 @@
 """Export a checkpoint to Paddle Inference graphs (Paddle 3.x PIR: .json + .pdiparams) for deployment.
 
     python tools/export.py --model ckpt/llava-1.5-7b --out deploy/llava-rc --method rc
-    python tools/export.py --out deploy/demo-rc --method rc            # the built-in demo model
+    python tools/export.py --out deploy/demo-rc --method rc            # the built-in demo model (synthetic task)
     python tools/export.py --model ckpt/llava-1.5-7b --out deploy/llava-rc-int8 --quant int8
     python tools/infer.py --deploy deploy/llava-rc --image cat.jpg --question "..."
 
@@ -24,7 +24,8 @@ from paddle_rc.cli import (ToolParser, add_config_args, parse_key_values, parse_
 
 def build_parser():
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
+    p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: the built-in demo model "
+                   "(trained on the synthetic task)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty, or use --overwrite)")
     p.add_argument("--method", default="rc", help="compression method baked into the vision graph")
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: the method's adaptive rule)")
@@ -35,7 +36,8 @@ def build_parser():
                         "optionally with -clip (same as tools/quantize.py, then export)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--check", action="store_true",
-                   help="after exporting, load the graphs with paddle.inference and answer one demo question")
+                   help="after exporting, load the graphs with paddle.inference and answer the built-in "
+                        "scene's question")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     add_config_args(p)
     return p
@@ -68,11 +70,11 @@ def main(argv=None) -> int:
         raise UserError(f"--out {args.out} is a file; give a directory")
     model_dir = args.model
     if model_dir is None:
-        from paddle_rc.demo import demo_checkpoint
+        from paddle_rc.demo import default_model
 
-        model_dir = demo_checkpoint()
-        print("note: exporting the built-in demo model (random weights); pass --model DIR for a real one",
-              file=sys.stderr)
+        model_dir = default_model()
+        print("note: exporting the built-in demo model (a small LLaVA trained on the synthetic task only); "
+              "pass --model DIR for a real one", file=sys.stderr)
     elif not os.path.isdir(model_dir):
         raise UserError(f"model directory not found: {model_dir}")
     t0 = time.perf_counter()
@@ -100,11 +102,12 @@ def main(argv=None) -> int:
             steps.close()
     seconds = time.perf_counter() - t0
     if args.check:
-        from paddle_rc.demo import demo_image
+        from paddle_rc.demo import demo_image, demo_question
         from paddle_rc.predictor import build_predictor
 
-        out = build_predictor(deploy_dir=args.out).answer(demo_image(), "What is in this image?", max_new_tokens=4)
-        manifest["check"] = {"visual_tokens": out["visual_tokens"], "answer": out["text"]}
+        out = build_predictor(deploy_dir=args.out).answer(demo_image(), demo_question(), max_new_tokens=4)
+        manifest["check"] = {"visual_tokens": out["visual_tokens"], "question": demo_question(),
+                             "answer": out["text"]}
     if args.json:
         print(json.dumps(manifest, ensure_ascii=False))
         return 0

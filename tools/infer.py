@@ -1,6 +1,6 @@
 r"""Ask LLaVA about images, with visual-token compression.
 
-    python tools/infer.py                                   # built-in demo model and image
+    python tools/infer.py                                   # built-in demo model, scene and question
     python tools/infer.py --model ckpt/llava-1.5-7b --image cat.jpg --question "What is on the sofa?" \
         --method rc --save-vis kept.png --json
     python tools/infer.py --model ckpt/llava-1.5-7b --image-dir photos/ --batch-size 8 > answers.jsonl
@@ -21,20 +21,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import ToolParser, add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
-DEMO_NOTE = ("demo model with random weights: the answer is meaningless; pass --model DIR "
-             "(a checkpoint written by tools/convert.py) for real answers")
+from paddle_rc.demo import DEFAULT_MODEL_NOTE as DEMO_NOTE, demo_question  # noqa: E402
+
+GENERIC_QUESTION = "What is in this image?"  # the default question about an image you give
 
 
 def build_parser():
     p = ToolParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
+    p.add_argument("--model", help="checkpoint directory (tools/convert.py); default: the built-in demo model "
+                   "(trained on the synthetic task, paddle_rc/assets/synthvqa-demo)")
     p.add_argument("--deploy", help="exported deployment directory (tools/export.py) instead of --model")
-    p.add_argument("--image", help="image file (or URL, with --allow-download); default: built-in demo image")
+    p.add_argument("--image", help="image file (or URL, with --allow-download); default: the built-in demo scene "
+                   "(a synthetic-task picture)")
     p.add_argument("--images", nargs="+", metavar="IMAGE", help="several images: one JSON line each")
     p.add_argument("--image-dir", metavar="DIR", help="every image file in DIR (sorted): one JSON line each")
     p.add_argument("--batch-size", type=int, default=1, help="images answered together (default 1)")
     p.add_argument("--allow-download", action="store_true", help="let --image/--images fetch http(s) URLs")
-    p.add_argument("--question", default="What is in this image?")
+    p.add_argument("--question", help=f"the question (default: with the built-in scene its question, "
+                   f"{demo_question()!r}; with your images {GENERIC_QUESTION!r})")
     p.add_argument("--chat", action="store_true", help="a conversation: questions from standard input")
     p.add_argument("--recompress", action="store_true",
                    help="with --chat: compress again with each new question (default: keep turn 1's tokens)")
@@ -75,6 +79,8 @@ def main(argv=None) -> int:
     if args.chat and many:
         raise UserError("--chat is about one image: give --image, not --images/--image-dir")
     sources = collect_sources(args.image, args.images, args.image_dir, args.allow_download)
+    if args.question is None:
+        args.question = GENERIC_QUESTION if sources else demo_question()
     if args.save_vis and not many:
         picture_format(args.save_vis)  # an unknown extension fails now, not after the answer
     method = args.method if args.method or args.deploy else "rc"
@@ -91,7 +97,7 @@ def main(argv=None) -> int:
     else:
         from paddle_rc.demo import demo_image
 
-        image, image_path = demo_image(), "<built-in demo image>"
+        image, image_path = demo_image(), "<built-in demo scene>"
     if args.chat:
         return chat(predictor, image, args, generation)
     out = predictor.answer(image, args.question, **generation)
@@ -102,6 +108,12 @@ def main(argv=None) -> int:
         return 0
     if predictor.is_demo:
         print(f"note: {DEMO_NOTE}")
+    if not sources:
+        from paddle_rc.demo import DEMO_INDEX, DEMO_SEED, demo_answer
+
+        print(f"image: the built-in scene (paddle_rc.synth.make_item({DEMO_SEED}, {DEMO_INDEX})), "
+              f"whose true answer to its own question is {demo_answer()!r}")
+    print(f"question: {args.question}")
     print(f"answer: {record['answer']}")
     print(f"visual tokens: {record['visual_tokens_before']} -> {record['visual_tokens_after']} "
           f"({record['method']}{'' if record['budget'] is None else ', budget %d' % record['budget']})")

@@ -29,7 +29,8 @@ def _size(text: str) -> int:
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="checkpoint directory (tools/convert.py); default: built-in demo model")
+    src.add_argument("--model", help="checkpoint directory (tools/convert.py); default: the built-in demo model "
+                     "(trained on the synthetic task)")
     src.add_argument("--deploy", help="exported deployment directory (tools/export.py)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed)")
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
     spec = predictor.compression
     print(f"serving {predictor.model_id} ({predictor.kind}, compression {spec.method}"
           + ("" if spec.budget is None else f" budget {spec.budget}")
-          + (", demo model with random weights: answers are meaningless" if predictor.is_demo else "")
+          + (", a demo model trained on the synthetic task: it answers questions about such scenes only"
+             if predictor.is_demo else "")
           + f") on http://{host}:{port}/", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=5)
     uvicorn.Server(config).run(sockets=[sock])

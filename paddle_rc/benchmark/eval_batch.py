@@ -21,40 +21,47 @@ def _answers(path):
         return [(r["uid"], r["text"]) for r in map(json.loads, f)]
 
 
-# Random-weight checkpoints with the demo's tokenizers. "demo" is the built-in demo model (ViT 64 wide,
-# LLM 128 wide: per-call overheads dominate); "wide" has the deploy benchmark's wide geometry
-# (336 px ViT 256x6, LLM 1024 wide x 4 layers), where the matmuls start to dominate.
+# "demo" is the built-in demo model (paddle_rc.demo.default_model: trained on the synthetic task, 224 px
+# ViT 128 wide x 4, LLM 192 wide x 3: per-call overheads dominate); "wide" is a random-weight checkpoint
+# with the deploy benchmark's wide geometry (336 px ViT 256x6, LLM 1024 wide x 4 layers), where the
+# matmuls start to dominate. Speed does not depend on the weights, so random ones serve for timing.
 PRESETS = {
     "demo": None,
     "wide": dict(vision=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6,
-                             num_attention_heads=8, projection_dim=128),
-                 text=dict(projection_dim=128),
+                             num_attention_heads=8, image_size=336, patch_size=14, projection_dim=128),
+                 text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           projection_dim=128),
                  llm=dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
-                          num_attention_heads=16, num_key_value_heads=16)),
+                          num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048)),
 }
+SEED = 0
 
 
 def write_preset_checkpoint(directory, preset):
-    """A random checkpoint of ``preset`` (the demo's tokenizers and geometry, other widths)."""
-    import dataclasses
-
+    """A random-weight checkpoint of ``preset`` with small generated tokenizers
+    (paddle_rc.data.tiny_tokenizers), for timing only."""
     import paddle
 
     from paddle_rc.data.clip_tokenizer import CLIPTokenizer
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
     from paddle_rc.data.tiny_tokenizers import build_tiny_clip_bpe, build_tiny_sentencepiece
-    from paddle_rc.demo import SEED, demo_config
     from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig, LlamaConfig, LlavaConfig
     from paddle_rc.models.weights import save_weights
 
     build_tiny_sentencepiece(os.path.join(directory, "tokenizer"))
     build_tiny_clip_bpe(os.path.join(directory, "clip_tokenizer"))
-    cfg = demo_config(CLIPTokenizer.from_dir(os.path.join(directory, "clip_tokenizer")),
-                      LlamaTokenizer.from_dir(os.path.join(directory, "tokenizer")))
+    clip_tok = CLIPTokenizer.from_dir(os.path.join(directory, "clip_tokenizer"))
+    llm_tok = LlamaTokenizer.from_dir(os.path.join(directory, "tokenizer"))
     spec = PRESETS[preset]
-    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, **spec["vision"]),
-                              text=dataclasses.replace(cfg.text, **spec["text"]),
-                              llm=dataclasses.replace(cfg.llm, **spec["llm"]))
+    cfg = LlavaConfig(
+        vision=CLIPVisionConfig(**spec["vision"]),
+        text=CLIPTextConfig(vocab_size=clip_tok.vocab_size, bos_token_id=clip_tok.bos_token_id,
+                            eos_token_id=clip_tok.eos_token_id, pad_token_id=clip_tok.pad_token_id, **spec["text"]),
+        llm=LlamaConfig(vocab_size=llm_tok.vocab_size, bos_token_id=llm_tok.bos_token_id,
+                        eos_token_id=llm_tok.eos_token_id, pad_token_id=llm_tok.pad_token_id, **spec["llm"]),
+        image_token_index=-200, conv_mode="vicuna_v1", source="random-" + preset, weights_dtype="float32",
+    )
     paddle.seed(SEED)
     model = LlavaForConditionalGeneration(cfg)
     cfg.save(directory)
@@ -80,12 +87,12 @@ def run_eval_batch_benchmark(model_dir=None, batch_sizes=(1, 8), items=32, repea
         if "dynamic" in backends:
             predictors["dynamic"] = build_predictor(model_dir, method=method, budget=budget)
         if "deploy" in backends:
-            from paddle_rc.demo import demo_checkpoint
+            from paddle_rc.demo import default_model
             from paddle_rc.export import export_model
 
             deploy_dir = os.path.join(work, "deploy")
             say(f"exporting {model_dir or 'the demo model'} (method {method}) ...")
-            export_model(model_dir or demo_checkpoint(), deploy_dir, method=method, budget=budget)
+            export_model(model_dir or default_model(), deploy_dir, method=method, budget=budget)
             predictors["deploy"] = build_predictor(deploy_dir=deploy_dir)
         times = {(b, bs): [] for b in predictors for bs in batch_sizes}
         reference = {}

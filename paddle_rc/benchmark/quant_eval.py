@@ -6,10 +6,11 @@ measured is what a user gets.
 
 Three models:
 
-* ``demo``: the built-in demo checkpoint (paddle_rc.demo; random weights, LLM width 128).
-* ``trained``: the same checkpoint with its LLM trained on the tokenizer corpus
-  (paddle_rc.benchmark.tiny_lm), so that its next-token distributions are peaked as a trained
-  model's are; measured on the corpus lines and on the random prompts.
+* ``demo``: the built-in demo model (paddle_rc.demo.default_model: a small LLaVA trained on the
+  synthetic task), or the checkpoint given as ``demo_dir``; measured on random prompts.
+* ``trained``: the same checkpoint with its LLM further trained on the tokenizer corpus
+  (paddle_rc.benchmark.tiny_lm), so that its next-token distributions on those lines are peaked;
+  measured on the corpus lines and on the random prompts.
 * ``slice``: a LLaVA checkpoint whose LLM has LLaVA-7B's widths (hidden 4096, intermediate 11008,
   32 heads, vocab 32000) but only a few decoder layers, with tiny vision/text towers (they are
   skipped by quantization and not used by text prompts). Its weights are random but drawn like
@@ -17,8 +18,9 @@ Three models:
   have) scaled to std 0.02, which is about what LLaMA-7B's projections have; at that scale each
   layer's output dominates the residual stream, so quantization error is not hidden by the input.
 
-Random weights make near-ties between the top logits far more common than in a trained model, so
-top-1 agreement on ``demo`` and ``slice`` is a pessimistic figure for the same relative weight error.
+Random weights (``slice``) and random prompts (which no model was trained on) make near-ties between
+the top logits far more common than on a trained model's own inputs, so top-1 agreement on random
+prompts is a pessimistic figure for the same relative weight error.
 
 Resident memory is measured in a fresh subprocess per checkpoint (RSS after ``import`` vs after
 from_pretrained, and the peak), so the models do not pollute each other's numbers. from_pretrained
@@ -239,11 +241,11 @@ def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: 
 def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
                    workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
                    train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None) -> dict:
-    """Families: ``demo`` (random weights), ``trained`` (the demo with its LLM trained on the
-    tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
+    """Families: ``demo`` (``demo_dir``, default the built-in demo model), ``trained`` (the same with
+    its LLM trained on the tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
     from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
     from paddle_rc.models.config import LlavaConfig
 
     say = progress or (lambda m: None)
@@ -254,12 +256,15 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
         out = {"settings": {"prompts": prompts, "prompt_len": prompt_len, "int4_group_size": group_size,
                             "int8": "per channel", "slice_layers": slice_layers, "train_steps": train_steps,
                             "clip_search": clip_search}}
-        demo = demo_dir or demo_checkpoint()
-        vocab = LlavaConfig.load(demo).llm.vocab_size
+        demo = demo_dir or default_model()
+        demo_config = LlavaConfig.load(demo)
+        vocab = demo_config.llm.vocab_size
         random_set = {"random": (make_prompts(vocab, prompts, prompt_len), None)}
         out["demo"] = evaluate_family(demo, workdir, random_set, group_size, rss=rss, progress=say,
                                       clip_search=clip_search)
-        out["demo"]["model"] = "demo checkpoint (random weights, LLM hidden 128, 2 layers)"
+        out["demo"]["model"] = (f"{'the built-in demo model' if demo_dir is None else demo} (source "
+                                f"{demo_config.source}, LLM hidden {demo_config.llm.hidden_size}, "
+                                f"{demo_config.llm.num_hidden_layers} layers)")
         out["demo"]["weight_errors"] = weight_errors(demo)
         if train_steps > 0:
             trained = os.path.join(workdir, "demo-trained")

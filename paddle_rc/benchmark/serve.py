@@ -112,10 +112,10 @@ def run_serve_benchmark(model_dir=None, deploy_dir=None, method="rc", budget=Non
             scratch = tempfile.mkdtemp(prefix="paddle_rc_serve_bench_")
             deploy_dir = os.path.join(scratch, "deploy")
             say(f"exporting {'the demo model' if model_dir is None else model_dir} with {method} to {deploy_dir}")
+            from paddle_rc.demo import default_model
             from paddle_rc.export import export_model
-            from paddle_rc.demo import demo_checkpoint
 
-            export_model(model_dir or demo_checkpoint(), deploy_dir, method=method, budget=budget)
+            export_model(model_dir or default_model(), deploy_dir, method=method, budget=budget)
         sources["deploy"] = ["--deploy", deploy_dir]
     servers = {}
     try:

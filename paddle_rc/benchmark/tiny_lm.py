@@ -3,11 +3,13 @@
 A random-weight LLM has no preferences: its top logits are close together almost everywhere, so
 any perturbation (int8 rounding, a different kernel) flips the argmax at a rate set by the noise,
 not by how well the perturbation preserves the model. Top-1 agreement says something only for a
-model whose next-token distributions are peaked, as trained ones are. This module trains the demo
-model's LLM (embeddings, decoder layers, lm_head; the vision side is untouched) on the text the
-demo tokenizer was built from, full batch with AdamW, from the demo's own random weights. It
-learns that corpus nearly by heart: a small, honest stand-in for a trained model, not a good
-language model. (The demo itself stays random: its weights are meant to be cheap and reproducible.)
+model whose next-token distributions are peaked, as trained ones are. This module trains the LLM of
+a given small checkpoint (embeddings, decoder layers, lm_head; the vision side is untouched) on the
+text the tiny tokenizers are built from (paddle_rc.data.tiny_tokenizers.CORPUS), full batch with
+AdamW. It learns that corpus nearly by heart: a small, honest stand-in for a trained model, not a
+good language model. Started from random weights (the tests do), it shows a random LLM turning
+into a peaked one; started from the built-in demo model (the default), it adds the corpus to what
+that model learnt on the synthetic task.
 """
 from __future__ import annotations
 
@@ -71,14 +73,14 @@ def train_language_model(model, ids: np.ndarray, mask: np.ndarray, steps: int, l
 
 
 def write_trained_demo(directory: str, steps: int = 80, lr: float = 3e-3, src: str | None = None) -> dict:
-    """Copy the demo checkpoint (or ``src``) to ``directory`` with its LLM trained on the corpus.
+    """Copy ``src`` (default: the built-in demo model) to ``directory`` with its LLM trained on the corpus.
     Written to a temporary folder first and renamed, so a half-written checkpoint never appears."""
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
-    from paddle_rc.demo import demo_checkpoint
+    from paddle_rc.demo import default_model
     from paddle_rc.models import LlavaForConditionalGeneration
     from paddle_rc.models.weights import save_weights
 
-    src = src or demo_checkpoint()
+    src = src or default_model()
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     model = LlavaForConditionalGeneration.from_pretrained(src)

@@ -31,7 +31,8 @@ def build_parser():
         description="Evaluate LLaVA-1.5 (+ visual-token compression) on the LLaVA-1.5 "
                     "benchmarks with the official scoring rules.")
     add_config_args(p)
-    p.add_argument("--model", help="converted checkpoint dir (default: built-in demo model)")
+    p.add_argument("--model", help="converted checkpoint dir (default: the built-in demo model, trained on "
+                   "the synthetic task: meaningful on synthvqa only)")
     p.add_argument("--deploy", help="exported Paddle Inference dir instead of --model")
     p.add_argument("--benchmark", help="comma list: " + ",".join(B.READERS))
     p.add_argument("--data-root", dest="data_root",

@@ -47,14 +47,14 @@ def directory_identity(directory):
 
 def model_identity(model_dir=None, deploy_dir=None):
     """Identity of the model a run uses: an exported deployment, a converted checkpoint, or the
-    built-in demo checkpoint (neither given)."""
+    built-in demo model (neither given; paddle_rc.demo.default_model)."""
     if deploy_dir:
         kind, directory = "deploy", deploy_dir
     elif model_dir:
         kind, directory = "checkpoint", model_dir
     else:
-        from paddle_rc.demo import demo_checkpoint
-        kind, directory = "demo", demo_checkpoint()
+        from paddle_rc.demo import default_model
+        kind, directory = "demo", default_model()
     ident = directory_identity(directory)
     return {"kind": kind, "name": os.path.basename(os.path.normpath(directory)),
             "digest": ident["digest"], "files": ident["files"]}

@@ -27,8 +27,8 @@ from paddle_rc.errors import UserError
 from .io import (JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl_tolerant,
                  repair_jsonl)
 
-DEMO_NOTE = ("built-in demo model (random weights, fixed seed): the answers and scores are "
-             "not meaningful; pass --model DIR for real results")
+DEMO_NOTE = ("built-in demo model (a small LLaVA trained on the synthetic task): its scores mean "
+             "something on synthvqa only; pass --model DIR for real results")
 
 
 def run_tag(method, budget=None):

@@ -91,7 +91,7 @@ class LlavaConfig:
     image_mean: tuple = CLIP_MEAN
     image_std: tuple = CLIP_STD
     conv_mode: str = "vicuna_v1"
-    # Where the weights came from ("llava-hf", "llava", "demo"), for messages and manifests.
+    # Where the weights came from ("llava-hf", "llava", "synthvqa-demo", ...), for messages and manifests.
     source: str = "unknown"
     # Dtype of the stored weights; compute on CPU is always float32.
     weights_dtype: str = "float32"

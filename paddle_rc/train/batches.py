@@ -176,6 +176,26 @@ def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng
     return ids, mask, np.asarray(answer_len, np.int64)
 
 
+def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok) -> np.ndarray:
+    """[B, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
+    the first one that decodes to a '?'). Supervising decoder layer 0's reply position to read them is the
+    first hop of the task (question -> query); without it that position averaged ~300 tokens of which ~10
+    are the question, and the next layers' query could not name the object (the grounding loss stalled at
+    the mass of all small objects)."""
+    spliced = mask.sum(axis=1) - 1 + n_visual
+    length = int(spliced.max())
+    out = np.zeros((len(ids), length), np.float32)
+    for b in range(len(ids)):
+        real = ids[b, np.nonzero(mask[b])[0]]
+        at = int(np.nonzero(real == image_token_index)[0][0])
+        start = length - int(spliced[b])
+        for j in range(at + 1, len(real)):
+            out[b, start + n_visual - 1 + j] = 1.0
+            if "?" in llm_tok.decode([int(real[j])]):
+                break
+    return out
+
+
 def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
     """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
     where L' is the length after the image placeholder became N visual tokens (left-padded, so every

@@ -288,7 +288,8 @@ class DemoTrainer:
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
         looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
-        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
+        asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok)
+        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at, "asked_at": asked_at,
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
@@ -322,8 +323,11 @@ class DemoTrainer:
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
         target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
-        grounding = []
+        grounding, reading = [], None
         for i, layer in enumerate(lm.layers):
+            if r.question_weight > 0 and i == 0:
+                reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos, sin, bias, query,
+                                                paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
                 grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos, sin, bias,
                                                        query, target))
@@ -337,6 +341,9 @@ class DemoTrainer:
             g = paddle.add_n(grounding) / len(grounding)
             parts["ground"] = float(g)
             loss = loss + r.grounding_weight * g
+        if reading is not None:
+            parts["question"] = float(reading)
+            loss = loss + r.question_weight * reading
         return loss + aux, parts
 
     def drop_resume_state(self) -> None:

@@ -26,7 +26,7 @@ def kept_count(n_visual, budget, opts):
 
 
 def check_layer(opts, num_layers, explicit=True):
-    """The pruning layer K. The default (2) is capped at num_layers - 1 for shallow test/demo LLMs;
+    """The pruning layer K. The default (2) is capped at num_layers - 1 for shallow (test) LLMs;
     a value the user gave must fit."""
     k = opts["layer"]
     if not explicit:
