@@ -190,6 +190,9 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
     if method == "fastv":  # the same patches kept inside the LLM
         assert got.visual.result.stats == want.visual.result.stats
         assert got.visual.kept_in_llm == want.visual.kept_in_llm == 8
+        # the deployed prefill records the same kept patch indices (--deploy --save-vis draws them)
+        assert [k.tolist() for k in got.visual.result.llm_kept] == [k.tolist() for k in want.visual.result.llm_kept]
+        assert got.visual.result.llm_layer == want.visual.result.llm_layer
 
 
 def _fastv_model(layers=4):

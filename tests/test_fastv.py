@@ -118,6 +118,10 @@ def test_fastv_equals_the_authors_kv_cache_version(model_and_hf, budget, seed):
     want = sorted(int(p) - (1 + before) for p in kept if 1 + before <= p < 1 + before + n)
     assert gen.visual.result.samples[0].visual == want
     assert gen.visual.kept_in_llm == keep == len(want)
+    # the recorded per-row patch indices (what --save-vis draws) are the reference's top-R of the
+    # last position's attention in layer K-1
+    assert gen.visual.result.llm_kept[0].tolist() == want
+    assert gen.visual.result.llm_layer == K
 
 
 def test_fastv_batch_with_padding_equals_each_alone():

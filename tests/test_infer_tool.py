@@ -123,6 +123,46 @@ def test_save_vis_format_follows_the_extension(capsys, tmp_path, ext, fmt):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
 
 
+def test_save_vis_fastv_draws_the_patches_kept_in_the_llm(capsys, tmp_path):
+    """--method fastv --save-vis: the kept cells of the picture are the prefill's recorded indices."""
+    from paddle_rc.demo import demo_image, demo_question
+    from paddle_rc.predictor import build_predictor
+
+    path = tmp_path / "kept.png"
+    code, err = run_tool(capsys, "infer", FAST + ["--method", "fastv", "--save-vis", str(path)])
+    assert code == 0, err
+    pred = build_predictor(method="fastv")
+    pred.answer(demo_image(), demo_question(), max_new_tokens=1)
+    result = pred.last_visual.result
+    kept = set(result.llm_kept[0].tolist())
+    n = result.samples[0].n_patches
+    assert len(kept) == pred.last_visual.kept_in_llm == n // 2
+    g = int(round(n ** 0.5))
+    cell = 768 // g
+    side = cell * g
+    base = np.asarray(pred.processor.model_view(demo_image()).convert("RGB").resize((side, side), Image.BICUBIC),
+                      dtype=np.float64)
+    with Image.open(path) as im:
+        pic = np.asarray(im.convert("RGB"), dtype=np.float64)[:, :side]
+    m = cell // 4  # inside the grid lines and the kept frame
+    seen = set()
+    checked = 0
+    for p in range(n):
+        r, c = divmod(p, g)
+        ys, xs = slice(r * cell + m, (r + 1) * cell - m), slice(c * cell + m, (c + 1) * cell - m)
+        b = base[ys, xs].mean()
+        if b < 40:  # too dark to tell kept from dimmed
+            continue
+        checked += 1
+        ratio = pic[ys, xs].mean() / b
+        assert ratio > 0.9 or ratio < 0.35, (p, ratio)
+        if ratio > 0.9:
+            seen.add(p)
+    assert checked > n // 2
+    assert seen == {p for p in kept if base[(p // g) * cell + m:(p // g + 1) * cell - m,
+                                            (p % g) * cell + m:(p % g + 1) * cell - m].mean() >= 40}
+
+
 def test_save_vis_refuses_unknown_extension_before_work(capsys, tmp_path):
     code, err = run_tool(capsys, "infer", FAST + ["--save-vis", str(tmp_path / "kept.xyz")])
     assert code == 2 and len(err) == 1 and "end the name with .png" in err[0]

@@ -131,6 +131,11 @@ def draw_kept_tokens(image, result, sample=0, grid=None, path=None, canvas=768):
     if stats["budget"] is not None:
         d.text((x, y), f"budget: {stats['budget']}", fill=INK, font=small)
         y += 22
+    llm_layer = getattr(result, "llm_layer", None)  # an in-LLM method (FastV): see methods.fastv
+    if llm_layer is not None:
+        d.text((x, y), f"FastV: kept after LLM layer {llm_layer}: {len(result.llm_kept[sample])} of {n}",
+               fill=INK, font=small)
+        y += 22
     y += 14
 
     def swatch(rgb, text, framed=False, light=None):
@@ -146,7 +151,8 @@ def draw_kept_tokens(image, result, sample=0, grid=None, path=None, canvas=768):
         y += 38
 
     n_cent = stats["centres"] + stats["spatial"]
-    swatch(VISUAL_RGB, f"visual filter: {stats['visual']}", framed=True)
+    kept_label = "kept in the LLM" if llm_layer is not None else "visual filter"
+    swatch(VISUAL_RGB, f"{kept_label}: {stats['visual']}", framed=True)
     swatch(TEXT_RGB, f"text recovery: {stats['text']}", framed=True)
     swatch(_cluster_colour(0), f"merge centres: {n_cent}", light=_cluster_colour(0, light=True))
     d.text((x + 64, y - 12), "centre / its merged patches", fill=(90, 90, 90), font=small)

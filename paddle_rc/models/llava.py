@@ -384,15 +384,16 @@ class LlavaForConditionalGeneration(nn.Layer):
         return prefill, decode, record
 
     def record_llm_selection(self, visual, visual_mask, keep):
-        """Which patches the in-LLM method kept, as a CompressionResult (stats, --save-vis)."""
+        """Which patches the in-LLM method kept, as a CompressionResult (stats, --save-vis); per
+        row the kept patch indices are visual.result.llm_kept (keep: the prefill's kept positions)."""
         from paddle_rc.compression.methods.fastv import kept_count, selection_result
 
-        spec, opts, _ = self._llm_method()
+        spec, opts, layer = self._llm_method()
         vm = visual_mask.numpy()
         kept_pos = np.zeros_like(vm)
         np.put_along_axis(kept_pos, keep.numpy(), True, axis=1)
         kept = np.stack([kept_pos[b][vm[b]] for b in range(vm.shape[0])])
-        visual.result = selection_result(paddle.to_tensor(kept), self.compression.budget, opts)
+        visual.result = selection_result(paddle.to_tensor(kept), self.compression.budget, opts, layer)
         visual.kept_in_llm = kept_count(int(visual.before), self.compression.budget, opts)
 
     @paddle.no_grad()

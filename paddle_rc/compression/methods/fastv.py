@@ -61,14 +61,23 @@ def fastv_keep(scores, visual, n_visual, budget, opts):
     return paddle.slice(order, axes=[1], starts=[0], ends=[kept])
 
 
-def selection_result(kept, budget, opts):
+def selection_result(kept, budget, opts, layer=None):
     """A CompressionResult describing which patches FastV kept (kept [B,N] bool), for stats and
-    the --save-vis picture. Its tokens are placeholders: the LLM never sees them."""
+    the --save-vis picture. Its tokens are placeholders: the LLM never sees them.
+
+    layer: the K the model pruned after (opts["layer"], possibly capped, when None). The result
+    also carries llm_layer (K) and llm_kept: per row, the kept patch indices (ascending int64)."""
+    import numpy as np
+
     from paddle_rc.compression.result import CompressionResult
 
+    k = int(opts["layer"]) if layer is None else int(layer)
     stage = code(kept, VISUAL)
     group = paddle.where(kept, paddle.full_like(stage, GROUP_RASTER), paddle.full_like(stage, GROUP_NONE))
     values = paddle.zeros(list(kept.shape) + [1], dtype="float32")
     core = assemble(values, group, group, stage)
-    note = f"pruned inside the LLM after layer {int(opts['layer'])}"
-    return CompressionResult(core, "fastv", budget=budget, notes=[note])
+    note = f"pruned inside the LLM after layer {k}"
+    result = CompressionResult(core, "fastv", budget=budget, notes=[note])
+    result.llm_layer = k
+    result.llm_kept = [np.nonzero(row)[0].astype(np.int64) for row in kept.numpy()]
+    return result
