@@ -50,6 +50,19 @@ def drawn_scene():
     return img
 
 
+def tiny_llava_model(llm_layers=None, seed=1):
+    """A seeded tiny LLaVA in eval mode; llm_layers deepens its LLM (FastV prunes after layer K)."""
+    from paddle_rc.models import LlavaForConditionalGeneration
+
+    cfg = tiny_llava_config()
+    if llm_layers is not None:
+        cfg.llm.num_hidden_layers = llm_layers
+    paddle.seed(seed)
+    model = LlavaForConditionalGeneration(cfg)
+    model.eval()
+    return model
+
+
 @pytest.fixture
 def tiny_model():
     from paddle_rc.models import LlavaForConditionalGeneration

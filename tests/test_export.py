@@ -195,19 +195,6 @@ def test_greedy_generation_through_graphs_gives_dynamic_tokens(model, llm_dir, t
         assert got.visual.result.llm_layer == want.visual.result.llm_layer
 
 
-def _fastv_model(layers=4):
-    from conftest import tiny_llava_config
-
-    from paddle_rc.models import LlavaForConditionalGeneration
-
-    cfg = tiny_llava_config()
-    cfg.llm.num_hidden_layers = layers
-    paddle.seed(4)
-    model = LlavaForConditionalGeneration(cfg)
-    model.eval()
-    return model
-
-
 def _export_in_memory(model, out, method, budget=None, options=None):
     os.makedirs(out, exist_ok=True)
     manifest = exporter.export_loaded_model(model, out, method, budget, dict(options or {}))
@@ -220,7 +207,9 @@ def _export_in_memory(model, out, method, budget=None, options=None):
 @pytest.fixture(scope="module")
 def fastv_deploy(tmp_path_factory):
     """A 4-layer LLM pruned after layer 2 to 6 of 16 visual tokens, and its export."""
-    model = _fastv_model()
+    from conftest import tiny_llava_model
+
+    model = tiny_llava_model(llm_layers=4, seed=4)
     model.set_compression("fastv", 6, layer=2)
     out = str(tmp_path_factory.mktemp("fastv") / "deploy")
     return model, out, _export_in_memory(model, out, "fastv", 6, {"layer": 2})

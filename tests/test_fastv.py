@@ -15,19 +15,13 @@ import paddle
 import pytest
 import torch
 
-from conftest import tiny_llava_config
-from paddle_rc.models import LlavaForConditionalGeneration
+from conftest import tiny_llava_model
 
 LAYERS, K = 4, 2
 
 
 def _model():
-    cfg = tiny_llava_config()
-    cfg.llm.num_hidden_layers = LAYERS
-    paddle.seed(3)
-    model = LlavaForConditionalGeneration(cfg)
-    model.eval()
-    return model
+    return tiny_llava_model(llm_layers=LAYERS, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +142,7 @@ def test_fastv_layer_option_is_checked():
         with pytest.raises(UserError, match="layer"):
             model.set_compression("fastv", None, layer=bad)
     # the default K = 2 is capped for an LLM of 2 layers (the tests' tiny one): it prunes after layer 1
-    shallow = LlavaForConditionalGeneration(tiny_llava_config())
+    shallow = tiny_llava_model()
     shallow.set_compression("fastv")
     assert shallow._llm_method()[2] == 1
     with pytest.raises(ValueError, match="inside the LLM"):
