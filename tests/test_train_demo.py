@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,3 +135,44 @@ def test_shipped_model_is_as_accurate_as_its_card_says():
         card = json.load(f)["heldout"]
     got = evaluate_model(directory, card["seed"], card["questions"], batch=32)
     assert got["accuracy"] >= card["accuracy"] - 2.0, (got, card)
+
+
+def test_attention_target_loss_reads_the_layers_own_attention():
+    """The grounding/question loss recomputes one query row of a decoder layer's attention; its mass must
+    equal what LlamaAttention itself computes for that row (heads averaged), on a causal, left-padded batch."""
+    import paddle
+
+    from paddle_rc.models.config import LlamaConfig
+    from paddle_rc.models.llama import LlamaModel
+    from paddle_rc.train.losses import attention_target_loss
+
+    paddle.seed(3)
+    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2)
+    lm = LlamaModel(cfg)
+    B, L = 3, 9
+    mask = np.ones([B, L], np.int64)
+    mask[1, :2] = 0
+    x = paddle.randn([B, L, 32])
+    pos = paddle.to_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
+    cos, sin = lm._rope(pos, x.dtype)
+    bias = lm.attention_bias(paddle.to_tensor(mask), L, x.dtype)
+    attn = lm.layers[0].self_attn
+    h = lm.layers[0].input_layernorm(x)
+    rng = np.random.default_rng(0)
+    query = np.array([8, 6, 4])
+    target = (rng.random([B, L]) < 0.4).astype(np.float32)
+    target[:, 0] = 1.0
+    target[2] = 0.0  # a row without a target is left out
+    loss = attention_target_loss(attn, h, cos, sin, bias, paddle.to_tensor(query), paddle.to_tensor(target))
+
+    # the reference: the layer's full attention probabilities, rebuilt the way LlamaAttention.forward does
+    from paddle_rc.models.llama import rotate_half
+    H, d = attn.num_heads, attn.head_dim
+    q = attn.q_proj(h).reshape([B, L, H, d]).transpose([0, 2, 1, 3])
+    k = attn.k_proj(h).reshape([B, L, 2, d]).transpose([0, 2, 1, 3])
+    q = q * cos + rotate_half(q) * sin
+    k = attn._repeat_kv(k * cos + rotate_half(k) * sin)
+    probs = paddle.nn.functional.softmax(paddle.matmul(q * d ** -0.5, k, transpose_y=True) + bias, axis=-1).numpy()
+    mass = [(probs[b, :, query[b]] * target[b]).sum(-1).mean() for b in (0, 1)]
+    np.testing.assert_allclose(float(loss), -np.mean(np.log(np.array(mass) + 1e-6)), rtol=1e-5)

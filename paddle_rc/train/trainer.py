@@ -320,16 +320,19 @@ class DemoTrainer:
         cos, sin = lm._rope(pos, x.dtype)
         bias = lm.attention_bias(attn, length, x.dtype)
         heads = [-1, lm.config.num_attention_heads, -1, -1]
+        # the layers get the head axis expanded once (faster than broadcasting in each); the auxiliary
+        # losses read one query row and take the unexpanded tensors
+        cos1, sin1, bias1 = cos, sin, bias
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
         target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
         grounding, reading = [], None
         for i, layer in enumerate(lm.layers):
             if r.question_weight > 0 and i == 0:
-                reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos, sin, bias, query,
+                reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1, query,
                                                 paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
-                grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos, sin, bias,
+                grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1,
                                                        query, target))
             x, _, _ = layer(x, cos, sin, bias)
         hidden = lm.norm(x)
