@@ -96,6 +96,7 @@ def test_compute_cli_analytic_7b(tmp_path, capsys):
     (["compute", "--layers", "0"], "at least 1"),
     (["quant", "--prompts", "0"], "at least 1"),
     (["quant", "--train-steps", "-1"], "0 or more"),
+    (["quant", "--accuracy-methods", "nonsense"], "unknown nonsense"),
 ])
 def test_compute_cli_errors(argv, msg):
     with pytest.raises(UserError, match=msg):
@@ -107,8 +108,16 @@ def test_quant_eval_on_demo(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PADDLE_RC_HOME", str(tmp_path / "home"))
     res = run_quant_eval(prompts=50, prompt_len=8, slice_eval=False, train_steps=0, rss=False,
-                         workdir=str(tmp_path / "w"))
+                         workdir=str(tmp_path / "w"), accuracy_items=16, accuracy_seed=777,
+                         accuracy_methods=("none",))
     assert "trained" not in res and "slice" not in res
+    from paddle_rc.demo import default_model
+    from paddle_rc.train import evaluate_model
+    acc = res["demo"]["accuracy"]
+    assert set(acc) == {"fp32", "int8", "int4"} and all(set(a) == {"none"} for a in acc.values())
+    assert acc["fp32"]["none"] == evaluate_model(default_model(), 777, 16)
+    assert all(a["none"]["questions"] == 16 for a in acc.values())
+    assert "| int4 | none | " in format_quant_report(res)
     p = res["demo"]["precisions"]
     assert p["int8"]["linear_ratio"] <= 0.27 and p["int4"]["linear_ratio"] <= 0.15
     assert p["fp32"]["checkpoint_bytes"] > p["int8"]["checkpoint_bytes"] > p["int4"]["checkpoint_bytes"]

@@ -129,6 +129,10 @@ def _add_quant_parser(sub):
     q.add_argument("--clip-search", action="store_true", help="quantize with the clip search")
     q.add_argument("--train-steps", type=int, default=80,
                    help="training steps of the trained tiny model (0: leave it out)")
+    q.add_argument("--accuracy", type=int, default=300, metavar="N",
+                   help="score the demo model's fp32/int8/int4 checkpoints on N synthvqa questions (0: skip)")
+    q.add_argument("--accuracy-seed", type=int, default=90_002, help="synthvqa seed of those questions")
+    q.add_argument("--accuracy-methods", default="none,rc", help="methods scored, comma-separated")
     q.add_argument("--json", metavar="PATH", help="also write the result as JSON")
 
 
@@ -360,10 +364,20 @@ def _run_quant(args):
         raise UserError(f"--group-size takes -1 (per channel), 64 or 128, got {args.group_size}")
     if args.train_steps < 0:
         raise UserError("--train-steps must be 0 or more")
+    if args.accuracy < 0:
+        raise UserError("--accuracy must be 0 or more")
+    from paddle_rc.compression import available_methods
+    methods = tuple(m.strip() for m in args.accuracy_methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in available_methods()]
+    if unknown or not methods:
+        raise UserError(f"--accuracy-methods: unknown {', '.join(unknown) or '(none given)'}; "
+                        f"choose from {', '.join(available_methods())}")
     result = run_quant_eval(prompts=args.prompts, prompt_len=args.prompt_len, slice_layers=args.slice_layers,
                             group_size=args.group_size, workdir=args.workdir, slice_eval=not args.skip_slice,
                             train_steps=args.train_steps, clip_search=args.clip_search,
-                            progress=lambda m: print(m, file=sys.stderr, flush=True))
+                            progress=lambda m: print(m, file=sys.stderr, flush=True),
+                            accuracy_items=args.accuracy, accuracy_seed=args.accuracy_seed,
+                            accuracy_methods=methods)
     print(format_quant_report(result))
     _write_json(args.json, result)
 

@@ -238,11 +238,28 @@ def evaluate_family(src: str, workdir: str, prompt_sets: dict, int4_group_size: 
     return {"dirs": dirs, "precisions": results}
 
 
+def synthvqa_accuracy(dirs: dict, seed: int, n: int, methods, say) -> dict:
+    """{precision: {method: evaluate_model result}} on the same n synthvqa questions."""
+    from paddle_rc.train import evaluate_model
+
+    out = {}
+    for name in PRECISIONS:
+        out[name] = {}
+        for method in methods:
+            say(f"synthvqa accuracy: {name}, {method} ({n} questions, seed {seed})")
+            out[name][method] = evaluate_model(dirs[name], seed, n, method=method)
+    return out
+
+
 def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 2, group_size: int = 128,
                    workdir: str | None = None, slice_eval: bool = True, demo_dir: str | None = None,
-                   train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None) -> dict:
+                   train_steps: int = 80, clip_search: bool = False, rss: bool = True, progress=None,
+                   accuracy_items: int = 0, accuracy_seed: int = 90_002, accuracy_methods=("none", "rc")) -> dict:
     """Families: ``demo`` (``demo_dir``, default the built-in demo model), ``trained`` (the same with
-    its LLM trained on the tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval)."""
+    its LLM trained on the tokenizer corpus, train_steps > 0) and ``slice`` (7B widths, slice_eval).
+    accuracy_items > 0 also scores the demo family's fp32/int8/int4 checkpoints on that many synthvqa
+    questions (``generate(accuracy_seed, n)``) for each of ``accuracy_methods``: what quantization costs
+    in answers, not only in logits."""
     from paddle_rc.benchmark.tiny_lm import corpus_prompts, write_trained_demo
     from paddle_rc.data.llama_tokenizer import LlamaTokenizer
     from paddle_rc.demo import default_model
@@ -266,6 +283,9 @@ def run_quant_eval(prompts: int = 64, prompt_len: int = 24, slice_layers: int = 
                                 f"{demo_config.source}, LLM hidden {demo_config.llm.hidden_size}, "
                                 f"{demo_config.llm.num_hidden_layers} layers)")
         out["demo"]["weight_errors"] = weight_errors(demo)
+        if accuracy_items > 0:
+            out["demo"]["accuracy"] = synthvqa_accuracy(out["demo"]["dirs"], accuracy_seed, accuracy_items,
+                                                        accuracy_methods, say)
         if train_steps > 0:
             trained = os.path.join(workdir, "demo-trained")
             say(f"training the demo's LLM for {train_steps} steps -> {trained}")
@@ -321,6 +341,20 @@ def format_quant_report(result: dict) -> str:
                 lines.append(f"| {name} | {set_name} ({lg['prompts']}) | {lg['max_abs']:.4f} "
                              f"({100 * lg['max_abs'] / ref_max:.2f}% of max) | {100 * lg['top1_last']:.1f}% | "
                              f"{100 * lg['top1_all']:.1f}% of {lg['positions']} | {100 * lg['near_ties']:.1f}% |")
+        if fam.get("accuracy"):
+            acc = fam["accuracy"]
+            methods = list(acc["fp32"])
+            first = acc["fp32"][methods[0]]
+            types = list(first["per_type"])
+            lines += ["", f"synthvqa accuracy (`generate({first['seed']}, {first['questions']})`, exact match), "
+                          "overall and per question type:", "",
+                      "| weights | method | visual tokens | overall | " + " | ".join(types) + " |",
+                      "|" + "---|" * (4 + len(types))]
+            for name in PRECISIONS:
+                for method in methods:
+                    a = acc[name][method]
+                    lines.append(f"| {name} | {method} | {a['mean_visual_tokens']} | {a['accuracy']:.1f} | "
+                                 + " | ".join(f"{a['per_type'].get(t, 0):.1f}" for t in types) + " |")
         if fam.get("weight_errors"):
             lines += ["", "| scheme | relative weight error (absmax) | with clip search | quantize s (absmax / clip) |",
                       "|---|---|---|---|"]

@@ -111,9 +111,10 @@ def model_card(log: dict) -> str:
         "0.5 in all, so that the small objects' attributes reach the tokens the LLM reads.",
         f"Stage 2, {r.stage2_steps} steps x {r.stage2_batch} questions (lr {r.stage2_lr}): towers frozen, "
         "projector + LLaMA trained on the reply tokens with all visual tokens (no compression in training: "
-        "compression is training-free), plus an auxiliary grounding loss (weight "
-        f"{r.grounding_weight}): in decoder layers 2 and up, the position that predicts the reply should "
-        "attend to the asked objects' visual tokens; and the attribute heads again, on the projector's "
+        "compression is training-free), plus two auxiliary attention-target losses on the position that "
+        f"predicts the reply: in decoder layer 0 it should read the question's tokens (weight {r.question_weight}), "
+        f"in layers 1 and up the asked objects' visual tokens (grounding, weight {r.grounding_weight}); "
+        "and the attribute heads again, on the projector's "
         f"output (weight {r.token_label_weight}, discarded after training). Half the prompts end with \"Answer the question using "
         "a single word or phrase.\"",
         "",
