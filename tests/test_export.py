@@ -388,6 +388,39 @@ def test_runner_keeps_no_program_output_across_runs(model, llm_dir):
         np.testing.assert_array_equal(f, u)
 
 
+def _mkl_threads() -> int:
+    import ctypes
+
+    libs = {line.split()[-1] for line in open("/proc/self/maps") if "libmklml" in line}
+    assert libs, "Paddle's MKL is not loaded in this process"
+    return ctypes.CDLL(libs.pop()).MKL_Get_Max_Threads()
+
+
+def test_graph_run_leaves_the_dynamic_thread_count_alone(model, llm_dir):
+    """A Paddle Inference run ends by setting the calling thread's math threads to 1; the dynamic ops
+    that follow in the same process (the tower after an exported LLM run, a benchmark) must keep the
+    process's own count."""
+    from paddle_rc import runtime
+    from paddle_rc.export.runner import Graph, RunnerOptions
+
+    spec = {"inputs": exporter._spec_json(exporter._llm_inputs(model.config)),
+            "outputs": exporter.output_names("none")["llm"]}
+    before = runtime._configured_threads
+    want = min(2, os.cpu_count() or 1)  # MKL caps its count at the cores there are
+    runtime.configure(threads=want)
+    try:
+        paddle.ones([4]).numpy()
+        assert _mkl_threads() == want
+        graph = Graph(llm_dir, "llm", spec, RunnerOptions(threads=want))
+        past = paddle.zeros([2, 1, 2, 1, 16])
+        graph(paddle.ones([1, 4, 64]), paddle.ones([1, 5], dtype="int64"),
+              paddle.arange(4).unsqueeze(0).astype("int64") + 1, past, past)
+        assert _mkl_threads() == want
+    finally:
+        runtime._configured_threads = before
+        runtime.restore_threads()
+
+
 # ---- end to end through the tools, on a checkpoint with real (tiny) tokenizers ----------------------
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import paddle
 
 from paddle_rc.errors import UserError
 from paddle_rc.models.generation import SplitCache
-from paddle_rc.runtime import default_threads
+from paddle_rc.runtime import default_threads, restore_threads
 from paddle_rc.export.exporter import EMBED_FILE, GRAPHS, MANIFEST, MANIFEST_FORMAT
 
 FIX = "re-run tools/export.py"
@@ -145,7 +145,10 @@ class Graph:
                             f"{len(self.output_names)}; {FIX}")
 
     def __call__(self, *inputs):
-        return self.predictor.run([x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in inputs])
+        try:
+            return self.predictor.run([x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x) for x in inputs])
+        finally:
+            restore_threads()  # the run leaves one math thread to the dynamic ops that follow it
 
 
 def _first_line(e: Exception) -> str:
