@@ -57,9 +57,11 @@ SHAPES = [((1, 64), 48), ((1, 131), 45), ((3, 257), 300), ((5, 130), 17), ((1, 1
 @pytest.mark.parametrize("path", ["direct", "gemm"])
 def test_equals_dequantize_then_matmul(bits, group, path, monkeypatch):
     # The operator switches from the direct kernels to dequantize-a-panel + sgemm at a row count;
-    # moving the switch runs both on every shape. A small panel exercises the panel loop and its tail.
+    # moving the switch runs both on every shape. A small panel and K block exercise the tile loops
+    # and their tails (K = 193: blocks of 64, 64, 64, 1 rows).
     monkeypatch.setenv("PADDLE_RC_WO_GEMM_ROWS", "100000" if path == "direct" else "1")
     monkeypatch.setenv("PADDLE_RC_WO_PANEL", "96")
+    monkeypatch.setenv("PADDLE_RC_WO_KBLOCK", "64")
     f = _op()
     for i, (x_shape, n_out) in enumerate(SHAPES):
         x, q, s, ref, bound = _case(bits, group, x_shape, n_out, seed=i)
@@ -91,9 +93,10 @@ def test_threads_split_columns_correctly():
             x, q, s, ref, bound = _case(bits, group, (1, 300), 1100, seed=3)  # 5 column chunks
             _check(f(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), bits, group).numpy(),
                    ref, bound)
-            x, q, s, ref, bound = _case(bits, group, (70, 300), 1100, seed=4)
-            _check(f(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), bits, group).numpy(),
-                   ref, bound)
+            for seed, rows in ((4, 70), (5, 130)):  # the direct kernels, then the threads' sgemm tiles
+                x, q, s, ref, bound = _case(bits, group, (rows, 300), 1100, seed=seed)
+                _check(f(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), bits, group).numpy(),
+                       ref, bound)
     finally:
         core.set_num_threads(before)
 

@@ -3,9 +3,11 @@
 // The float weight is never materialised whole:
 // * few rows (decode): the kernels read int8 / packed int4 directly and convert in registers; the
 //   output columns are split across threads;
-// * many rows (prefill): column panels of W are dequantized into a small per-call buffer and
-//   multiplied with MKL's sgemm (the library Paddle itself ships), so the conversion is paid once
-//   per weight element and amortised over all rows.
+// * many rows (prefill): each thread takes column tiles of W, dequantizes a tile block by block
+//   (K_BLOCK x PANEL floats, sized to stay in the core's L2 cache) into its own buffer and
+//   multiplies it with a one-thread MKL sgemm (the library Paddle itself ships), so the conversion
+//   is paid once per weight element and amortised over all rows, and the float block is read back
+//   from cache, not memory.
 // Instruction set (AVX-512 / AVX2 / scalar) is picked per process from the CPU's flags.
 // Threads: the OpenMP runtime Paddle uses (Intel's libiomp5, linked by the build), so this op and
 // Paddle's own kernels share one thread pool and one thread count (paddle.set_num_threads /
@@ -24,14 +26,11 @@
 #ifdef RC_WITH_MKL
 // MKL's CBLAS (constants as in mkl_cblas.h): x is packed once per call and reused for every panel.
 extern "C" {
-float* cblas_sgemm_alloc(int identifier, int m, int n, int k);
-void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n, int k, float alpha,
-                      const float* src, int ld, float* dest);
-void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n, int k, const float* a,
-                         int lda, const float* b, int ldb, float beta, float* c, int ldc);
-void cblas_sgemm_free(float* dest);
+void cblas_sgemm(int layout, int transa, int transb, int m, int n, int k, float alpha, const float* a,
+                 int lda, const float* b, int ldb, float beta, float* c, int ldc);
+int MKL_Set_Num_Threads_Local(int n);
 }
-constexpr int kRowMajor = 101, kNoTrans = 111, kPacked = 151, kAMatrix = 161;
+constexpr int kRowMajor = 101, kNoTrans = 111;
 #endif
 
 namespace rc_wo {
@@ -93,11 +92,15 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::atoll(v) : fallback;
 }
 
-// Rows from which dequantize-a-panel + sgemm beats the direct kernels (measured on Zen 4; the
-// direct kernel converts each weight once per 4 rows, the sgemm path once per call).
+// Rows from which the tiled sgemm path beats the direct kernels (measured on Zen 4 at 4096 x 11008,
+// 2 threads: direct 7 / 33 / 63 ms at 8 / 64 / 128 rows, sgemm 16 / 37 / 62 ms; the direct kernel
+// converts each weight once per 4 rows, the sgemm path once per call).
 // PADDLE_RC_WO_GEMM_ROWS overrides it (the tests run both paths on the same shapes).
-int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 32); }
-int64_t panel_cols() { return env_int("PADDLE_RC_WO_PANEL", 512); }  // K x 512 floats: 8 MB at K=4096
+int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 128); }
+// A thread's float block: K_BLOCK x PANEL = 256 KB, a quarter of a Zen 4 core's L2 (measured best of
+// 64/128/256 columns x 512/1024/2048 rows for M = 127 and 636 at 4096 x 11008).
+int64_t panel_cols() { return std::max<int64_t>(1, env_int("PADDLE_RC_WO_PANEL", 64)); }
+int64_t k_block() { return std::max<int64_t>(64, env_int("PADDLE_RC_WO_KBLOCK", 1024) / 64 * 64); }
 constexpr int64_t kColumnChunk = 256;  // columns per thread task in the direct kernels
 
 void run_direct(const Problem& p) {
@@ -112,21 +115,28 @@ void run_direct(const Problem& p) {
 
 #ifdef RC_WITH_MKL
 void run_gemm(const Problem& p) {
-  const int M = static_cast<int>(p.M), K = static_cast<int>(p.K);
+  const int M = static_cast<int>(p.M), K = static_cast<int>(p.K), N = static_cast<int>(p.N);
   const int64_t panel = std::min(panel_cols(), p.N);
-  std::unique_ptr<float[]> buf(new float[p.K * panel]);
-  float* packed = cblas_sgemm_alloc(kAMatrix, M, static_cast<int>(panel), K);
-  cblas_sgemm_pack(kRowMajor, kAMatrix, kNoTrans, M, static_cast<int>(panel), K, 1.f, p.x, K, packed);
+  const int64_t kb = std::min(k_block(), p.K);  // a multiple of 64: int4 byte rows stay whole
+  const int64_t tiles = (p.N + panel - 1) / panel;
   const DequantFn dq = isa().dequant;
-  for (int64_t n0 = 0; n0 < p.N; n0 += panel) {
-    const int64_t width = std::min(panel, p.N - n0);
-    float* w = buf.get();
-#pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < p.K; k += 64) dq(p, k, std::min(k + 64, p.K), n0, n0 + width, w + k * width, width);
-    cblas_sgemm_compute(kRowMajor, kPacked, kNoTrans, M, static_cast<int>(width), K, packed, K, w,
-                        static_cast<int>(width), 0.f, p.y + n0, static_cast<int>(p.N));
+#pragma omp parallel if (tiles > 1)
+  {
+    // One sgemm thread inside each OpenMP thread: the tiles are the parallel work.
+    const int saved = MKL_Set_Num_Threads_Local(1);
+    std::unique_ptr<float[]> buf(new float[kb * panel]);
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < tiles; ++t) {
+      const int64_t n0 = t * panel, width = std::min(panel, p.N - n0);
+      for (int64_t k0 = 0; k0 < p.K; k0 += kb) {
+        const int64_t k1 = std::min(k0 + kb, p.K);
+        dq(p, k0, k1, n0, n0 + width, buf.get(), width);
+        cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, M, static_cast<int>(width), static_cast<int>(k1 - k0), 1.f,
+                    p.x + k0, K, buf.get(), static_cast<int>(width), k0 == 0 ? 0.f : 1.f, p.y + n0, N);
+      }
+    }
+    MKL_Set_Num_Threads_Local(saved);
   }
-  cblas_sgemm_free(packed);
 }
 #endif
 
