@@ -21,7 +21,8 @@ from typing import Optional
 
 _configured_threads: Optional[int] = None
 # OMP_NUM_THREADS as the user left it: Paddle's import overwrites an unset value with "1".
-_user_env_threads = None if "paddle" in sys.modules else os.environ.get("OMP_NUM_THREADS")
+_paddle_imported_first = "paddle" in sys.modules
+_user_env_threads = None if _paddle_imported_first else os.environ.get("OMP_NUM_THREADS")
 
 
 def physical_cores() -> int:
@@ -93,6 +94,11 @@ def configure(threads: Optional[int] = None) -> dict:
     import paddle  # noqa: F401
     from paddle.base import core
 
+    if not _paddle_imported_first and _user_env_threads is None and os.environ.get("OMP_NUM_THREADS") == "1":
+        # Paddle's import wrote "1" into the environment, which every process started from here
+        # inherits as if the user had set it: a tool run by a benchmark, a test or a server then
+        # computed on one thread (seven-b's tools/infer.py runs: 7B prefill 143 s instead of ~60 s).
+        del os.environ["OMP_NUM_THREADS"]
     core.set_num_threads(default_threads())
     return settings()
 
