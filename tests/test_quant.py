@@ -182,8 +182,14 @@ def test_quant_config_dict_round_trip_and_validation():
     assert (clip.weight_bits, clip.group_size, clip.clip_search) == (4, 64, True)
     assert QuantConfig.from_dict(clip.to_dict()) == clip
     assert not QuantConfig.preset("int8").clip_search
-    with pytest.raises(UserError):
-        QuantConfig.preset("int3")
+    assert not QuantConfig.preset("int8").should_quantize("lm_head")
+    both = QuantConfig.preset("int4-g64-head-clip")
+    assert (both.group_size, both.clip_search, both.should_quantize("lm_head")) == (64, True, True)
+    assert not both.should_quantize("vision_tower.encoder.layers.0.mlp.fc1")
+    assert QuantConfig.from_dict(both.to_dict()) == both == QuantConfig.preset("int4-g64-clip-head")
+    for bad in ("int3", "int8-headclip", "head"):
+        with pytest.raises(UserError):
+            QuantConfig.preset(bad)
 
 
 def test_skip_patterns():

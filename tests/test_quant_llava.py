@@ -60,3 +60,20 @@ def test_llava_quantize_save_and_from_pretrained(tmp_path, qc, n_quantized):
     loaded = LlavaForConditionalGeneration.from_pretrained(str(tmp_path))
     assert isinstance(loaded.language_model.layers[0].self_attn.k_proj, WeightOnlyLinear)
     np.testing.assert_array_equal(_logits(loaded), out)
+
+
+def test_a_quantized_lm_head_saves_loads_and_stays_close(tmp_path):
+    cfg = _config()
+    ref = _logits(_model(cfg))
+    m = _model(cfg)
+    qc = QuantConfig.preset("int8-head")
+    rep = quantize_model(m, qc)
+    assert "lm_head" in rep.quantized and isinstance(m.lm_head, WeightOnlyLinear)
+    out = _logits(m)
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    cfg.quantization = qc.to_dict()
+    cfg.save(str(tmp_path))
+    save_weights(m, str(tmp_path))
+    loaded = LlavaForConditionalGeneration.from_pretrained(str(tmp_path))
+    assert isinstance(loaded.lm_head, WeightOnlyLinear)
+    np.testing.assert_array_equal(_logits(loaded), out)

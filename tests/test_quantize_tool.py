@@ -59,6 +59,7 @@ def _logits(model, ids, pixels):
     (["--bits", "8"], 8, -1, 0.27),
     (["--bits", "4", "--group-size", "64"], 4, 64, 0.15),
     (["--bits", "4", "--clip-search"], 4, -1, 0.15),
+    (["--bits", "8", "--quantize-lm-head"], 8, -1, 0.27),
 ])
 def test_quantize_tool_end_to_end(float_ckpt, tmp_path, capsys, argv, bits, group, max_linear_ratio):
     from paddle_rc.benchmark.quant_eval import logits_errors
@@ -83,13 +84,15 @@ def test_quantize_tool_end_to_end(float_ckpt, tmp_path, capsys, argv, bits, grou
     report = json.load(open(js, encoding="utf-8"))
     assert report["bytes_after"] == os.path.getsize(os.path.join(dst, "model.safetensors"))
     assert report["bytes_after"] < report["bytes_before"]
-    assert report["quantized_layers"] == 2 * 7   # LLM only: lm_head and vision stay float
+    head = "--quantize-lm-head" in argv
+    assert ("lm_head" in q["skip"]) != head
+    assert report["quantized_layers"] == 2 * 7 + head   # LLM only: vision (and lm_head unless asked) stay float
     assert report["linear_ratio"] <= max_linear_ratio
 
     ref_model = LlavaForConditionalGeneration.from_pretrained(float_ckpt)
     loaded = LlavaForConditionalGeneration.from_pretrained(dst)
     assert isinstance(loaded.language_model.layers[0].self_attn.q_proj, WeightOnlyLinear)
-    assert type(loaded.lm_head) is paddle.nn.Linear
+    assert isinstance(loaded.lm_head, WeightOnlyLinear) if head else type(loaded.lm_head) is paddle.nn.Linear
     ids = _prompts()
     pixels = np.random.default_rng(1).standard_normal((len(ids), 3, 56, 56)).astype("float32")
     ref = _logits(ref_model, ids, pixels)

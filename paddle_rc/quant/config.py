@@ -16,8 +16,8 @@ QUANT_TYPES = ("channel_wise_abs_max", "group_wise_abs_max")
 GROUP_SIZES = (64, 128)
 
 # The vision side is small next to the LLM and its features feed the token scores that RC relies
-# on, so it stays in float unless asked; lm_head is skipped because logits are the most
-# quantization-sensitive output and it is a single layer.
+# on, so it stays in float unless asked; lm_head is skipped by default because logits are the most
+# quantization-sensitive output and it is a single layer (the '-head' presets quantize it: memory).
 VISION_SKIP = ("projector.*", "vision_tower.*", "text_tower.*", "visual_projection",
                "text_projection")
 DEFAULT_SKIP = ("lm_head",) + VISION_SKIP
@@ -55,20 +55,23 @@ class QuantConfig:
     @classmethod
     def preset(cls, name: str) -> "QuantConfig":
         """'int8' | 'int4' | 'int4-g64' | 'int4-g128' | 'int8-g128' ..., each optionally with a
-        '-clip' suffix for the clip search (the --quant option)."""
+        '-clip' suffix for the clip search and a '-head' suffix to quantize lm_head too (the --quant
+        option). At 7B lm_head is 0.53 GB in float32 and is read whole for every new token."""
         text = name.strip().lower()
-        clip = text.endswith("-clip")
-        if clip:
-            text = text[:-len("-clip")]
+        flags = set()
+        while text.endswith(("-clip", "-head")):
+            flags.add(text[-4:])
+            text = text[:-5]
         base, _, group = text.partition("-g")
         bits = {"int8": 8, "int4": 4, "wint8": 8, "wint4": 4}.get(base)
         if bits is None or (group and not group.isdigit()):
             raise UserError(f"unknown quantization preset {name!r}; use int8, int4, int8-g128, "
-                            "int4-g64 or int4-g128, optionally with -clip")
+                            "int4-g64 or int4-g128, optionally with -clip and/or -head")
+        skip = [p for p in DEFAULT_SKIP if not ("head" in flags and p == "lm_head")]
         if group:
             return cls(weight_bits=bits, weight_quantize_type="group_wise_abs_max",
-                       group_size=int(group), clip_search=clip)
-        return cls(weight_bits=bits, clip_search=clip)
+                       group_size=int(group), clip_search="clip" in flags, skip=skip)
+        return cls(weight_bits=bits, clip_search="clip" in flags, skip=skip)
 
     def effective_skip(self) -> list:
         if not self.quantize_vision:
