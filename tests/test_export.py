@@ -693,13 +693,17 @@ def test_quantized_checkpoint_exports_and_serves_like_its_dynamic_model(checkpoi
 
 
 def test_export_quant_option_equals_quantize_then_export(checkpoint, tmp_path):
+    """With lm_head quantized too (the -head preset), so that the exported LLM graph carries a
+    weight-only lm_head."""
     qdir = str(tmp_path / "int4")
-    _tool("quantize", ["--model", checkpoint, "--dst", qdir, "--bits", "4", "--group-size", "64"])
+    _tool("quantize", ["--model", checkpoint, "--dst", qdir, "--bits", "4", "--group-size", "64",
+                       "--quantize-lm-head"])
     two_step, one_step = str(tmp_path / "two"), str(tmp_path / "one")
     _tool("export", ["--model", qdir, "--out", two_step, "--method", "rc", "--budget", "6"])
     _tool("export", ["--model", checkpoint, "--out", one_step, "--method", "rc", "--budget", "6",
-                     "--quant", "int4-g64"])
-    assert json.load(open(os.path.join(one_step, "config.json")))["quantization"]["weight_bits"] == 4
+                     "--quant", "int4-g64-head"])
+    q = json.load(open(os.path.join(one_step, "config.json")))["quantization"]
+    assert q["weight_bits"] == 4 and "lm_head" not in q["skip"]
     args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]
     a = json.loads(_tool("infer", ["--deploy", two_step] + args))
     b = json.loads(_tool("infer", ["--deploy", one_step] + args))
