@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(image_size=56, vision_width=32, vision_layers=2, vision_heads=2, text_width=32, text_layers=1,
             text_heads=2, projection_dim=16, llm_width=48, llm_layers=2, llm_heads=2, llm_intermediate=96,
             llm_vocab=400, clip_merges=120, stage1_batch=6, stage2_batch=6, warmup=1, checkpoint_every=2,
-            eval_items=12)
+            eval_items=12, question_start=2)
 
 
 def _recipe(**kw):
@@ -63,6 +63,23 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     a, b = whole.model.state_dict(), resumed_trainer.model.state_dict()
     for k in a:
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_the_question_loss_starts_at_question_start(tmp_path, monkeypatch):
+    from paddle_rc.train.trainer import DemoTrainer
+
+    seen = []
+    real = DemoTrainer._llm_step
+
+    def record(self, data):
+        loss, parts = real(self, data)
+        seen.append((data["step"], "question" in parts))
+        return loss, parts
+
+    monkeypatch.setattr(DemoTrainer, "_llm_step", record)
+    DemoTrainer(str(tmp_path / "run"), _recipe(stage1_steps=1, stage2_steps=5, question_start=3),
+                show_progress=False).run()
+    assert seen == [(0, False), (1, False), (2, False), (3, True), (4, True)]
 
 
 def test_train_demo_writes_a_checkpoint_the_tools_load(tmp_path):

@@ -34,14 +34,17 @@ class Recipe:
     stage1_batch: int = 16
     stage1_lr: float = 2e-3
     # stage 2: projector + LLM on all visual tokens, towers frozen (LLaVA-1.5's second stage)
-    stage2_steps: int = 2800
+    stage2_steps: int = 1500
     stage2_batch: int = 16
     stage2_lr: float = 1.5e-3
     # auxiliary grounding loss in stage 2: the reply's first query should attend to the asked objects'
     # visual tokens (decoder layers 2 and up). Without it the LLM sat at the answer prior for 500 steps.
     grounding_weight: float = 1.0
-    # ... and in decoder layer 0 that position should read the question's tokens (the first hop)
+    # ... and in decoder layer 0 that position should read the question's tokens (the first hop), from
+    # stage-2 step `question_start` on: switched on at step 0 (2800 steps) the run ended at 34.3% held-out,
+    # switched on at step 400 (the shipped model's history) it reached 43.3%
     question_weight: float = 1.0
+    question_start: int = 400
     # auxiliary per-token attribute heads on the projector's output in stage 2 (discarded after training)
     token_label_weight: float = 1.0
     warmup: int = 100

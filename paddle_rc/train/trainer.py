@@ -289,7 +289,8 @@ class DemoTrainer:
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
         looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
         asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok)
-        return {"pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at, "asked_at": asked_at,
+        return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
+                "asked_at": asked_at,
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
@@ -328,7 +329,7 @@ class DemoTrainer:
         target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
         grounding, reading = [], None
         for i, layer in enumerate(lm.layers):
-            if r.question_weight > 0 and i == 0:
+            if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
                 reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1, query,
                                                 paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
