@@ -34,7 +34,7 @@ class Recipe:
     stage1_batch: int = 16
     stage1_lr: float = 2e-3
     # stage 2: projector + LLM on all visual tokens, towers frozen (LLaVA-1.5's second stage)
-    stage2_steps: int = 1500
+    stage2_steps: int = 2200
     stage2_batch: int = 16
     stage2_lr: float = 1.5e-3
     # auxiliary grounding loss in stage 2: the reply's first query should attend to the asked objects'
