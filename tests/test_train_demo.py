@@ -136,6 +136,47 @@ def test_grounding_targets_sit_on_the_asked_objects_visual_tokens(tmp_path):
     assert target.sum() > 0
 
 
+def test_query_labels_are_the_asked_objects_attributes():
+    """target_attributes: per question, the mean one-hot of its target objects' colour, shape and word, in
+    the classes of the patch heads; questions without a target object get an all-zero row."""
+    from paddle_rc.synth import SHAPES, WORDS
+    from paddle_rc.train import batches as bt
+
+    items = bt.draw_items(5, "llm", 0, 24)
+    got = bt.target_attributes(items, bt.patch_labels(items, 224, 14))
+    colours = bt.colour_classes()
+    assert {it.qtype for it in items if it.target} >= {"colour", "shape", "word", "count"}
+    assert any(not it.target for it in items)
+    for b, it in enumerate(items):
+        for k in ("colour", "shape", "word"):
+            want = np.zeros(got[k].shape[1], np.float32)
+            for j in it.target:
+                o = it.objects[j]
+                cls = {"colour": colours.index(o.colour) + 1,
+                       "shape": len(SHAPES) + 1 if o.kind == "sign" else SHAPES.index(o.shape) + 1,
+                       "word": WORDS.index(o.word) + 1 if o.word else 0}[k]
+                want[cls] += 1.0 / len(it.target)
+            np.testing.assert_allclose(got[k][b], want, atol=1e-6, err_msg=f"{b} {k} {it.question}")
+
+
+def test_query_label_loss_is_part_of_stage_two(tmp_path, monkeypatch):
+    from paddle_rc.train.trainer import DemoTrainer
+
+    seen = []
+    real = DemoTrainer._llm_step
+
+    def record(self, data):
+        loss, parts = real(self, data)
+        seen.append(parts.get("carry"))
+        return loss, parts
+
+    monkeypatch.setattr(DemoTrainer, "_llm_step", record)
+    DemoTrainer(str(tmp_path / "on"), _recipe(stage1_steps=1, stage2_steps=2), show_progress=False).run()
+    DemoTrainer(str(tmp_path / "off"), _recipe(stage1_steps=1, stage2_steps=2, query_label_weight=0.0),
+                show_progress=False).run()
+    assert all(v is not None and v > 0 for v in seen[:2]) and seen[2:] == [None, None], seen
+
+
 def test_cli_rejects_an_unknown_recipe_field(tmp_path):
     r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_demo.py"), "--out", str(tmp_path / "x"),
                         "--recipe", "stage9_steps=3"], capture_output=True, text=True)

@@ -196,6 +196,22 @@ def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok) 
     return out
 
 
+def target_attributes(items, labels: PatchLabels) -> dict:
+    """[B, C] soft labels per attribute (colour, shape, word): the mean one-hot over each question's target
+    objects, read from the patch labels so the classes are the patch heads' own. Rows with no target
+    object are all zero (the loss leaves them out)."""
+    sizes = label_sizes(int(round(labels.owner.shape[1] ** 0.5)))
+    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in ("colour", "shape", "word")}
+    for b, it in enumerate(items):
+        for j in it.target:
+            cells = np.nonzero(labels.owner[b] == j)[0]
+            if not len(cells):
+                continue
+            for k in out:
+                out[k][b, getattr(labels, k)[b, cells[0]]] += 1.0 / len(it.target)
+    return out
+
+
 def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
     """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
     where L' is the length after the image placeholder became N visual tokens (left-padded, so every

@@ -10,6 +10,14 @@ def soft_cross_entropy(logits, target):
     return -(target * F.log_softmax(logits, axis=-1)).sum(axis=-1).mean()
 
 
+def soft_label_loss(logits, target):
+    """soft_cross_entropy over the rows of target [B,C] that carry a label (all-zero rows are left out)."""
+    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
+    if rows.shape[0] == 0:
+        return paddle.zeros([])
+    return soft_cross_entropy(paddle.gather(logits, rows), paddle.gather(target, rows))
+
+
 def contrastive_loss(image_emb, text_emb, scale, same):
     """CLIP's symmetric InfoNCE. `same` [B,B] marks pairs whose captions are identical: with a small
     vocabulary two scenes can share a caption, and such a pair is a positive, not a negative."""

@@ -105,6 +105,8 @@ class DemoTrainer:
         # the same attribute heads on the projector's output (stage 2): the per-token MLP learns to expose
         # what the LLM must read much sooner from a direct signal than through the reply loss alone
         self.token_heads = _AttributeHeads(config.llm.hidden_size, grid)
+        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size)
+                                         for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         weights = os.path.join(self.work, "model.pdparams")
@@ -113,13 +115,16 @@ class DemoTrainer:
             extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
             self.heads.set_state_dict(extra["heads"])
             self.token_heads.set_state_dict(extra["token_heads"])
+            if "query_heads" in extra:
+                self.query_heads.set_state_dict(extra["query_heads"])
             self.scales.set_value(extra["scales"])
 
     def _stable_names(self) -> dict:
         """Paddle's parameter names (linear_125.w_0) depend on how many layers the process made before;
         the optimizer state is stored under the structural names instead, so any process can resume it."""
         names = {self.scales.name: "scales"}
-        for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads)):
+        for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads),
+                              ("query_heads", self.query_heads)):
             for n, p in layer.named_parameters():
                 names[p.name] = f"{prefix}.{n}"
         return names
@@ -127,7 +132,7 @@ class DemoTrainer:
     def _save(self, state: dict, opt) -> None:
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "token_heads": self.token_heads.state_dict(),
-                                             "scales": self.scales}),
+                                             "query_heads": self.query_heads.state_dict(), "scales": self.scales}),
                           ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
@@ -163,7 +168,7 @@ class DemoTrainer:
                       + list(m.text_tower.parameters()) + list(m.text_projection.parameters())):
                 p.stop_gradient = True
             params = (list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
-                      + list(self.token_heads.parameters()))
+                      + list(self.token_heads.parameters()) + list(self.query_heads.parameters()))
         opt = paddle.optimizer.AdamW(learning_rate=peak, parameters=params, weight_decay=0.01,
                                      grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
         opt_path = os.path.join(self.work, "opt.pdopt")
@@ -290,13 +295,13 @@ class DemoTrainer:
         looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
         asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
-                "asked_at": asked_at,
+                "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels),
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
-        from paddle_rc.train.losses import answer_loss, attention_target_loss, patch_label_loss
+        from paddle_rc.train.losses import answer_loss, attention_target_loss, patch_label_loss, soft_label_loss
 
         m, r = self.model, self.recipe
         ids, mask, alen = d["ids"], d["mask"], d["alen"]
@@ -327,7 +332,8 @@ class DemoTrainer:
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
         target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
-        grounding, reading = [], None
+        grounding, reading, carried = [], None, []
+        rows = paddle.arange(len(ids))
         for i, layer in enumerate(lm.layers):
             if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
                 reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1, query,
@@ -336,6 +342,11 @@ class DemoTrainer:
                 grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1,
                                                        query, target))
             x, _, _ = layer(x, cos, sin, bias)
+            if r.query_label_weight > 0 and i >= 1:
+                # what the reply position holds after a grounding layer: the asked objects' attributes
+                at = self.query_heads[i - 1](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
+                carried.append(paddle.add_n([soft_label_loss(at[k], paddle.to_tensor(v))
+                                             for k, v in d["query_labels"].items()]))
         hidden = lm.norm(x)
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
@@ -345,6 +356,10 @@ class DemoTrainer:
             g = paddle.add_n(grounding) / len(grounding)
             parts["ground"] = float(g)
             loss = loss + r.grounding_weight * g
+        if carried:
+            c = paddle.add_n(carried) / len(carried)
+            parts["carry"] = float(c)
+            loss = loss + r.query_label_weight * c
         if reading is not None:
             parts["question"] = float(reading)
             loss = loss + r.question_weight * reading
@@ -403,6 +418,23 @@ def _accuracy(logits, labels: np.ndarray, where: np.ndarray) -> float:
         return float("nan")
     pred = logits.numpy().argmax(-1)
     return float((pred[sel] == labels[sel]).mean())
+
+
+class _QueryHeads(nn.Layer):
+    """Linear classifiers of the asked objects' colour, shape and word on one position's normed hidden state
+    (training only)."""
+
+    def __init__(self, width: int):
+        from paddle_rc.train.batches import label_sizes
+
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(1).items()
+                                   if k in ("colour", "shape", "word")})
+
+    def forward(self, x):
+        x = self.norm(x)
+        return {k: h(x) for k, h in self.heads.items()}
 
 
 class _AttributeHeads(nn.Layer):
