@@ -184,6 +184,15 @@ def test_cli_rejects_an_unknown_recipe_field(tmp_path):
     assert r.stderr.strip().splitlines()[-1].startswith("error: unknown recipe field(s) stage9_steps")
 
 
+
+@pytest.mark.parametrize("args, says", [([], "error: give --out DIR"),
+                                        (["--probe", "no/such/dir"], "error: model directory not found"),
+                                        (["--probe", ".", "--probe-items", "3"], "error: --probe-items")])
+def test_cli_usage_errors(args, says):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_demo.py"), *args],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(says), r.stderr[-300:]
+
 def test_shipped_model_is_as_accurate_as_its_card_says():
     from paddle_rc.demo import synthvqa_checkpoint
     from paddle_rc.train import evaluate_model
@@ -234,3 +243,30 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     probs = paddle.nn.functional.softmax(paddle.matmul(q * d ** -0.5, k, transpose_y=True) + bias, axis=-1).numpy()
     mass = [(probs[b, :, query[b]] * target[b]).sum(-1).mean() for b in (0, 1)]
     np.testing.assert_allclose(float(loss), -np.mean(np.log(np.array(mass) + 1e-6)), rtol=1e-5)
+
+
+def test_ridge_probe_reads_a_linear_code_and_not_noise():
+    from paddle_rc.train.probe import ridge_probe_accuracy
+
+    rng = np.random.default_rng(0)
+    labels = rng.choice(["red", "blue", "cat", "3"], 400)
+    code = {c: rng.normal(size=24) for c in set(labels)}
+    x = np.stack([code[c] for c in labels]) + 0.3 * rng.normal(size=(400, 24))
+    assert ridge_probe_accuracy(x[:300], labels[:300], x[300:], labels[300:]).mean() == 1.0
+    noise = rng.normal(size=(400, 24))
+    assert ridge_probe_accuracy(noise[:300], labels[:300], noise[300:], labels[300:]).mean() < 0.45
+
+
+def test_reply_probe_of_the_shipped_model_finds_the_asked_colour():
+    """The diagnosis the query-label loss came from, on the shipped model: its reply position attends to the
+    sign for word questions and its final state tells the asked colour (the earlier checkpoint's did not)."""
+    from paddle_rc.demo import synthvqa_checkpoint
+    from paddle_rc.train.probe import reply_probe
+
+    got = reply_probe(synthvqa_checkpoint(), seed=4242, n=192)["by_type"]
+    assert set(got) == {"colour", "shape", "word", "count", "exist", "spatial"}
+    for t, v in got.items():
+        assert len(v["probe_after_layer"]) == 4 and all(0.0 <= m <= 1.0 for row in v["target_mass"] for m in row), t
+    assert min(got["word"]["target_mass"][1]) > 0.8
+    assert got["colour"]["probe_after_layer"][-1] >= 80.0, got["colour"]
+    assert got["colour"]["probe_after_layer"][0] <= 40.0, got["colour"]  # before any layer: the question only

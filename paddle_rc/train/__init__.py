@@ -115,6 +115,8 @@ def model_card(log: dict) -> str:
         f"predicts the reply: in decoder layer 0 it should read the question's tokens (weight {r.question_weight}, "
         f"from step {r.question_start} on), "
         f"in layers 1 and up the asked objects' visual tokens (grounding, weight {r.grounding_weight}); "
+        "linear heads on that position's hidden state after layers 1 and up, which should tell the asked "
+        f"objects' colour, shape and word (weight {r.query_label_weight}, discarded after training); "
         "and the attribute heads again, on the projector's "
         f"output (weight {r.token_label_weight}, discarded after training). Half the prompts end with \"Answer the question using "
         "a single word or phrase.\"",

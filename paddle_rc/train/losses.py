@@ -70,20 +70,14 @@ def answer_loss(logits, tail_ids, answer_len):
     return (nll * weight).sum() / weight.sum()
 
 
-def attention_target_loss(attn_layer, h, cos, sin, bias, query, target):
-    """Grounding: -log of the attention mass (mean over heads) that one query position per row puts on
-    the visual tokens of the objects its question is about. h [B,L,H] is the layer's normed input,
-    cos/sin [B,1,L,d] and bias [B,1,L,L] as LlamaModel makes them (head axis not expanded), query [B]
-    the position that predicts the reply, target [B,L] marks those tokens (all-zero rows, e.g. a
-    negative existence question, are left out). Recomputes the attention of that one query as
-    LlamaAttention does: q for one position only, so the loss costs a fraction of a layer's attention."""
+def attention_probs(attn_layer, h, cos, sin, bias, query):
+    """One query row per batch row of a decoder layer's attention probabilities, [B,H,L], recomputed as
+    LlamaAttention does: h [B,L,H] is the layer's normed input, cos/sin [B,1,L,d] and bias [B,1,L,L] as
+    LlamaModel makes them (head axis not expanded), query [B] the position. q is made for that position
+    only, so this costs a fraction of the layer's attention."""
     from paddle_rc.models.llama import rotate_half
 
     a = attn_layer
-    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
-    if rows.shape[0] == 0:
-        return paddle.zeros([])
-    h, cos, sin, bias, query, target = (paddle.gather(t, rows) for t in (h, cos, sin, bias, query, target))
     at = query.reshape([-1, 1, 1, 1])
     hq = paddle.take_along_axis(h, at.reshape([-1, 1, 1]).expand([-1, 1, h.shape[-1]]), axis=1)  # [B,1,H]
     q = a.q_proj(hq).reshape([0, 0, a.num_heads, a.head_dim]).transpose([0, 2, 1, 3])  # [B,H,1,d]
@@ -95,6 +89,17 @@ def attention_target_loss(attn_layer, h, cos, sin, bias, query, target):
     if a.num_kv_heads != a.num_heads:
         k = paddle.repeat_interleave(k, a.num_heads // a.num_kv_heads, axis=1)
     b1 = paddle.take_along_axis(bias, at.expand([-1, 1, 1, bias.shape[-1]]), axis=2)  # [B,1,1,L]
-    probs = F.softmax(paddle.matmul(q * (a.head_dim ** -0.5), k, transpose_y=True) + b1, axis=-1)  # [B,H,1,L]
-    mass = (probs.squeeze(2) * target.unsqueeze(1)).sum(axis=-1).mean(axis=1)  # [B]
+    return F.softmax(paddle.matmul(q * (a.head_dim ** -0.5), k, transpose_y=True) + b1, axis=-1).squeeze(2)
+
+
+def attention_target_loss(attn_layer, h, cos, sin, bias, query, target):
+    """Grounding: -log of the attention mass (mean over heads) that one query position per row puts on
+    the tokens marked in target [B,L] (e.g. the visual tokens of the objects its question is about);
+    all-zero rows (a negative existence question) are left out. Arguments as for attention_probs."""
+    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
+    if rows.shape[0] == 0:
+        return paddle.zeros([])
+    h, cos, sin, bias, query, target = (paddle.gather(t, rows) for t in (h, cos, sin, bias, query, target))
+    probs = attention_probs(attn_layer, h, cos, sin, bias, query)  # [B,H,L]
+    mass = (probs * target.unsqueeze(1)).sum(axis=-1).mean(axis=1)  # [B]
     return -paddle.log(mass + 1e-6).mean()
