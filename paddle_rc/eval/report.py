@@ -168,7 +168,7 @@ def plot_png(rows, main_benchmarks=None):
     n = len(by_bench)
     cols = min(3, n)
     nrows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(nrows, cols, figsize=(4.8 * cols, 3.7 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 3.7 * nrows), squeeze=False)
     methods = sorted({r["method"] or r["tag"] for r in pts} - {"none"})
     markers = "osD^vP<>Xh"
     for ax, (bench, rs) in zip(axes.flat, sorted(by_bench.items())):
@@ -191,7 +191,8 @@ def plot_png(rows, main_benchmarks=None):
         ax.set_xlabel("avg visual tokens kept")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        # beside the panel: inside, it hid the points of the best methods (top left, few tokens)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     fig.tight_layout()
