@@ -233,9 +233,15 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     target[2] = 0.0  # a row without a target is left out
     loss = attention_target_loss(attn, h, cos, sin, bias, paddle.to_tensor(query), paddle.to_tensor(target))
 
-    # the reference: the layer's full attention probabilities, rebuilt the way LlamaAttention.forward does
-    from paddle_rc.models.llama import rotate_half
+    # the reference: the layer's full attention probabilities, rebuilt with the textbook rotary embedding
     H, d = attn.num_heads, attn.head_dim
+    freqs = pos.astype("float32").unsqueeze(-1) * lm.inv_freq
+    cos = paddle.concat([freqs, freqs], axis=-1).cos().unsqueeze(1)
+    sin = paddle.concat([freqs, freqs], axis=-1).sin().unsqueeze(1)
+
+    def rotate_half(t):
+        return paddle.concat([-t[..., d // 2:], t[..., :d // 2]], axis=-1)
+
     q = attn.q_proj(h).reshape([B, L, H, d]).transpose([0, 2, 1, 3])
     k = attn.k_proj(h).reshape([B, L, 2, d]).transpose([0, 2, 1, 3])
     q = q * cos + rotate_half(q) * sin

@@ -10,7 +10,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn.functional as F
 
-from paddle_rc.models.llama import rotate_half
+from paddle_rc.models.llama import apply_rope
 
 
 def _attention_inputs(llm, position_ids, attention_mask, query_len, dtype):
@@ -31,7 +31,7 @@ def last_position_attention(layer, x, cos, sin, bias, keys):
     attn = layer.self_attn
     h = layer.input_layernorm(x[:, -1:, :])
     q = attn.q_proj(h).reshape([0, 0, attn.num_heads, attn.head_dim]).transpose([0, 2, 1, 3])
-    q = q * cos[:, :, -1:, :] + rotate_half(q) * sin[:, :, -1:, :]
+    q = apply_rope(q, cos[:, :, -1:, :], sin[:, :, -1:, :])
     if attn.num_kv_heads != attn.num_heads:
         keys = paddle.repeat_interleave(keys, attn.num_heads // attn.num_kv_heads, axis=1)
     scores = paddle.matmul(q * (attn.head_dim ** -0.5), keys, transpose_y=True) + bias[:, :, -1:, :]

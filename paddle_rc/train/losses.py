@@ -75,7 +75,7 @@ def attention_probs(attn_layer, h, cos, sin, bias, query):
     LlamaAttention does: h [B,L,H] is the layer's normed input, cos/sin [B,1,L,d] and bias [B,1,L,L] as
     LlamaModel makes them (head axis not expanded), query [B] the position. q is made for that position
     only, so this costs a fraction of the layer's attention."""
-    from paddle_rc.models.llama import rotate_half
+    from paddle_rc.models.llama import apply_rope
 
     a = attn_layer
     at = query.reshape([-1, 1, 1, 1])
@@ -83,9 +83,9 @@ def attention_probs(attn_layer, h, cos, sin, bias, query):
     q = a.q_proj(hq).reshape([0, 0, a.num_heads, a.head_dim]).transpose([0, 2, 1, 3])  # [B,H,1,d]
     cq = paddle.take_along_axis(cos, at.expand([-1, 1, 1, a.head_dim]), axis=2)
     sq = paddle.take_along_axis(sin, at.expand([-1, 1, 1, a.head_dim]), axis=2)
-    q = q * cq + rotate_half(q) * sq
+    q = apply_rope(q, cq, sq)
     k = a.k_proj(h).reshape([0, 0, a.num_kv_heads, a.head_dim]).transpose([0, 2, 1, 3])
-    k = k * cos + rotate_half(k) * sin
+    k = apply_rope(k, cos, sin)
     if a.num_kv_heads != a.num_heads:
         k = paddle.repeat_interleave(k, a.num_heads // a.num_kv_heads, axis=1)
     b1 = paddle.take_along_axis(bias, at.expand([-1, 1, 1, bias.shape[-1]]), axis=2)  # [B,1,1,L]
