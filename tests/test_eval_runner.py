@@ -35,7 +35,7 @@ class FakePredictor:
         self.method, self.budget = "none", None
         self.answers = answers or {}
 
-    def set_method(self, method, budget=None):
+    def set_method(self, method, budget=None, **options):
         self.method, self.budget = method, budget
 
     def answer(self, image, prompt, question, max_new_tokens=128, temperature=0.0):

@@ -190,3 +190,54 @@ def test_methods_get_the_inputs_they_declare(tiny_model, method):
         want = res.tokens if method == "cdpruner" else tiny_model.projector(res.tokens)
     np.testing.assert_allclose(vis.embeds.numpy(), want.numpy(), atol=1e-5)
     assert vis.result.samples == res.samples
+
+
+def test_full_positions_give_the_text_its_uncompressed_positions(tiny_model):
+    """positions=full: each row's text keeps the position ids it has when all N visual tokens are
+    spliced in, the kept visual tokens stay consecutive from the image's start; compact numbers the
+    sequence as it is. Left padding and per-row token counts differ across the batch."""
+    from paddle_rc.models.llava import VisualTokens
+
+    rng = np.random.default_rng(11)
+    rows = [_prompt(rng, 2, 3), _prompt(rng, 5, 2)]
+    ids, mask = _batch(rows)
+    n, width = tiny_model.config.vision.num_patches, tiny_model.config.llm.hidden_size
+    embeds = paddle.to_tensor(rng.standard_normal((2, n, width)).astype("float32"))
+    every = VisualTokens(embeds, np.array([n, n]), n)
+    kept = VisualTokens(embeds[:, :5], np.array([3, 5]), n)
+
+    def layout(visual, positions):
+        tiny_model.set_compression("rc", positions=positions)
+        e, m, pos, vis = tiny_model.splice(ids, mask, visual, with_visual_mask=True)
+        return e, m.numpy().astype(bool), pos.numpy(), vis.numpy()
+
+    try:
+        _, m_all, pos_all, vis_all = layout(every, "compact")
+        e_c, m_c, pos_c, vis_c = layout(kept, "compact")
+        e_f, m_f, pos_f, vis_f = layout(kept, "full")
+        with paddle.no_grad():
+            logits = [tiny_model.language_model(e_c, paddle.to_tensor(m_c.astype("int64")), paddle.to_tensor(p))[0]
+                      for p in (pos_c, pos_f)]
+    finally:
+        tiny_model.set_compression("none")
+    np.testing.assert_array_equal(m_c, m_f)
+    np.testing.assert_array_equal(vis_c, vis_f)
+    np.testing.assert_array_equal(e_c.numpy(), e_f.numpy())
+    for b, r in enumerate(rows):
+        k, start = int(kept.lengths[b]), r.index(IMG)
+        np.testing.assert_array_equal(pos_c[b][m_c[b]], np.arange(len(r) - 1 + k))
+        text_all = pos_all[b][m_all[b] & ~vis_all[b]]
+        np.testing.assert_array_equal(pos_f[b][m_f[b] & ~vis_f[b]], text_all)
+        np.testing.assert_array_equal(pos_f[b][vis_f[b]], start + np.arange(k))
+        after = len(r) - 1 - start
+        assert text_all[-after:].tolist() == list(range(start + n, start + n + after))
+    # the layout reaches the LLM: the last position's hidden state differs
+    assert np.abs(logits[0].numpy()[:, -1] - logits[1].numpy()[:, -1]).max() > 1e-4
+
+
+def test_positions_setting_is_checked(tiny_model):
+    from paddle_rc.errors import UserError
+
+    with pytest.raises(UserError, match="positions must be one of compact, full"):
+        tiny_model.set_compression("rc", positions="shifted")
+    assert tiny_model.compression.positions == "compact"

@@ -100,7 +100,7 @@ class OraclePredictor:
     def __init__(self, answers, right_types):
         self.answers, self.right_types = answers, right_types
 
-    def set_method(self, method, budget=None):
+    def set_method(self, method, budget=None, **options):
         self.method, self.budget = method, budget
 
     def answer(self, image, prompt, question, max_new_tokens=128, temperature=0.0):
@@ -208,3 +208,32 @@ def test_coverage_runs_and_counts(tmp_path, tiny_checkpoint):
     assert rows[3]["covered_by_text"] == 0.0 and not rows[3]["question"]
     assert rows[2]["covered_by_text"] <= rows[2]["covered"]
     assert "| random@4 | 4.0 |" in format_coverage_table(rows)
+
+
+def test_eval_positions_full_is_its_own_run(tmp_path):
+    """--positions full answers under its own tag (rc-b8-fullpos) with the layout in its manifest, so the
+    compact run's answers are never reused for it; the predictor is asked for that layout."""
+    d = _make(tmp_path / "data", n=6)
+    anns = json.load(open(os.path.join(d, "synthvqa_annotations.json")))["annotations"]
+    answers = {np.asarray(Image.open(os.path.join(d, "images", a["image"])).convert("RGB")).tobytes():
+               (a["answer"], a["qtype"]) for a in anns}
+    seen = []
+
+    class Recording(OraclePredictor):
+        def set_method(self, method, budget=None, **options):
+            seen.append((method, budget, options))
+            super().set_method(method, budget)
+
+    out = str(tmp_path / "out")
+    common = ["--benchmark", "synthvqa", "--data-root", str(tmp_path / "data"), "--method", "rc", "--budget", "8",
+              "--out", out, "--no-progress"]
+    assert cli.main(common, predictor=Recording(answers, {"colour"})) == 0
+    assert cli.main(common + ["--positions", "full"], predictor=Recording(answers, {"colour"})) == 0
+    assert {s[2]["positions"] for s in seen[:len(seen) // 2]} == {"compact"}
+    assert {s[2]["positions"] for s in seen[len(seen) // 2:]} == {"full"}
+    files = sorted(os.listdir(os.path.join(out, "synthvqa")))
+    assert "rc-b8.jsonl" in files and "rc-b8-fullpos.jsonl" in files
+    from paddle_rc.eval.runner import run_tag
+
+    assert run_tag("none", None, "full") == "none" and run_tag("rc", None, "full") == "rc-fullpos"
+    assert cli.main(common + ["--positions", "sideways"], predictor=Recording(answers, set())) == 2

@@ -48,6 +48,9 @@ def build_parser():
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: adaptive)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option topk=16 (repeatable; defaults in configs/methods/)")
+    p.add_argument("--positions", choices=("compact", "full"),
+                   help="position ids of the text after a compressed image: compact (default, as LLaVA) or full "
+                        "(as if every visual token were there; docs/positions.md)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -84,8 +87,13 @@ def main(argv=None) -> int:
     if args.save_vis and not many:
         picture_format(args.save_vis)  # an unknown extension fails now, not after the answer
     method = args.method if args.method or args.deploy else "rc"
+    options = parse_key_values(args.option)
+    if "positions" in options:
+        raise UserError("positions is not a method option: use --positions compact|full")
+    if args.positions:
+        options["positions"] = args.positions
     predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
-                                conv_mode=args.conv_mode, **parse_key_values(args.option))
+                                conv_mode=args.conv_mode, **options)
     if args.save_vis and predictor.method == "none":
         raise UserError("--save-vis needs a compression method (got --method none: every token is kept)")
     generation = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -141,6 +149,7 @@ def make_record(out, image_path, question, predictor, vis_path):
         "answer": out["text"],
         "method": out["method"],
         "budget": out["budget"],
+        "positions": predictor.compression.positions,
         "visual_tokens_before": out["visual_tokens_before"],
         "visual_tokens_after": out["visual_tokens"],
         "stage_counts": out["stage_counts"],

@@ -21,7 +21,7 @@ DEFAULTS = {
     "budget": None, "limit": None, "conv_mode": None, "max_new_tokens": 128,
     "out": "outputs/eval", "num_chunks": 1, "chunk_idx": 0, "merge": False, "score_only": False,
     "answers": None, "progress": True, "batch_size": 1, "overwrite": False,
-    "allow_partial": False, "all_rounds": False,
+    "allow_partial": False, "all_rounds": False, "positions": "compact",
 }
 
 
@@ -39,6 +39,9 @@ def build_parser():
                    help="LLaVA's playground/data/eval layout (docs/eval-data.md)")
     p.add_argument("--method", help="comma list of compression methods (default rc)")
     p.add_argument("--budget", help="visual-token budget, or a comma list of budgets")
+    p.add_argument("--positions", choices=("compact", "full"),
+                   help="position ids of the text after a compressed image: compact (default, as LLaVA) or "
+                        "full (as if every visual token were there; docs/positions.md)")
     p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
     p.add_argument("--conv-mode", dest="conv_mode", help="conversation template (vicuna_v1)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
@@ -151,6 +154,8 @@ def _manifest(cfg, predictor, method, budget, layout):
         except (ImportError, KeyError):
             options = {}
         options.update(getattr(compression, "options", None) or {})
+        if getattr(compression, "positions", "compact") != "compact":
+            options["positions"] = compression.positions  # a different answer, so a different setup
     identity = getattr(predictor, "identity", None)
     if identity is None:
         identity = model_identity(cfg["model"], cfg["deploy"])
@@ -201,6 +206,10 @@ def _main(argv, predictor, image_loader):
         raise UserError("--benchmark is required (comma list of " + ", ".join(B.READERS) + ")")
     methods = _as_list(cfg["method"]) or ["rc"]
     runs = plan_runs(methods, _budgets(cfg["budget"]))
+    positions = cfg["positions"]
+    from paddle_rc.models.llava import check_positions
+
+    check_positions(positions)
     out = cfg["out"]
     limit = int(cfg["limit"]) if cfg["limit"] else None
     batch_size = int(cfg["batch_size"] or 1)
@@ -220,7 +229,7 @@ def _main(argv, predictor, image_loader):
     if cfg["score_only"] or cfg["merge"]:
         for n, bench in benches.items():
             for m, b in runs:
-                tag = run_tag(m, b)
+                tag = run_tag(m, b, positions)
                 if cfg["merge"]:
                     info = merge_chunks(bench, out, tag, nchunks, limit,
                                         allow_partial=bool(cfg["allow_partial"]))
@@ -249,14 +258,14 @@ def _main(argv, predictor, image_loader):
             print("note: " + DEMO_NOTE, file=sys.stderr)
         for n, bench in benches.items():
             for m, b in runs:
-                predictor.set_method(m, b)
+                predictor.set_method(m, b, positions=positions)
                 manifest = _manifest(cfg, predictor, m, b, bench.layout)
                 info = run_benchmark(bench, predictor, m, b, out, image_loader=image_loader,
                                      limit=limit, max_new_tokens=int(cfg["max_new_tokens"]),
                                      num_chunks=nchunks, chunk_idx=cidx,
                                      progress=bool(cfg["progress"]), demo=demo,
                                      batch_size=batch_size, manifest=manifest,
-                                     overwrite=bool(cfg["overwrite"]))
+                                     overwrite=bool(cfg["overwrite"]), positions=positions)
                 msg = (f"{n}/{info['tag']}: {info['n_new']} new, {info['n_resumed']} already "
                        f"on disk, {info['n_errors']} failed (image or model)")
                 if info["torn_line_dropped"]:

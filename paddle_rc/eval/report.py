@@ -4,6 +4,7 @@ import glob
 import io
 import json
 import os
+import re
 from collections import defaultdict
 
 from .io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -149,6 +150,13 @@ def to_csv(rows):
     return buf.getvalue()
 
 
+def _series(row) -> str:
+    """A plot line: the run tag without its budget (rc-b16 and rc-b64 are one line; rc-b16-fullpos,
+    the same method with the other position layout, another)."""
+    tag = str(row["tag"] or row["method"])
+    return re.sub(r"-b\d+(?=-|$)", "", tag)
+
+
 def plot_png(rows, main_benchmarks=None):
     """Score against average visual tokens, one panel per benchmark, one line per method, the
     ``none`` run as a dashed reference. Returns PNG bytes, or None when there is nothing to
@@ -169,7 +177,7 @@ def plot_png(rows, main_benchmarks=None):
     cols = min(3, n)
     nrows = (n + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(6.0 * cols, 3.7 * nrows), squeeze=False)
-    methods = sorted({r["method"] or r["tag"] for r in pts} - {"none"})
+    methods = sorted({_series(r) for r in pts} - {"none"})
     markers = "osD^vP<>Xh"
     for ax, (bench, rs) in zip(axes.flat, sorted(by_bench.items())):
         base = [r for r in rs if r["tag"] == "none"]
@@ -180,7 +188,7 @@ def plot_png(rows, main_benchmarks=None):
             ax.plot([b["avg_visual_tokens"]], [b["score"]], marker="*", ms=12, color="0.3",
                     ls="none")
         for i, m in enumerate(methods):
-            mine = sorted([r for r in rs if (r["method"] or r["tag"]) == m],
+            mine = sorted([r for r in rs if _series(r) == m],
                           key=lambda r: r["avg_visual_tokens"])
             if not mine:
                 continue

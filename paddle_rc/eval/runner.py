@@ -31,11 +31,13 @@ DEMO_NOTE = ("built-in demo model (a small LLaVA trained on the synthetic task):
              "something on synthvqa only; pass --model DIR for real results")
 
 
-def run_tag(method, budget=None):
-    """File-name tag of a (method, budget) run; ``none`` keeps every token so has no budget."""
-    if budget is None or method == "none":
+def run_tag(method, budget=None, positions="compact"):
+    """File-name tag of a (method, budget) run; ``none`` keeps every token so has no budget (and no
+    position layout); a run with ``positions: full`` ends in ``-fullpos``."""
+    if method == "none":
         return method
-    return f"{method}-b{budget}"
+    tag = method if budget is None else f"{method}-b{budget}"
+    return tag + ("-fullpos" if positions == "full" else "")
 
 
 def bench_dir(out_dir, bench_name):
@@ -194,7 +196,7 @@ MAX_FAILURES_IN_A_ROW = 20
 def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval", *,
                   image_loader=None, limit=None, max_new_tokens=128, num_chunks=1,
                   chunk_idx=0, progress=True, demo=False, batch_size=1, manifest=None,
-                  overwrite=False):
+                  overwrite=False, positions="compact"):
     """Answer the (limited, chunked) items of ``bench`` that are not on disk yet, ``batch_size``
     questions per model call.
 
@@ -207,7 +209,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval",
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
     loader = image_loader or _default_loader()
-    tag = run_tag(method, budget)
+    tag = run_tag(method, budget, positions)
     path = answers_path(out_dir, bench.name, tag, num_chunks, chunk_idx)
     items = get_chunk(limited_items(bench, limit), num_chunks, chunk_idx)
     check_manifest(path, manifest if manifest is not None else {}, overwrite)
@@ -220,7 +222,7 @@ def run_benchmark(bench, predictor, method, budget=None, out_dir="outputs/eval",
     repair_jsonl(err_path)
     old_errors = {e.get("uid"): e for e in read_jsonl_tolerant(err_path)[0]}
     todo = [it for it in items if it.uid not in done]
-    predictor.set_method(method, budget)
+    predictor.set_method(method, budget, positions=positions)
     model_id = getattr(predictor, "model_id", "unknown")
     new_errors, attempted = {}, set()
     n_new = 0

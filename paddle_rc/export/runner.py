@@ -221,14 +221,20 @@ class DeployedLlava:
         return table if table.dtype == np.float32 else table.astype(np.float32)
 
     # ---- what Predictor calls -----------------------------------------------------------------------
-    def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
-        """The method is baked into the vision graph: asking for another one is an error, not a switch."""
+    def set_compression(self, method: str, budget: Optional[int] = None, positions: str = "compact",
+                        **options) -> None:
+        """The method is baked into the vision graph: asking for another one is an error, not a switch.
+        The position layout is not: the LLM graph takes position ids as an input."""
+        from paddle_rc.models.llava import check_positions
+
+        check_positions(positions)
         spec = self.compression
         if method != spec.method or budget != spec.budget or (options and options != spec.options):
             want = f"{method}" + ("" if budget is None else f" budget {budget}")
             have = f"{spec.method}" + ("" if spec.budget is None else f" budget {spec.budget}")
             raise UserError(f"{self.directory} was exported with method {have}; for {want} export again: "
                             f"tools/export.py --method {method}" + ("" if budget is None else f" --budget {budget}"))
+        spec.positions = positions
 
     def question_features(self, input_ids, mode):
         return ClipIds(input_ids)

@@ -44,11 +44,28 @@ def check_context(prompt_len: int, max_new_tokens: int, context: int) -> None:
                                           if room > 0 else "shorten the question"))
 
 
+# How the LLM numbers the text after a compressed image (rotary positions):
+#   compact  the sequence as it is: text follows the kept visual tokens (LLaVA and every released
+#            compression method)
+#   full     the text keeps the positions it would have had with all N visual tokens; the kept visual
+#            tokens stay consecutive. A model trained only on full images then sees its prompt's text
+#            where it always saw it (docs/positions.md).
+POSITIONS = ("compact", "full")
+
+
+def check_positions(positions) -> None:
+    from paddle_rc.errors import UserError
+
+    if positions not in POSITIONS:
+        raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
+
+
 @dataclass
 class CompressionSpec:
     method: str = "none"
     budget: Optional[int] = None
     options: dict = field(default_factory=dict)
+    positions: str = "compact"
 
 
 @dataclass
@@ -72,6 +89,16 @@ class GenerateOutput:
     tokens: np.ndarray  # [B, n] new tokens, pad after EOS
     visual: Optional[VisualTokens]
     timings: dict
+
+
+def full_positions(mask: np.ndarray, is_visual: np.ndarray, n_visual: int) -> np.ndarray:
+    """Position ids [B,L] for `positions: full`: as positions_from_mask, then every token after a row's
+    visual tokens moved on by the tokens compression removed (n_visual - kept), as if all n_visual
+    tokens were there. mask, is_visual: [B,L] (left-padded rows)."""
+    pos = np.maximum(np.cumsum(mask.astype(np.int64), axis=1) - 1, 0)
+    kept = is_visual.sum(axis=1, keepdims=True)
+    after = (np.cumsum(is_visual, axis=1) == kept) & ~is_visual & (kept > 0) & mask.astype(bool)
+    return pos + after * (n_visual - kept)
 
 
 # The three functions below are the model's own steps, written at module level so that the exported
@@ -188,9 +215,11 @@ class LlavaForConditionalGeneration(nn.Layer):
         model.eval()
         return model
 
-    def set_compression(self, method: str, budget: Optional[int] = None, **options) -> None:
+    def set_compression(self, method: str, budget: Optional[int] = None, positions: str = "compact",
+                        **options) -> None:
         from paddle_rc.compression import check_compression
 
+        check_positions(positions)
         check_compression(method, budget, options)
         from paddle_rc.compression import method_defaults
         from paddle_rc.compression.registry import get_method
@@ -205,7 +234,7 @@ class LlavaForConditionalGeneration(nn.Layer):
                 check_layer(opts, self.config.llm.num_hidden_layers, "layer" in options)
             except ValueError as e:
                 raise UserError(str(e)) from None
-        self.compression = CompressionSpec(method, budget, dict(options))
+        self.compression = CompressionSpec(method, budget, dict(options), positions)
 
     # ---- text side ---------------------------------------------------------------------------
     def get_text_features(self, input_ids):
@@ -263,6 +292,7 @@ class LlavaForConditionalGeneration(nn.Layer):
         Returns (inputs_embeds [B,L,H], attention_mask [B,L], position_ids [B,L]), left-padded so
         that every sample's last token is at the end (what batched decoding needs); with
         `with_visual_mask` also [B,L] bool marking the visual positions (for in-LLM pruning).
+        Position ids follow self.compression.positions (POSITIONS).
         """
         ids = input_ids.numpy()
         batch, seq = ids.shape
@@ -296,10 +326,14 @@ class LlavaForConditionalGeneration(nn.Layer):
         table = paddle.concat(parts, axis=0)
         embeds = paddle.gather(table, paddle.to_tensor(index.reshape(-1))).reshape([batch, length, -1])
         mask_t = paddle.to_tensor(new_mask)
+        is_visual = (index >= batch * seq) & (index < zero_row)
+        if visual is not None and getattr(self.compression, "positions", "compact") == "full":
+            pos = paddle.to_tensor(full_positions(new_mask, is_visual, int(visual.before)))
+        else:
+            pos = positions_from_mask(mask_t)
         if with_visual_mask:
-            vis_mask = paddle.to_tensor((index >= batch * seq) & (index < zero_row))
-            return embeds, mask_t, positions_from_mask(mask_t), vis_mask
-        return embeds, mask_t, positions_from_mask(mask_t)
+            return embeds, mask_t, pos, paddle.to_tensor(is_visual)
+        return embeds, mask_t, pos
 
     # ---- forward / generate ----------------------------------------------------------------------
     def forward(self, input_ids, pixel_values=None, attention_mask=None, text_embeds=None, has_text=None):
