@@ -468,3 +468,20 @@ def test_web_page_in_headless_chromium(server, images):
         assert "from 1 to 576" in d.find_element(By.ID, "error").text
     finally:
         d.quit()
+
+
+def test_server_positions_full_answers_like_infer(images):
+    """--positions full holds for every request, whatever compression the request picks, and the model
+    card says so; the answers equal tools/infer.py --positions full (and not the compact ones)."""
+    path, url = images[0]
+    s = Server("--model", random_checkpoint(), "--positions", "full")
+    try:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert c.models.list().data[0].model_extra["paddle_rc"]["compression"]["positions"] == "full"
+        got = [_ask(c, url, "What is in this image?", max_tokens=16, extra_body={"compression": comp})
+               .choices[0].message.content for comp in ({"method": "rc", "budget": 32}, {"method": "random", "budget": 32})]
+    finally:
+        s.stop()
+    full = [_infer(path, "What is in this image?", m, 16, 32, ["--positions", "full"])["answer"] for m in ("rc", "random")]
+    compact = [_infer(path, "What is in this image?", m, 16, 32)["answer"] for m in ("rc", "random")]
+    assert got == full and full != compact

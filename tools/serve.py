@@ -38,6 +38,8 @@ def build_parser():
                                     "with --deploy: the exported one)")
     p.add_argument("--budget", type=int, help="default visual-token budget")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="default method option")
+    p.add_argument("--positions", choices=("compact", "full"), default="compact",
+                   help="position ids of the text after a compressed image, for every request (docs/positions.md)")
     p.add_argument("--conv-mode", help="vicuna_v1 | llava_v1 | llava_hf (default: the checkpoint's)")
     p.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together (1: no batching)")
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before answering 503")
@@ -85,7 +87,8 @@ def main(argv=None) -> int:
     method = args.method if args.method or args.deploy else "rc"
     try:
         predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,
-                                    conv_mode=args.conv_mode, threads=args.threads, **parse_key_values(args.option))
+                                    conv_mode=args.conv_mode, threads=args.threads, positions=args.positions,
+                                    **parse_key_values(args.option))
     except BaseException:
         sock.close()
         raise

@@ -96,6 +96,7 @@ def create_app(predictor, *, max_batch_size: int = 8, max_queue: int = 64, batch
                 "paddle_rc": {"kind": predictor.kind, "demo": predictor.is_demo,
                               "compression": {"method": current.method, "budget": current.budget,
                                               "options": dict(current.options),
+                                              "positions": engine.positions,
                                               "fixed": predictor.kind == "deploy"},
                               "methods": methods if predictor.kind == "dynamic" else [current.method],
                               "visual_tokens_per_image": n_patches,

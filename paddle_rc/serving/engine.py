@@ -62,6 +62,7 @@ class Engine:
                  batch_window: float = 0.005, default_max_tokens: int = 256, metrics=None,
                  threads: Optional[int] = None):
         self.predictor = predictor
+        self.positions = predictor.compression.positions
         self.max_batch_size = int(max_batch_size)
         self.max_queue = int(max_queue)
         self.batch_window = float(batch_window)
@@ -189,7 +190,8 @@ class Engine:
     def _admit_group(self, comp: Compression, group: list) -> None:
         pred = self.predictor
         if pred.kind == "dynamic":
-            pred.set_method(comp.method, comp.budget, **dict(comp.options))
+            # the position layout is the server's (--positions), not a request's
+            pred.set_method(comp.method, comp.budget, positions=self.positions, **dict(comp.options))
         enc = pred.encode([j.request.image for j in group], [j.request.text for j in group])
         rows = []
         for b, job in enumerate(group):
