@@ -159,6 +159,52 @@ def test_query_labels_are_the_asked_objects_attributes():
             np.testing.assert_allclose(got[k][b], want, atol=1e-6, err_msg=f"{b} {k} {it.question}")
 
 
+def test_object_pooling_averages_each_small_objects_own_patches():
+    """object_pooling: one row per small object with patches of its own (the large distractors left out),
+    averaging exactly those patches of the flattened batch, labelled with the object's attributes."""
+    from paddle_rc.synth import SHAPES, WORDS
+    from paddle_rc.train import batches as bt
+
+    items = bt.draw_items(3, "clip", 0, 6)
+    labels = bt.patch_labels(items, 224, 14)
+    pool, targets = bt.object_pooling(items, labels)
+    colours, n = bt.colour_classes(), labels.owner.shape[1]
+    s = 0
+    for b, it in enumerate(items):
+        for j, o in enumerate(it.objects):
+            cells = np.nonzero(labels.owner[b] == j)[0]
+            if o.size != "small" or not len(cells):
+                continue
+            want = np.zeros(pool.shape[1], np.float32)
+            want[b * n + cells] = 1.0 / len(cells)
+            np.testing.assert_allclose(pool[s], want, atol=1e-7)
+            assert targets["colour"][s] == colours.index(o.colour) + 1
+            assert targets["shape"][s] == (len(SHAPES) + 1 if o.kind == "sign" else SHAPES.index(o.shape) + 1)
+            assert targets["word"][s] == (WORDS.index(o.word) + 1 if o.word else 0)
+            s += 1
+    assert s == len(pool) and (targets["word"] > 0).sum() >= len(items) // 2
+    assert any(o.size != "small" for it in items for o in it.objects)
+
+
+def test_object_label_loss_is_part_of_stage_one_only_when_asked(tmp_path, monkeypatch):
+    from paddle_rc.train.trainer import DemoTrainer
+
+    seen = []
+    real = DemoTrainer._clip_step
+
+    def record(self, data):
+        loss, parts = real(self, data)
+        seen.append(parts.get("obj"))
+        return loss, parts
+
+    monkeypatch.setattr(DemoTrainer, "_clip_step", record)
+    DemoTrainer(str(tmp_path / "on"), _recipe(stage1_steps=2, stage2_steps=1, object_label_weight=1.0),
+                show_progress=False).run()
+    DemoTrainer(str(tmp_path / "off"), _recipe(stage1_steps=2, stage2_steps=1, object_label_weight=0.0),
+                show_progress=False).run()
+    assert all(v is not None and v > 0 for v in seen[:2]) and seen[2:] == [None, None], seen
+
+
 def test_query_label_loss_is_part_of_stage_two(tmp_path, monkeypatch):
     from paddle_rc.train.trainer import DemoTrainer
 

@@ -9,6 +9,8 @@ from paddle_rc.train.recipe import Recipe, model_config
 
 CARD = "MODEL_CARD.md"
 LOG = "train_log.json"
+# what a probe name means in the model card
+_PROBE_NAMES = {"objword": "the sign's word from its mean patch"}
 
 
 def evaluate_model(model_dir: str, seed: int, n: int, method: str = "none", budget=None, batch: int = 16) -> dict:
@@ -108,7 +110,10 @@ def model_card(log: dict) -> str:
         "object (its phrase, and any question about it), text-to-patch and patch-to-phrase; and auxiliary "
         "linear per-patch attribute heads (colour, shape, word, size, centre, row, column) on the feature "
         "layer, discarded after training, with each object's patches weighted 1 in all and the background "
-        "0.5 in all, so that the small objects' attributes reach the tokens the LLM reads.",
+        "0.5 in all, so that the small objects' attributes reach the tokens the LLM reads"
+        + (f"; and the colour, shape and word heads again on each small object's mean feature-layer patch "
+           f"(the word on the signs only; weight {r.object_label_weight}, discarded after training), which "
+           "taught the tower to read the sign's word as a whole" if r.object_label_weight > 0 else "") + ".",
         f"Stage 2, {r.stage2_steps} steps x {r.stage2_batch} questions (lr {r.stage2_lr}): towers frozen, "
         "projector + LLaMA trained on the reply tokens with all visual tokens (no compression in training: "
         "compression is training-free), plus two auxiliary attention-target losses on the position that "
@@ -133,7 +138,7 @@ def model_card(log: dict) -> str:
         lines += ["", "What the visual tokens carry, on the small objects' patches (% right, last 50 steps of the "
                   "stage; each batch is scored before the update on it, so these are held-out figures): "
                   "linear heads on the feature layer (stage 1) "
-                  + ", ".join(f"{k[6:]} {v}" for k, v in p.items() if k.startswith("probe_"))
+                  + ", ".join(f"{_PROBE_NAMES.get(k[6:], k[6:])} {v}" for k, v in p.items() if k.startswith("probe_"))
                   + "; linear heads on the projector's output (stage 2) "
                   + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_")) + "."]
     if "heldout" in log:

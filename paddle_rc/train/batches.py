@@ -212,6 +212,27 @@ def target_attributes(items, labels: PatchLabels) -> dict:
     return out
 
 
+def object_pooling(items, labels: PatchLabels) -> tuple:
+    """Each small object (shapes and the sign) as the mean of its patches: (pool [S, B*N] float32, whose
+    row s averages object s's patches of the flattened batch, and {colour, shape, word: [S] int64} its
+    labels, the patch heads' classes). An object whose patches all belong to another is left out."""
+    b_n = labels.owner.size
+    n = labels.owner.shape[1]
+    rows, targets = [], {k: [] for k in ("colour", "shape", "word")}
+    for b, it in enumerate(items):
+        for j, obj in enumerate(it.objects):
+            cells = np.nonzero(labels.owner[b] == j)[0]
+            if obj.size != "small" or not len(cells):
+                continue
+            row = np.zeros(b_n, np.float32)
+            row[b * n + cells] = 1.0 / len(cells)
+            rows.append(row)
+            for k in targets:
+                targets[k].append(int(getattr(labels, k)[b, cells[0]]))
+    pool = np.stack(rows) if rows else np.zeros((0, b_n), np.float32)
+    return pool, {k: np.asarray(v, np.int64) for k, v in targets.items()}
+
+
 def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
     """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
     where L' is the length after the image placeholder became N visual tokens (left-padded, so every

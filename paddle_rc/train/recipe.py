@@ -52,6 +52,11 @@ class Recipe:
     # of that position's attention on the asked object while a linear probe of its state told the colour in
     # ~26% of cases: the attention found the object, the values did not bring its attributes back.
     query_label_weight: float = 1.0
+    # stage 1: colour/shape/word heads on each small object's mean feature-layer patch (what an attention
+    # that found the object reads). Without them the per-patch word head told the sign's word in ~21% of the
+    # sign's patches (no single patch holds a whole word) and the model answered 32% of word questions;
+    # with them the mean patch tells it in ~88% and word questions went to 88% (held-out 58.7 -> 70.7).
+    object_label_weight: float = 1.0
     warmup: int = 100
     checkpoint_every: int = 100
     # held-out evaluation at the end (a seed no training batch uses)

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import numpy as np
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as nnf
 
 from paddle_rc.errors import UserError
 from paddle_rc.train.recipe import Recipe, model_config
@@ -109,14 +110,17 @@ class DemoTrainer:
                                          for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
+        # made last, so the other modules' initial weights do not depend on it
+        self.object_heads = _QueryHeads(config.vision.hidden_size)
         weights = os.path.join(self.work, "model.pdparams")
         if os.path.isfile(weights):
             self.model.set_state_dict(paddle.load(weights))
             extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
             self.heads.set_state_dict(extra["heads"])
             self.token_heads.set_state_dict(extra["token_heads"])
-            if "query_heads" in extra:
-                self.query_heads.set_state_dict(extra["query_heads"])
+            for name in ("query_heads", "object_heads"):
+                if name in extra:
+                    getattr(self, name).set_state_dict(extra[name])
             self.scales.set_value(extra["scales"])
 
     def _stable_names(self) -> dict:
@@ -124,7 +128,7 @@ class DemoTrainer:
         the optimizer state is stored under the structural names instead, so any process can resume it."""
         names = {self.scales.name: "scales"}
         for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads),
-                              ("query_heads", self.query_heads)):
+                              ("query_heads", self.query_heads), ("object_heads", self.object_heads)):
             for n, p in layer.named_parameters():
                 names[p.name] = f"{prefix}.{n}"
         return names
@@ -132,7 +136,8 @@ class DemoTrainer:
     def _save(self, state: dict, opt) -> None:
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "token_heads": self.token_heads.state_dict(),
-                                             "query_heads": self.query_heads.state_dict(), "scales": self.scales}),
+                                             "query_heads": self.query_heads.state_dict(),
+                                             "object_heads": self.object_heads.state_dict(), "scales": self.scales}),
                           ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
@@ -163,6 +168,8 @@ class DemoTrainer:
             params = (list(m.vision_tower.parameters()) + list(m.visual_projection.parameters())
                       + list(m.text_tower.parameters()) + list(m.text_projection.parameters())
                       + list(self.heads.parameters()) + [self.scales])
+            if r.object_label_weight > 0:
+                params += list(self.object_heads.parameters())
         else:
             for p in (list(m.vision_tower.parameters()) + list(m.visual_projection.parameters())
                       + list(m.text_tower.parameters()) + list(m.text_projection.parameters())):
@@ -259,13 +266,14 @@ class DemoTrainer:
                 "captions": bt.clip_ids(self.clip_tok, cap, pad), "texts": bt.clip_ids(self.clip_tok, texts, pad),
                 "image_of": image_of, "target": target, "phrase_target": phrase_target, "owned": owner >= 0,
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
-                "weight": labels.weight, "small": _small_patches(items, labels)}
+                "weight": labels.weight, "small": _small_patches(items, labels),
+                "objects": bt.object_pooling(items, labels)}
 
     def _clip_step(self, d: dict):
         from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
 
         m = self.model
-        t = {k: paddle.to_tensor(v) for k, v in d.items() if k not in ("labels", "small")}
+        t = {k: paddle.to_tensor(v) for k, v in d.items() if k not in ("labels", "small", "objects")}
         feat, last = self._tower(t["pixels"])
         scales = paddle.exp(paddle.clip(self.scales, max=math.log(100.0)))
         img_emb = m.visual_projection(m.vision_tower.post_layernorm(last[:, 0]))
@@ -279,8 +287,24 @@ class DemoTrainer:
         # The heads see each batch before updating on it (fresh scenes every step), so this is a held-out
         # linear probe of the feature layer on the small objects' patches: what the LLM can read there.
         probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word")}
-        return loss, {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr),
-                      **{f"probe_{k}": v for k, v in probe.items()}}
+        parts = {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr),
+                 **{f"probe_{k}": v for k, v in probe.items()}}
+        pool, targets = d["objects"]
+        if self.recipe.object_label_weight > 0 and len(pool):
+            flat = feat[:, 1:].reshape([-1, feat.shape[-1]])
+            objs = self.object_heads(paddle.matmul(paddle.to_tensor(pool), flat))
+            signs = targets["word"] > 0
+            # the word over the signs only: "no word" on a shape is the per-patch heads' easy part
+            losses = [nnf.cross_entropy(objs[k], paddle.to_tensor(targets[k])) for k in ("colour", "shape")]
+            if signs.any():
+                at = paddle.to_tensor(np.nonzero(signs)[0])
+                losses.append(nnf.cross_entropy(paddle.gather(objs["word"], at), paddle.to_tensor(targets["word"][signs])))
+            l_obj = paddle.add_n(losses)
+            loss = loss + self.recipe.object_label_weight * l_obj
+            parts["obj"] = float(l_obj)
+            if signs.any():
+                parts["probe_objword"] = float((objs["word"].numpy().argmax(-1)[signs] == targets["word"][signs]).mean())
+        return loss, parts
 
     def _llm_data(self, step: int) -> dict:
         from paddle_rc.data.image import ImageProcessor
