@@ -186,40 +186,25 @@ def test_object_pooling_averages_each_small_objects_own_patches():
     assert any(o.size != "small" for it in items for o in it.objects)
 
 
-def test_object_label_loss_is_part_of_stage_one_only_when_asked(tmp_path, monkeypatch):
+@pytest.mark.parametrize("step, part, weight, steps", [
+    ("_clip_step", "obj", "object_label_weight", {"stage1_steps": 2, "stage2_steps": 1}),
+    ("_llm_step", "carry", "query_label_weight", {"stage1_steps": 1, "stage2_steps": 2}),
+])
+def test_auxiliary_label_loss_is_part_of_its_stage_only_when_asked(tmp_path, monkeypatch, step, part, weight, steps):
+    """The stage-1 object heads and the stage-2 query heads add their loss with weight 1, none with weight 0."""
     from paddle_rc.train.trainer import DemoTrainer
 
     seen = []
-    real = DemoTrainer._clip_step
+    real = getattr(DemoTrainer, step)
 
     def record(self, data):
         loss, parts = real(self, data)
-        seen.append(parts.get("obj"))
+        seen.append(parts.get(part))
         return loss, parts
 
-    monkeypatch.setattr(DemoTrainer, "_clip_step", record)
-    DemoTrainer(str(tmp_path / "on"), _recipe(stage1_steps=2, stage2_steps=1, object_label_weight=1.0),
-                show_progress=False).run()
-    DemoTrainer(str(tmp_path / "off"), _recipe(stage1_steps=2, stage2_steps=1, object_label_weight=0.0),
-                show_progress=False).run()
-    assert all(v is not None and v > 0 for v in seen[:2]) and seen[2:] == [None, None], seen
-
-
-def test_query_label_loss_is_part_of_stage_two(tmp_path, monkeypatch):
-    from paddle_rc.train.trainer import DemoTrainer
-
-    seen = []
-    real = DemoTrainer._llm_step
-
-    def record(self, data):
-        loss, parts = real(self, data)
-        seen.append(parts.get("carry"))
-        return loss, parts
-
-    monkeypatch.setattr(DemoTrainer, "_llm_step", record)
-    DemoTrainer(str(tmp_path / "on"), _recipe(stage1_steps=1, stage2_steps=2), show_progress=False).run()
-    DemoTrainer(str(tmp_path / "off"), _recipe(stage1_steps=1, stage2_steps=2, query_label_weight=0.0),
-                show_progress=False).run()
+    monkeypatch.setattr(DemoTrainer, step, record)
+    for name, w in (("on", 1.0), ("off", 0.0)):
+        DemoTrainer(str(tmp_path / name), _recipe(**steps, **{weight: w}), show_progress=False).run()
     assert all(v is not None and v > 0 for v in seen[:2]) and seen[2:] == [None, None], seen
 
 
