@@ -136,6 +136,86 @@ def test_grounding_targets_sit_on_the_asked_objects_visual_tokens(tmp_path):
     assert target.sum() > 0
 
 
+def _marked_splice(tmp_path, n_items, seed=3):
+    """Items with prompts, and their spliced sequences with every position marked: token id t as t, visual
+    token j of image b as -(1000*b + j + 1)."""
+    import paddle
+
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+    from paddle_rc.data.tiny_tokenizers import build_tiny_sentencepiece
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.llava import VisualTokens
+    from paddle_rc.train import batches as bt
+    from paddle_rc.train.trainer import tokenizer_corpus
+    from tests.conftest import tiny_llava_config
+
+    build_tiny_sentencepiece(str(tmp_path), vocab_size=400, corpus=tokenizer_corpus(0))
+    tok = LlamaTokenizer.from_dir(str(tmp_path))
+    items = bt.draw_items(seed, "llm", 0, n_items)
+    ids, mask, _ = bt.answer_sequences(items, tok, "vicuna_v1", -200, np.random.default_rng(0))
+    labels = bt.patch_labels(items, 112, 14)
+    n = labels.owner.shape[1]
+    model = LlavaForConditionalGeneration(tiny_llava_config(vocab=tok.vocab_size))
+    width = model.config.llm.hidden_size
+    emb = model.language_model.embed_tokens.weight
+    emb.set_value(paddle.to_tensor(np.repeat(np.arange(emb.shape[0], dtype="float32")[:, None], width, axis=1)))
+    marks = -(np.arange(len(items))[:, None] * 1000 + np.arange(n)[None, :] + 1)
+    vis = paddle.to_tensor(np.repeat(marks[:, :, None], width, axis=2).astype("float32"))
+    embeds, _, _ = model.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), VisualTokens(vis, np.full(len(items), n), n))
+    return items, tok, ids, mask, labels, embeds.numpy()[:, :, 0].round().astype(np.int64)
+
+
+def test_spatial_targets_give_each_head_group_one_object_and_count_targets_one_token_per_object(tmp_path):
+    """grounding_targets with 2 head groups and count_sink: a spatial question's first-named object goes to
+    group 0 and the other to group 1; a count question marks the centre patch of each counted object (k
+    tokens) and asks k/(k+1) of the mass there and the rest of the row's first token (BOS); everything else
+    marks all target objects' tokens in both groups."""
+    from paddle_rc.train import batches as bt
+
+    items, tok, ids, mask, labels, marks = _marked_splice(tmp_path, 40)
+    got = bt.grounding_targets(items, labels, ids, mask, -200, groups=2, count_sink=True)
+    seen = set()
+    for b, it in enumerate(items):
+        def patches(g):
+            return sorted(-int(v) - 1 - 1000 * b for v in marks[b, got.target[b, g] > 0])
+
+        assert marks[b, got.sink[b]] == tok.bos_token_id
+        if it.qtype == "spatial":
+            for g, j in ((0, it.target[0]), (1, it.target[1])):
+                assert patches(g) == np.nonzero(labels.owner[b] == j)[0].tolist(), (b, it.question)
+            assert got.share[b] == 1.0
+        elif it.qtype == "count":
+            cells = patches(0)
+            assert len(cells) == len(it.target) and patches(1) == cells, (b, it.question)
+            assert sorted(int(labels.owner[b, c]) for c in cells) == sorted(it.target)
+            assert all(labels.centre[b, c] for c in cells)
+            np.testing.assert_allclose(got.share[b], len(it.target) / (len(it.target) + 1))
+        else:
+            want = np.nonzero(np.isin(labels.owner[b], it.target))[0].tolist() if it.target else []
+            assert patches(0) == want and patches(1) == want and got.share[b] == 1.0
+        seen.add((it.qtype, bool(it.target)))
+    assert {("spatial", True), ("count", True), ("count", False), ("colour", True)} <= seen
+    # one group and no sink: the union for everyone, as visual_targets
+    one = bt.grounding_targets(items, labels, ids, mask, -200)
+    np.testing.assert_array_equal(one.target[:, 0], bt.visual_targets(items, labels, ids, mask, -200))
+    assert (one.share == 1).all()
+
+
+def test_question_targets_split_a_spatial_question_between_head_groups(tmp_path):
+    from paddle_rc.train import batches as bt
+
+    items, tok, ids, mask, labels, marks = _marked_splice(tmp_path, 30)
+    got = bt.question_targets(ids, mask, labels.owner.shape[1], -200, tok, groups=2)
+    for b, it in enumerate(items):
+        words = [tok.decode(marks[b, got[b, g] > 0].tolist()).strip() for g in (0, 1)]
+        if it.qtype == "spatial":
+            cut = it.question.index(" small", it.question.index("small") + 1)
+            assert words == [it.question[:cut], it.question[cut + 1:]], (b, words)
+        else:
+            assert words == [it.question, it.question], (b, words)
+    assert any(it.qtype == "spatial" for it in items)
+
+
 def test_query_labels_are_the_asked_objects_attributes():
     """target_attributes: per question, the mean one-hot of its target objects' colour, shape and word, in
     the classes of the patch heads; questions without a target object get an all-zero row."""
@@ -143,8 +223,18 @@ def test_query_labels_are_the_asked_objects_attributes():
     from paddle_rc.train import batches as bt
 
     items = bt.draw_items(5, "llm", 0, 24)
-    got = bt.target_attributes(items, bt.patch_labels(items, 224, 14))
+    got = bt.target_attributes(items, bt.patch_labels(items, 224, 14), kinds=tuple(bt.query_label_sizes()))
     colours = bt.colour_classes()
+    for b, it in enumerate(items):
+        assert got["count"][b].tolist() == ([float(k == len(it.target)) for k in range(5)] if it.qtype == "count"
+                                            else [0.0] * 5)
+        if it.qtype == "spatial":
+            a, o = (it.objects[j].bbox for j in it.target)
+            assert got["xrel"][b].argmax() == (0 if (a[0] + a[2]) / 2 < (o[0] + o[2]) / 2 else 1)
+            assert got["yrel"][b].argmax() == (0 if (a[1] + a[3]) / 2 < (o[1] + o[3]) / 2 else 1)
+        else:
+            assert got["xrel"][b].sum() == 0 and got["yrel"][b].sum() == 0
+    assert {"count", "spatial"} <= {it.qtype for it in items}
     assert {it.qtype for it in items if it.target} >= {"colour", "shape", "word", "count"}
     assert any(not it.target for it in items)
     for b, it in enumerate(items):
@@ -254,6 +344,7 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     x = paddle.randn([B, L, 32])
     pos = paddle.to_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
     cos, sin = lm._rope(pos, x.dtype)
+    cos_g, sin_g = cos, sin
     bias = lm.attention_bias(paddle.to_tensor(mask), L, x.dtype)
     attn = lm.layers[0].self_attn
     h = lm.layers[0].input_layernorm(x)
@@ -280,6 +371,21 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     probs = paddle.nn.functional.softmax(paddle.matmul(q * d ** -0.5, k, transpose_y=True) + bias, axis=-1).numpy()
     mass = [(probs[b, :, query[b]] * target[b]).sum(-1).mean() for b in (0, 1)]
     np.testing.assert_allclose(float(loss), -np.mean(np.log(np.array(mass) + 1e-6)), rtol=1e-5)
+
+    # two head groups with their own tokens, and a share of the mass asked of each row's sink position;
+    # row 2 has no target but a share below 1 (a count of zero), so it counts now
+    grouped = (rng.random([B, 2, L]) < 0.4).astype(np.float32)
+    grouped[2] = 0.0
+    share, sink = np.array([1.0, 2 / 3, 0.0], np.float32), np.array([0, 2, 1])
+    loss = attention_target_loss(attn, h, cos_g, sin_g, bias, paddle.to_tensor(query), paddle.to_tensor(grouped),
+                                 paddle.to_tensor(share), paddle.to_tensor(sink))
+    want = []
+    for b in range(B):
+        for g in range(2):
+            p = probs[b, 2 * g:2 * g + 2, query[b]]  # [2 heads, L]
+            on = (p * grouped[b, g]).sum(-1).mean()
+            want.append(-share[b] * np.log(on + 1e-6) - (1 - share[b]) * np.log(p[:, sink[b]].mean() + 1e-6))
+    np.testing.assert_allclose(float(loss), np.mean(want), rtol=1e-5)
 
 
 def test_ridge_probe_reads_a_linear_code_and_not_noise():

@@ -121,7 +121,17 @@ def model_card(log: dict) -> str:
         f"from step {r.question_start} on), "
         f"in layers 1 and up the asked objects' visual tokens (grounding, weight {r.grounding_weight}); "
         "linear heads on that position's hidden state after layers 1 and up, which should tell the asked "
-        f"objects' colour, shape and word (weight {r.query_label_weight}, discarded after training); "
+        f"objects' colour, shape and word (weight {r.query_label_weight}, discarded after training"
+        + (", and the count on count questions" if r.count_sink else "")
+        + (", and whether a spatial question's first object lies left of / above its second" if r.head_groups > 1
+           else "") + "); "
+        + (f"for spatial questions the {r.llm_heads} heads are split into {r.head_groups} groups, the first reading "
+           "the first-named object (and in layer 0 the words naming it), the second the other, so the two places "
+           "reach the reply position apart; " if r.head_groups > 1 else "")
+        + ("for count questions the grounding target is the centre token of each counted object with k/(k+1) of "
+           "the mass and the first token (BOS) with the rest, so that what the attention reads tells the count; "
+           if r.count_sink else "")
+        + 
         "and the attribute heads again, on the projector's "
         f"output (weight {r.token_label_weight}, discarded after training). Half the prompts end with \"Answer the question using "
         "a single word or phrase.\"",
@@ -140,7 +150,10 @@ def model_card(log: dict) -> str:
                   "linear heads on the feature layer (stage 1) "
                   + ", ".join(f"{_PROBE_NAMES.get(k[6:], k[6:])} {v}" for k, v in p.items() if k.startswith("probe_"))
                   + "; linear heads on the projector's output (stage 2) "
-                  + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_")) + "."]
+                  + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_"))
+                  + ("; linear heads on the reply position's state after the last decoder layer (stage 2) "
+                     + ", ".join(f"{k[6:]} {v}" for k, v in p.items() if k.startswith("reply_"))
+                     if any(k.startswith("reply_") for k in p) else "") + "."]
     if "heldout" in log:
         h = log["heldout"]
         lines += ["", "## Held-out accuracy",

@@ -176,39 +176,69 @@ def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng
     return ids, mask, np.asarray(answer_len, np.int64)
 
 
-def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok) -> np.ndarray:
-    """[B, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
-    the first one that decodes to a '?'). Supervising decoder layer 0's reply position to read them is the
-    first hop of the task (question -> query); without it that position averaged ~300 tokens of which ~10
-    are the question, and the next layers' query could not name the object (the grounding loss stalled at
-    the mass of all small objects)."""
-    spliced = mask.sum(axis=1) - 1 + n_visual
-    length = int(spliced.max())
-    out = np.zeros((len(ids), length), np.float32)
+def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, groups: int = 1) -> np.ndarray:
+    """[B, G, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
+    the first one that decodes to a '?'), per group of heads. Supervising decoder layer 0's reply position to
+    read them is the first hop of the task (question -> query); without it that position averaged ~300
+    tokens of which ~10 are the question, and the next layers' query could not name the object (the
+    grounding loss stalled at the mass of all small objects). A question that names two small objects
+    (spatial) gives head group 0 the words before the second "small" and group 1 the rest, so that later
+    layers can look for each object with its own heads."""
+    length, _, start = _spliced_starts(ids, mask, n_visual, image_token_index)
+    out = np.zeros((len(ids), groups, length), np.float32)
     for b in range(len(ids)):
         real = ids[b, np.nonzero(mask[b])[0]]
         at = int(np.nonzero(real == image_token_index)[0][0])
-        start = length - int(spliced[b])
+        words = []
         for j in range(at + 1, len(real)):
-            out[b, start + n_visual - 1 + j] = 1.0
-            if "?" in llm_tok.decode([int(real[j])]):
+            words.append(llm_tok.decode([int(real[j])]).strip())
+            if "?" in words[-1]:
                 break
+        pos = start[b] + n_visual + np.arange(len(words))  # the question's spliced positions
+        small = [j for j, w in enumerate(words) if w == "small"]
+        if groups > 1 and len(small) == 2:
+            for g in range(groups):
+                part = pos[:small[1]] if g < groups // 2 else pos[small[1]:]
+                out[b, g, part] = 1.0
+        else:
+            out[b, :, pos] = 1.0
     return out
 
 
-def target_attributes(items, labels: PatchLabels) -> dict:
-    """[B, C] soft labels per attribute (colour, shape, word): the mean one-hot over each question's target
-    objects, read from the patch labels so the classes are the patch heads' own. Rows with no target
-    object are all zero (the loss leaves them out)."""
-    sizes = label_sizes(int(round(labels.owner.shape[1] ** 0.5)))
-    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in ("colour", "shape", "word")}
+def query_label_sizes() -> dict:
+    """Classes of what the reply position should hold: the asked objects' colour, shape and word, the count
+    (count questions) and, for a spatial question, whether its first object lies left of / above its second
+    (by centre; 0 yes, 1 no)."""
+    from paddle_rc.synth.vocab import MAX_COUNT
+
+    sizes = label_sizes(1)
+    return {"colour": sizes["colour"], "shape": sizes["shape"], "word": sizes["word"], "count": MAX_COUNT + 1,
+            "xrel": 2, "yrel": 2}
+
+
+def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> dict:
+    """[B, C] soft labels per kind of query_label_sizes: colour, shape, word are the mean one-hot over each
+    question's target objects, read from the patch labels so the classes are the patch heads' own; count
+    and xrel/yrel are set on count and spatial questions only. Rows without a label are all zero (the loss
+    leaves them out)."""
+    sizes = query_label_sizes()
+    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in kinds}
     for b, it in enumerate(items):
+        if "count" in out and it.qtype == "count":
+            out["count"][b, len(it.target)] = 1.0
+        if it.qtype == "spatial":
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = (it.objects[j].bbox for j in it.target)
+            if "xrel" in out:
+                out["xrel"][b, 0 if ax0 + ax1 < bx0 + bx1 else 1] = 1.0
+            if "yrel" in out:
+                out["yrel"][b, 0 if ay0 + ay1 < by0 + by1 else 1] = 1.0
         for j in it.target:
             cells = np.nonzero(labels.owner[b] == j)[0]
             if not len(cells):
                 continue
-            for k in out:
-                out[k][b, getattr(labels, k)[b, cells[0]]] += 1.0 / len(it.target)
+            for k in ("colour", "shape", "word"):
+                if k in out:
+                    out[k][b, getattr(labels, k)[b, cells[0]]] += 1.0 / len(it.target)
     return out
 
 
@@ -233,21 +263,63 @@ def object_pooling(items, labels: PatchLabels) -> tuple:
     return pool, {k: np.asarray(v, np.int64) for k, v in targets.items()}
 
 
-def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
-    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects,
-    where L' is the length after the image placeholder became N visual tokens (left-padded, so every
-    row ends at L'). Count questions target every counted object; questions with no target object
-    (a negative existence question, a count of zero) get an all-zero row."""
-    n = labels.owner.shape[1]
-    spliced = mask.sum(axis=1) - 1 + n
+def _spliced_starts(ids, mask, n_visual: int, image_token_index: int):
+    """The spliced length L' (the image placeholder became n_visual tokens; rows left-padded, so every row
+    ends at L'), and per row the position of its first real token and of its first visual token."""
+    spliced = mask.sum(axis=1) - 1 + n_visual
     length = int(spliced.max())
-    out = np.zeros((len(items), length), np.float32)
-    for b, it in enumerate(items):
-        if not it.target:
-            continue
+    first, visual = [], []
+    for b in range(len(ids)):
         real = np.nonzero(mask[b])[0]
         at = int(np.nonzero(ids[b, real] == image_token_index)[0][0])  # tokens before the image
-        start = length - int(spliced[b]) + at
-        cells = np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]
-        out[b, start + cells] = 1.0
+        first.append(length - int(spliced[b]))
+        visual.append(first[-1] + at)
+    return length, np.asarray(first, np.int64), np.asarray(visual, np.int64)
+
+
+def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
+    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects.
+    Count questions target every counted object; questions with no target object (a negative existence
+    question, a count of zero) get an all-zero row."""
+    length, _, start = _spliced_starts(ids, mask, labels.owner.shape[1], image_token_index)
+    out = np.zeros((len(items), length), np.float32)
+    for b, it in enumerate(items):
+        if it.target:
+            out[b, start[b] + np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]] = 1.0
     return out
+
+
+@dataclass
+class GroundingTargets:
+    """What the reply position's attention should read in decoder layers 1 and up, per group of heads.
+
+    target [B, G, L'] marks visual tokens; a row's loss is -share*log(mass on them) - (1-share)*log(mass on
+    its first token). Spatial questions give head group 0 the first-named object and group 1 the second
+    (with G = 2), so that the two places reach the reply position apart and can be compared. With
+    count_sink a count question marks the centre token of each counted object and share = k/(k+1): an
+    attention that gives one token per object and the first token (always BOS) the same weight puts k/(k+1)
+    on the objects, so what it reads tells k; an attention spread over the objects' patches averages them
+    and cannot count."""
+    target: np.ndarray
+    share: np.ndarray  # [B]
+    sink: np.ndarray  # [B] position of each row's first token
+
+
+def grounding_targets(items, labels: PatchLabels, ids, mask, image_token_index: int, groups: int = 1,
+                      count_sink: bool = False) -> GroundingTargets:
+    length, first, start = _spliced_starts(ids, mask, labels.owner.shape[1], image_token_index)
+    target = np.zeros((len(items), groups, length), np.float32)
+    share = np.ones(len(items), np.float32)
+    for b, it in enumerate(items):
+        owner = labels.owner[b]
+        if it.qtype == "count" and count_sink:
+            cells = np.nonzero(np.isin(owner, list(it.target)) & (labels.centre[b] > 0))[0]
+            target[b, :, start[b] + cells] = 1.0
+            share[b] = len(it.target) / (len(it.target) + 1.0)
+        elif it.qtype == "spatial" and groups > 1:
+            for g in range(groups):
+                obj = it.target[0] if g < groups // 2 else it.target[1]
+                target[b, g, start[b] + np.nonzero(owner == obj)[0]] = 1.0
+        elif it.target:
+            target[b, :, start[b] + np.nonzero(np.isin(owner, list(it.target)))[0]] = 1.0
+    return GroundingTargets(target, share, first)

@@ -92,14 +92,30 @@ def attention_probs(attn_layer, h, cos, sin, bias, query):
     return F.softmax(paddle.matmul(q * (a.head_dim ** -0.5), k, transpose_y=True) + b1, axis=-1).squeeze(2)
 
 
-def attention_target_loss(attn_layer, h, cos, sin, bias, query, target):
-    """Grounding: -log of the attention mass (mean over heads) that one query position per row puts on
-    the tokens marked in target [B,L] (e.g. the visual tokens of the objects its question is about);
-    all-zero rows (a negative existence question) are left out. Arguments as for attention_probs."""
-    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
+def attention_target_loss(attn_layer, h, cos, sin, bias, query, target, share=None, sink=None):
+    """Grounding: -log of the attention mass that one query position per row puts on the tokens marked in
+    target (e.g. the visual tokens of the objects its question is about). target [B,L] counts for all heads
+    (their mean mass); target [B,G,L] splits the heads into G contiguous groups, each with its own tokens,
+    and the loss is the mean over groups. With share [B] and sink [B] (a position) a row's loss is
+    -share*log(mass on target) - (1-share)*log(mass on the sink). Rows with nothing to read (all-zero
+    target and share 1: a negative existence question) are left out. Other arguments as for
+    attention_probs."""
+    if len(target.shape) == 2:
+        target = target.unsqueeze(1)
+    if share is None:
+        share, sink = paddle.ones([target.shape[0]]), paddle.zeros([target.shape[0]], "int64")
+    rows = paddle.nonzero((target.sum(axis=[1, 2]) > 0) | (share < 1)).flatten()
     if rows.shape[0] == 0:
         return paddle.zeros([])
-    h, cos, sin, bias, query, target = (paddle.gather(t, rows) for t in (h, cos, sin, bias, query, target))
+    h, cos, sin, bias, query, target, share, sink = (paddle.gather(t, rows) for t in
+                                                     (h, cos, sin, bias, query, target, share, sink))
     probs = attention_probs(attn_layer, h, cos, sin, bias, query)  # [B,H,L]
-    mass = (probs * target.unsqueeze(1)).sum(axis=-1).mean(axis=1)  # [B]
-    return -paddle.log(mass + 1e-6).mean()
+    b, heads, length = probs.shape
+    groups = target.shape[1]
+    probs = probs.reshape([b, groups, heads // groups, length])
+    mass = (probs * target.unsqueeze(2)).sum(axis=-1).mean(axis=2)  # [B,G]
+    at_sink = F.one_hot(sink, length).reshape([b, 1, 1, length])
+    sunk = (probs * at_sink).sum(axis=-1).mean(axis=2)  # [B,G]
+    share = share.unsqueeze(1)
+    loss = -share * paddle.log(mass + 1e-6) - (1 - share) * paddle.log(sunk + 1e-6)
+    return loss.mean()

@@ -106,12 +106,17 @@ class DemoTrainer:
         # the same attribute heads on the projector's output (stage 2): the per-token MLP learns to expose
         # what the LLM must read much sooner from a direct signal than through the reply loss alone
         self.token_heads = _AttributeHeads(config.llm.hidden_size, grid)
-        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size)
+        if config.llm.num_attention_heads % self.recipe.head_groups:
+            raise UserError(f"recipe: head_groups={self.recipe.head_groups} does not divide the "
+                            f"{config.llm.num_attention_heads} attention heads")
+        self.query_kinds = ("colour", "shape", "word") + (("count",) if self.recipe.count_sink else ()) \
+            + (("xrel", "yrel") if self.recipe.head_groups > 1 else ())
+        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size, self.query_kinds)
                                          for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         # made last, so the other modules' initial weights do not depend on it
-        self.object_heads = _QueryHeads(config.vision.hidden_size)
+        self.object_heads = _QueryHeads(config.vision.hidden_size, ("colour", "shape", "word"))
         weights = os.path.join(self.work, "model.pdparams")
         if os.path.isfile(weights):
             self.model.set_state_dict(paddle.load(weights))
@@ -206,7 +211,7 @@ class DemoTrainer:
                 raise RuntimeError(f"stage {stage} step {step}: loss is {value}")
             state["losses"][stage].append(round(value, 5))
             for k, v in parts.items():
-                if k.startswith(("probe_", "tok_")) and math.isfinite(v):
+                if k.startswith(("probe_", "tok_", "reply_")) and math.isfinite(v):
                     state.setdefault("probe", {}).setdefault(k, []).append(round(v, 4))
             state["step"] = step + 1
             bar.update(1)
@@ -316,10 +321,12 @@ class DemoTrainer:
         pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
-        looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
-        asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok)
+        looked_at = bt.grounding_targets(items, labels, ids, mask, m.config.image_token_index, r.head_groups,
+                                         bool(r.count_sink))
+        asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok,
+                                       r.head_groups)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
-                "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels),
+                "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels, self.query_kinds),
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
@@ -355,7 +362,8 @@ class DemoTrainer:
         cos1, sin1, bias1 = cos, sin, bias
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
-        target = paddle.to_tensor(d["looked_at"])  # [B, L] share of each key the reply should read
+        looked = d["looked_at"]
+        target, share, sink = (paddle.to_tensor(v) for v in (looked.target, looked.share, looked.sink))
         grounding, reading, carried = [], None, []
         rows = paddle.arange(len(ids))
         for i, layer in enumerate(lm.layers):
@@ -364,13 +372,18 @@ class DemoTrainer:
                                                 paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
                 grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1,
-                                                       query, target))
+                                                       query, target, share, sink))
             x, _, _ = layer(x, cos, sin, bias)
             if r.query_label_weight > 0 and i >= 1:
                 # what the reply position holds after a grounding layer: the asked objects' attributes
                 at = self.query_heads[i - 1](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
                 carried.append(paddle.add_n([soft_label_loss(at[k], paddle.to_tensor(v))
                                              for k, v in d["query_labels"].items()]))
+                if i == len(lm.layers) - 1:
+                    # scored before the update on this batch: held-out probes of what the reply position holds
+                    for k in ("count", "xrel", "yrel"):
+                        if k in at:
+                            parts[f"reply_{k}"] = _label_accuracy(at[k], d["query_labels"][k])
         hidden = lm.norm(x)
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
@@ -444,17 +457,25 @@ def _accuracy(logits, labels: np.ndarray, where: np.ndarray) -> float:
     return float((pred[sel] == labels[sel]).mean())
 
 
-class _QueryHeads(nn.Layer):
-    """Linear classifiers of the asked objects' colour, shape and word on one position's normed hidden state
-    (training only)."""
+def _label_accuracy(logits, target: np.ndarray) -> float:
+    """Share of the rows of target [B,C] that carry a label whose argmax the logits hit (nan if none)."""
+    sel = target.sum(axis=1) > 0
+    if not sel.any():
+        return float("nan")
+    return float((logits.numpy().argmax(-1)[sel] == target.argmax(-1)[sel]).mean())
 
-    def __init__(self, width: int):
-        from paddle_rc.train.batches import label_sizes
+
+class _QueryHeads(nn.Layer):
+    """Linear classifiers of what one position should hold (kinds of batches.query_label_sizes: the asked
+    objects' colour, shape, word, ...) on its normed hidden state (training only)."""
+
+    def __init__(self, width: int, kinds):
+        from paddle_rc.train.batches import query_label_sizes
 
         super().__init__()
         self.norm = nn.LayerNorm(width)
-        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(1).items()
-                                   if k in ("colour", "shape", "word")})
+        sizes = query_label_sizes()
+        self.heads = nn.LayerDict({k: nn.Linear(width, sizes[k]) for k in kinds})
 
     def forward(self, x):
         x = self.norm(x)
