@@ -65,6 +65,7 @@ namespace {
 
 struct Isa {
   DirectFn direct;
+  StreamFn stream;
   DequantFn dequant;
   const char* name;
 };
@@ -75,16 +76,16 @@ struct Isa {
 Isa isa() {
   if (const char* force = std::getenv("PADDLE_RC_WO_ISA")) {
     const std::string f(force);
-    if (f == "scalar") return {direct_scalar, dequant_scalar, "scalar"};
+    if (f == "scalar") return {direct_scalar, direct_scalar, dequant_scalar, "scalar"};
     if (f == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return {direct_avx2, dequant_avx2, "avx2"};
+      return {direct_avx2, stream_avx2, dequant_avx2, "avx2"};
   }
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
-    return {direct_avx512, dequant_avx512, "avx512"};
+    return {direct_avx512, stream_avx512, dequant_avx512, "avx512"};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {direct_avx2, dequant_avx2, "avx2"};
-  return {direct_scalar, dequant_scalar, "scalar"};
+    return {direct_avx2, stream_avx2, dequant_avx2, "avx2"};
+  return {direct_scalar, direct_scalar, dequant_scalar, "scalar"};
 }
 
 int64_t env_int(const char* name, int64_t fallback) {
@@ -102,6 +103,21 @@ int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 128); }
 int64_t panel_cols() { return std::max<int64_t>(1, env_int("PADDLE_RC_WO_PANEL", 64)); }
 int64_t k_block() { return std::max<int64_t>(64, env_int("PADDLE_RC_WO_KBLOCK", 1024) / 64 * 64); }
 constexpr int64_t kColumnChunk = 256;  // columns per thread task in the direct kernels
+// Rows up to which the streaming kernel runs (decode; PADDLE_RC_WO_STREAM_ROWS=0 turns it off, the
+// tests run both on the same shapes).
+int64_t stream_rows() { return env_int("PADDLE_RC_WO_STREAM_ROWS", 4); }
+
+// Each thread one contiguous range of columns (whole cache lines of int8), swept by the streaming kernel.
+void run_stream(const Problem& p) {
+  const StreamFn fn = isa().stream;
+#pragma omp parallel if (p.N >= 512)
+  {
+    const int64_t t = omp_get_thread_num(), threads = omp_get_num_threads();
+    const int64_t per = ((p.N + threads - 1) / threads + 63) / 64 * 64;
+    const int64_t n0 = std::min(p.N, t * per), n1 = std::min(p.N, n0 + per);
+    if (n0 < n1) fn(p, 0, p.M, n0, n1);
+  }
+}
 
 void run_direct(const Problem& p) {
   const int64_t chunks = (p.N + kColumnChunk - 1) / kColumnChunk;
@@ -183,6 +199,10 @@ std::vector<paddle::Tensor> WeightOnlyMatmul(const paddle::Tensor& x, const padd
     return {out};
   }
 #endif
+  if (M <= rc_wo::stream_rows()) {
+    rc_wo::run_stream(p);
+    return {out};
+  }
   rc_wo::run_direct(p);
   return {out};
 }

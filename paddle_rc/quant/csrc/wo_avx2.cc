@@ -15,6 +15,7 @@ struct Avx2 {
   static inline reg loadf(const float* p) { return _mm256_loadu_ps(p); }
   static inline void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  static inline reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static inline reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
   static inline reg load_q8(const int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
@@ -29,6 +30,9 @@ struct Avx2 {
 
 void direct_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   direct_impl<Avx2>(p, m0, m1, n0, n1);
+}
+void stream_avx2(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  stream_impl<Avx2>(p, m0, m1, n0, n1);
 }
 void dequant_avx2(const Problem& p, int64_t k0, int64_t k1, int64_t n0, int64_t n1, float* out,
                   int64_t ld) {

@@ -16,6 +16,7 @@ struct Avx512 {
   static inline reg loadf(const float* p) { return _mm512_loadu_ps(p); }
   static inline void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static inline reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static inline reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static inline reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static inline reg load_q8(const int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
@@ -30,6 +31,9 @@ struct Avx512 {
 
 void direct_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   direct_impl<Avx512>(p, m0, m1, n0, n1);
+}
+void stream_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  stream_impl<Avx512>(p, m0, m1, n0, n1);
 }
 void dequant_avx512(const Problem& p, int64_t k0, int64_t k1, int64_t n0, int64_t n1, float* out,
                     int64_t ld) {

@@ -27,11 +27,16 @@ using DirectFn = void (*)(const Problem&, int64_t m0, int64_t m1, int64_t n0, in
 using DequantFn = void (*)(const Problem&, int64_t k0, int64_t k1, int64_t n0, int64_t n1,
                            float* out, int64_t ld);
 
+// The same for at most a few rows, sweeping [n0, n1) once per block of weight rows (decode).
+using StreamFn = DirectFn;
+
 void direct_scalar(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_scalar(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 void direct_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t);
+void stream_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 void direct_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t);
+void stream_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 
 // The signed value of a weight, scalar (tails and the generic build).

@@ -125,6 +125,104 @@ void direct_impl(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n
   }
 }
 
+// Streaming kernel for up to 4 rows (decode). The tile kernel above sweeps all K weight rows for 256
+// columns at a time: on a [K, N] layout that reads 128-256 bytes from a new 4 KB page per weight row,
+// which defeats the hardware prefetchers and the TLB. Here a thread owns a wide column range and walks
+// it once per block of 16 byte rows, so the weight is read as 16 sequential streams, and the partial
+// sums live in y (L1/L2-resident) between blocks. Blocks never straddle a scale group.
+template <class V, int MR, int BITS, bool GROUPED>
+inline void stream_rows(const Problem& p, int64_t m, int64_t n0, int64_t n1) {
+  using R = typename V::reg;
+  constexpr int U = 2;                            // vectors per column step
+  constexpr int64_t SPAN = BITS == 8 ? 16 : 32;   // weight rows per block: 16 byte rows
+  const int64_t K = p.K, N = p.N;
+  const int64_t nv = n0 + (n1 - n0) / (U * V::W) * (U * V::W);
+  for (int r = 0; r < MR; ++r)
+    for (int64_t n = n0; n < n1; ++n) p.y[(m + r) * N + n] = 0.f;
+  for (int64_t k0 = 0; k0 < K;) {
+    int64_t k1 = k0 + SPAN < K ? k0 + SPAN : K;
+    if (GROUPED) {
+      const int64_t next = (k0 / p.group + 1) * p.group;  // even for int4, so k0 stays even
+      k1 = next < k1 ? next : k1;
+    }
+    const float* s = GROUPED ? p.scale + (k0 / p.group) * N : nullptr;
+    const float* x = p.x + m * K;
+    for (int64_t n = n0; n < nv; n += U * V::W) {
+      R part[MR][U];
+      for (int r = 0; r < MR; ++r)
+        for (int u = 0; u < U; ++u) part[r][u] = V::zero();
+      if (BITS == 8) {
+        const int8_t* w = p.q + k0 * N + n;
+        for (int64_t k = k0; k < k1; ++k, w += N) {
+          R wv[U];
+          for (int u = 0; u < U; ++u) wv[u] = V::load_q8(w + u * V::W);
+          for (int r = 0; r < MR; ++r) {
+            const R xb = V::set1(x[r * K + k]);
+            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xb, wv[u], part[r][u]);
+          }
+        }
+      } else {
+        const int8_t* w = p.q + (k0 >> 1) * N + n;
+        int64_t k = k0;
+        for (; k + 1 < k1; k += 2, w += N) {
+          R lo[U], hi[U];
+          for (int u = 0; u < U; ++u) V::load_q4(w + u * V::W, &lo[u], &hi[u]);
+          for (int r = 0; r < MR; ++r) {
+            const R xe = V::set1(x[r * K + k]), xo = V::set1(x[r * K + k + 1]);
+            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xo, hi[u], V::fmadd(xe, lo[u], part[r][u]));
+          }
+        }
+        if (k < k1) {  // odd K: the last byte's high nibble is padding
+          R lo[U], hi[U];
+          for (int u = 0; u < U; ++u) V::load_q4(w + u * V::W, &lo[u], &hi[u]);
+          for (int r = 0; r < MR; ++r) {
+            const R xe = V::set1(x[r * K + k]);
+            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xe, lo[u], part[r][u]);
+          }
+        }
+      }
+      for (int r = 0; r < MR; ++r)
+        for (int u = 0; u < U; ++u) {
+          float* y = p.y + (m + r) * N + n + u * V::W;
+          V::store(y, GROUPED ? V::fmadd(part[r][u], V::loadf(s + n + u * V::W), V::loadf(y))
+                              : V::add(part[r][u], V::loadf(y)));
+        }
+    }
+    for (int r = 0; r < MR; ++r)  // columns left over from the vector steps
+      for (int64_t c = nv; c < n1; ++c) {
+        float part = 0.f;
+        for (int64_t k = k0; k < k1; ++k) part += x[r * K + k] * static_cast<float>(weight_at(p, k, c));
+        p.y[(m + r) * N + c] += GROUPED ? part * s[c] : part;
+      }
+    k0 = k1;
+  }
+  if (!GROUPED)
+    for (int r = 0; r < MR; ++r)
+      for (int64_t n = n0; n < n1; ++n) p.y[(m + r) * N + n] *= p.scale[n];
+}
+
+template <class V, int BITS, bool GROUPED>
+inline void stream_bits(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  int64_t m = m0;
+  for (; m + 4 <= m1; m += 4) stream_rows<V, 4, BITS, GROUPED>(p, m, n0, n1);
+  switch (m1 - m) {
+    case 3: stream_rows<V, 3, BITS, GROUPED>(p, m, n0, n1); break;
+    case 2: stream_rows<V, 2, BITS, GROUPED>(p, m, n0, n1); break;
+    case 1: stream_rows<V, 1, BITS, GROUPED>(p, m, n0, n1); break;
+    default: break;
+  }
+}
+
+template <class V>
+void stream_impl(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  const bool grouped = p.group > 0;
+  if (p.bits == 8) {
+    grouped ? stream_bits<V, 8, true>(p, m0, m1, n0, n1) : stream_bits<V, 8, false>(p, m0, m1, n0, n1);
+  } else {
+    grouped ? stream_bits<V, 4, true>(p, m0, m1, n0, n1) : stream_bits<V, 4, false>(p, m0, m1, n0, n1);
+  }
+}
+
 template <class V>
 void dequant_impl(const Problem& p, int64_t k0, int64_t k1, int64_t n0, int64_t n1, float* out,
                   int64_t ld) {
