@@ -54,12 +54,11 @@ SHAPES = [((1, 64), 48), ((1, 131), 45), ((3, 257), 300), ((5, 130), 17), ((1, 1
 
 
 @pytest.mark.parametrize("bits,group", SCHEMES)
-@pytest.mark.parametrize("path", ["stream", "direct", "gemm"])
+@pytest.mark.parametrize("path", ["stream", "gemm"])
 def test_equals_dequantize_then_matmul(bits, group, path, monkeypatch):
-    # The operator runs the streaming kernel up to a few rows, the direct kernels up to a row count and
-    # dequantize-a-panel + sgemm beyond; moving the switches runs each on every shape. A small panel and
-    # K block exercise the tile loops and their tails (K = 193: blocks of 64, 64, 64, 1 rows).
-    monkeypatch.setenv("PADDLE_RC_WO_STREAM_ROWS", "100000" if path == "stream" else "0")
+    # The operator runs the streaming kernels up to a row count and dequantize-a-panel + sgemm from
+    # there; moving the switch runs both on every shape. A small panel and K block exercise the tile
+    # loops and their tails (K = 193: blocks of 64, 64, 64, 1 rows).
     monkeypatch.setenv("PADDLE_RC_WO_GEMM_ROWS", "1" if path == "gemm" else "100000")
     monkeypatch.setenv("PADDLE_RC_WO_PANEL", "96")
     monkeypatch.setenv("PADDLE_RC_WO_KBLOCK", "64")
@@ -71,11 +70,9 @@ def test_equals_dequantize_then_matmul(bits, group, path, monkeypatch):
 
 
 @pytest.mark.parametrize("isa", ["avx2", "scalar"])
-@pytest.mark.parametrize("stream", ["100000", "0"])
-def test_narrower_instruction_sets(isa, stream, monkeypatch):
+def test_narrower_instruction_sets(isa, monkeypatch):
     """The AVX2 and scalar builds (CPUs without AVX-512) give the same answers."""
     monkeypatch.setenv("PADDLE_RC_WO_ISA", isa)
-    monkeypatch.setenv("PADDLE_RC_WO_STREAM_ROWS", stream)
     monkeypatch.setenv("PADDLE_RC_WO_GEMM_ROWS", "100000")
     f = _op()
     for bits, group in SCHEMES:
@@ -96,7 +93,7 @@ def test_threads_split_columns_correctly():
             x, q, s, ref, bound = _case(bits, group, (1, 300), 1100, seed=3)  # the streaming kernel's halves
             _check(f(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), bits, group).numpy(),
                    ref, bound)
-            for seed, rows in ((4, 70), (5, 130)):  # the direct kernels, then the threads' sgemm tiles
+            for seed, rows in ((4, 10), (5, 130)):  # the streaming kernels' 4-row blocks, the sgemm tiles
                 x, q, s, ref, bound = _case(bits, group, (rows, 300), 1100, seed=seed)
                 _check(f(paddle.to_tensor(x), paddle.to_tensor(q), paddle.to_tensor(s), bits, group).numpy(),
                        ref, bound)

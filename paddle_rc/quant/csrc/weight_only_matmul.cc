@@ -1,8 +1,8 @@
 // Custom operator rc_weight_only_matmul(x, qweight, scale; bits, group_size) -> x @ dequant(W).
 //
 // The float weight is never materialised whole:
-// * few rows (decode): the kernels read int8 / packed int4 directly and convert in registers; the
-//   output columns are split across threads;
+// * few rows (decode): the streaming kernels read int8 / packed int4 directly, row block by row block,
+//   and convert in registers; each thread owns a contiguous range of output columns;
 // * many rows (prefill): each thread takes column tiles of W, dequantizes a tile block by block
 //   (K_BLOCK x PANEL floats, sized to stay in the core's L2 cache) into its own buffer and
 //   multiplies it with a one-thread MKL sgemm (the library Paddle itself ships), so the conversion
@@ -35,7 +35,7 @@ constexpr int kRowMajor = 101, kNoTrans = 111;
 
 namespace rc_wo {
 
-void direct_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+void stream_scalar(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   const int64_t width = n1 - n0;
   std::vector<float> part(width);
   const int64_t group = p.group > 0 ? p.group : p.K;
@@ -64,7 +64,6 @@ void dequant_scalar(const Problem& p, int64_t k0, int64_t k1, int64_t n0, int64_
 namespace {
 
 struct Isa {
-  DirectFn direct;
   StreamFn stream;
   DequantFn dequant;
   const char* name;
@@ -76,16 +75,16 @@ struct Isa {
 Isa isa() {
   if (const char* force = std::getenv("PADDLE_RC_WO_ISA")) {
     const std::string f(force);
-    if (f == "scalar") return {direct_scalar, direct_scalar, dequant_scalar, "scalar"};
+    if (f == "scalar") return {stream_scalar, dequant_scalar, "scalar"};
     if (f == "avx2" && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return {direct_avx2, stream_avx2, dequant_avx2, "avx2"};
+      return {stream_avx2, dequant_avx2, "avx2"};
   }
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512vl"))
-    return {direct_avx512, stream_avx512, dequant_avx512, "avx512"};
+    return {stream_avx512, dequant_avx512, "avx512"};
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {direct_avx2, stream_avx2, dequant_avx2, "avx2"};
-  return {direct_scalar, direct_scalar, dequant_scalar, "scalar"};
+    return {stream_avx2, dequant_avx2, "avx2"};
+  return {stream_scalar, dequant_scalar, "scalar"};
 }
 
 int64_t env_int(const char* name, int64_t fallback) {
@@ -93,19 +92,15 @@ int64_t env_int(const char* name, int64_t fallback) {
   return v && *v ? std::atoll(v) : fallback;
 }
 
-// Rows from which the tiled sgemm path beats the direct kernels (measured on Zen 4 at 4096 x 11008,
-// 2 threads: direct 7 / 33 / 63 ms at 8 / 64 / 128 rows, sgemm 16 / 37 / 62 ms; the direct kernel
-// converts each weight once per 4 rows, the sgemm path once per call).
-// PADDLE_RC_WO_GEMM_ROWS overrides it (the tests run both paths on the same shapes).
-int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 128); }
+// Rows from which the tiled sgemm path beats the streaming kernels: 16 (4096 x 11008, weights cycled
+// from memory, 2 threads, Intel Xeon: int8 at 12 / 24 rows stream 13.9 / 22.4 ms, sgemm 23.9 / 26.7;
+// at 32 rows 45.8 against 32.2). The streaming kernel converts each weight once per 4 rows, the sgemm
+// path once per call. PADDLE_RC_WO_GEMM_ROWS overrides it (the tests run both paths on the same shapes).
+int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 16); }
 // A thread's float block: K_BLOCK x PANEL = 256 KB, a quarter of a Zen 4 core's L2 (measured best of
 // 64/128/256 columns x 512/1024/2048 rows for M = 127 and 636 at 4096 x 11008).
 int64_t panel_cols() { return std::max<int64_t>(1, env_int("PADDLE_RC_WO_PANEL", 64)); }
 int64_t k_block() { return std::max<int64_t>(64, env_int("PADDLE_RC_WO_KBLOCK", 1024) / 64 * 64); }
-constexpr int64_t kColumnChunk = 256;  // columns per thread task in the direct kernels
-// Rows up to which the streaming kernel runs (decode; PADDLE_RC_WO_STREAM_ROWS=0 turns it off, the
-// tests run both on the same shapes).
-int64_t stream_rows() { return env_int("PADDLE_RC_WO_STREAM_ROWS", 4); }
 
 // Each thread one contiguous range of columns (whole cache lines of int8), swept by the streaming kernel.
 void run_stream(const Problem& p) {
@@ -116,16 +111,6 @@ void run_stream(const Problem& p) {
     const int64_t per = ((p.N + threads - 1) / threads + 63) / 64 * 64;
     const int64_t n0 = std::min(p.N, t * per), n1 = std::min(p.N, n0 + per);
     if (n0 < n1) fn(p, 0, p.M, n0, n1);
-  }
-}
-
-void run_direct(const Problem& p) {
-  const int64_t chunks = (p.N + kColumnChunk - 1) / kColumnChunk;
-  const DirectFn fn = isa().direct;
-#pragma omp parallel for schedule(static) if (chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t n0 = c * kColumnChunk;
-    fn(p, 0, p.M, n0, std::min(n0 + kColumnChunk, p.N));
   }
 }
 
@@ -199,11 +184,7 @@ std::vector<paddle::Tensor> WeightOnlyMatmul(const paddle::Tensor& x, const padd
     return {out};
   }
 #endif
-  if (M <= rc_wo::stream_rows()) {
-    rc_wo::run_stream(p);
-    return {out};
-  }
-  rc_wo::run_direct(p);
+  rc_wo::run_stream(p);
   return {out};
 }
 

@@ -29,9 +29,6 @@ struct Avx512 {
 };
 }  // namespace
 
-void direct_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  direct_impl<Avx512>(p, m0, m1, n0, n1);
-}
 void stream_avx512(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   stream_impl<Avx512>(p, m0, m1, n0, n1);
 }

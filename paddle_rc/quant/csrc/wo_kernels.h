@@ -21,21 +21,16 @@ struct Problem {
   int64_t group;        // -1: per channel; else rows per group (even when bits == 4)
 };
 
-// Rows [m0, m1) x columns [n0, n1) of y, reading the quantized weight directly.
-using DirectFn = void (*)(const Problem&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+// Rows [m0, m1) x columns [n0, n1) of y, reading the quantized weight directly (few rows: decode).
+using StreamFn = void (*)(const Problem&, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 // out[k - k0][n - n0] = dequant(W)[k][n] for k in [k0, k1), n in [n0, n1); ld = row stride of out.
 using DequantFn = void (*)(const Problem&, int64_t k0, int64_t k1, int64_t n0, int64_t n1,
                            float* out, int64_t ld);
 
-// The same for at most a few rows, sweeping [n0, n1) once per block of weight rows (decode).
-using StreamFn = DirectFn;
-
-void direct_scalar(const Problem&, int64_t, int64_t, int64_t, int64_t);
+void stream_scalar(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_scalar(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-void direct_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void stream_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_avx2(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
-void direct_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void stream_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t);
 void dequant_avx512(const Problem&, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 

@@ -3,11 +3,10 @@
 //
 // V provides: W (floats per vector), reg, zero(), set1(float), load_q8(const int8_t*) -> the W int8
 // values at the pointer as floats, load_q4(const int8_t*, reg* lo, reg* hi) -> low / high nibbles of
-// W bytes as floats, loadf(const float*), fmadd(a, b, c) = a * b + c, mul, store(float*, reg).
+// W bytes as floats, loadf(const float*), fmadd(a, b, c) = a * b + c, add, mul, store(float*, reg).
 //
-// Direct kernel: a tile of MR rows of x times U vectors of columns. For each weight row the U
-// vectors are converted once and used by all MR rows, so converting costs 1/MR per multiply-add.
-// Group-wise scales: a per-group partial sum, folded into the result with the group's scales
+// Each converted weight vector serves all MR rows of x, so converting costs 1/MR per multiply-add.
+// Group-wise scales: a per-block partial sum, folded into the result with the group's scales
 // (sum_k x_k q_k s_g = s_g * sum_k x_k q_k), which is the reference up to float rounding.
 #pragma once
 #include "wo_kernels.h"
@@ -15,121 +14,11 @@
 namespace rc_wo {
 namespace {
 
-template <class V, int MR, int U, int BITS, bool GROUPED>
-inline void tile(const Problem& p, int64_t m, int64_t n) {
-  using R = typename V::reg;
-  const int64_t K = p.K, N = p.N;
-  const int64_t group = GROUPED ? p.group : K;
-  R acc[MR][U];
-  for (int r = 0; r < MR; ++r)
-    for (int u = 0; u < U; ++u) acc[r][u] = V::zero();
-  for (int64_t g0 = 0; g0 < K; g0 += group) {
-    const int64_t g1 = g0 + group < K ? g0 + group : K;
-    R part[MR][U];
-    for (int r = 0; r < MR; ++r)
-      for (int u = 0; u < U; ++u) part[r][u] = V::zero();
-    if (BITS == 8) {
-      const int8_t* w = p.q + g0 * N + n;
-      for (int64_t k = g0; k < g1; ++k, w += N) {
-        R xb[MR];
-        for (int r = 0; r < MR; ++r) xb[r] = V::set1(p.x[(m + r) * K + k]);
-        for (int u = 0; u < U; ++u) {
-          const R wv = V::load_q8(w + u * V::W);
-          for (int r = 0; r < MR; ++r) part[r][u] = V::fmadd(xb[r], wv, part[r][u]);
-        }
-      }
-    } else {
-      // Byte row kb holds weight rows 2kb and 2kb+1; groups are even-sized, so g0 is even.
-      const int64_t pairs_end = g0 + ((g1 - g0) & ~int64_t(1));
-      const int8_t* w = p.q + (g0 >> 1) * N + n;
-      for (int64_t k = g0; k < pairs_end; k += 2, w += N) {
-        R xe[MR], xo[MR];
-        for (int r = 0; r < MR; ++r) {
-          xe[r] = V::set1(p.x[(m + r) * K + k]);
-          xo[r] = V::set1(p.x[(m + r) * K + k + 1]);
-        }
-        for (int u = 0; u < U; ++u) {
-          R lo, hi;
-          V::load_q4(w + u * V::W, &lo, &hi);
-          for (int r = 0; r < MR; ++r) {
-            part[r][u] = V::fmadd(xe[r], lo, part[r][u]);
-            part[r][u] = V::fmadd(xo[r], hi, part[r][u]);
-          }
-        }
-      }
-      if (pairs_end < g1) {  // odd K: the last byte's high nibble is padding
-        R xe[MR];
-        for (int r = 0; r < MR; ++r) xe[r] = V::set1(p.x[(m + r) * K + pairs_end]);
-        for (int u = 0; u < U; ++u) {
-          R lo, hi;
-          V::load_q4(w + u * V::W, &lo, &hi);
-          for (int r = 0; r < MR; ++r) part[r][u] = V::fmadd(xe[r], lo, part[r][u]);
-        }
-      }
-    }
-    const float* s = p.scale + (GROUPED ? (g0 / group) * N : 0) + n;
-    for (int u = 0; u < U; ++u) {
-      const R sv = V::loadf(s + u * V::W);
-      for (int r = 0; r < MR; ++r) acc[r][u] = V::fmadd(part[r][u], sv, acc[r][u]);
-    }
-  }
-  for (int r = 0; r < MR; ++r)
-    for (int u = 0; u < U; ++u) V::store(p.y + (m + r) * N + n + u * V::W, acc[r][u]);
-}
-
-// Rows [m0, m1) at columns [n, n + U*W): row blocks of MR, then single rows.
-template <class V, int MR, int U, int BITS, bool GROUPED>
-inline void column_block(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
-  int64_t m = m0;
-  for (; m + MR <= m1; m += MR) tile<V, MR, U, BITS, GROUPED>(p, m, n);
-  for (; m < m1; ++m) tile<V, 1, U, BITS, GROUPED>(p, m, n);
-}
-
-// Register budget: MR*U accumulators (twice that when grouped) + MR broadcasts + temporaries must
-// fit V::NREG (16 ymm / 32 zmm). UB = widest column block.
-template <class V, int BITS, bool GROUPED>
-inline void direct_cols(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  constexpr int UB = GROUPED ? V::NREG / 4 : V::NREG / 2;   // 1 row: 8 / 16 zmm, 4 / 8 ymm
-  constexpr int U4 = UB / 4 > 0 ? UB / 4 : 1;
-  const int64_t rows = m1 - m0;
-  int64_t n = n0;
-  if (rows >= 4) {
-    for (; n + U4 * V::W <= n1; n += U4 * V::W) column_block<V, 4, U4, BITS, GROUPED>(p, m0, m1, n);
-  } else {
-    for (; n + UB * V::W <= n1; n += UB * V::W) column_block<V, 1, UB, BITS, GROUPED>(p, m0, m1, n);
-  }
-  for (; n + V::W <= n1; n += V::W) column_block<V, 1, 1, BITS, GROUPED>(p, m0, m1, n);
-  // Fewer than W columns left: scalar.
-  for (int64_t m = m0; m < m1; ++m)
-    for (int64_t c = n; c < n1; ++c) {
-      float acc = 0.f, part = 0.f;
-      const int64_t group = GROUPED ? p.group : p.K;
-      for (int64_t k = 0; k < p.K; ++k) {
-        part += p.x[m * p.K + k] * static_cast<float>(weight_at(p, k, c));
-        if ((k + 1) % group == 0 || k + 1 == p.K) {
-          acc += part * scale_at(p, k, c);
-          part = 0.f;
-        }
-      }
-      p.y[m * p.N + c] = acc;
-    }
-}
-
-template <class V>
-void direct_impl(const Problem& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  const bool grouped = p.group > 0;
-  if (p.bits == 8) {
-    grouped ? direct_cols<V, 8, true>(p, m0, m1, n0, n1) : direct_cols<V, 8, false>(p, m0, m1, n0, n1);
-  } else {
-    grouped ? direct_cols<V, 4, true>(p, m0, m1, n0, n1) : direct_cols<V, 4, false>(p, m0, m1, n0, n1);
-  }
-}
-
-// Streaming kernel for up to 4 rows (decode). The tile kernel above sweeps all K weight rows for 256
-// columns at a time: on a [K, N] layout that reads 128-256 bytes from a new 4 KB page per weight row,
-// which defeats the hardware prefetchers and the TLB. Here a thread owns a wide column range and walks
-// it once per block of 16 byte rows, so the weight is read as 16 sequential streams, and the partial
-// sums live in y (L1/L2-resident) between blocks. Blocks never straddle a scale group.
+// Streaming kernel, MR (<= 4) rows of x at a time. A thread owns a wide column range and walks it once per
+// block of 16 byte rows, so the weight is read as 16 sequential streams that the prefetchers follow;
+// the partial sums live in y (L1/L2-resident) between blocks. Blocks never straddle a scale group. (The
+// tile kernel it replaced swept all K rows for 256 columns at a time: on the [K, N] layout that reads
+// 128-256 bytes from a new 4 KB page per weight row, and ran 2-3x slower from memory.)
 template <class V, int MR, int BITS, bool GROUPED>
 inline void stream_rows(const Problem& p, int64_t m, int64_t n0, int64_t n1) {
   using R = typename V::reg;
