@@ -44,7 +44,7 @@ def build_predictor(model_dir: Optional[str] = None, deploy_dir: Optional[str] =
         raise UserError(f"model directory not found: {model_dir}")
     from paddle_rc.models import LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(model_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, defer_text=True)
     predictor = Predictor(model, Tokenizers(model_dir), conv_mode,
                           model_id=os.path.basename(os.path.normpath(model_dir)),
                           is_demo=is_demo_config(model.config), kind="dynamic")

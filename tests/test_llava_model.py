@@ -241,3 +241,25 @@ def test_positions_setting_is_checked(tiny_model):
     with pytest.raises(UserError, match="positions must be one of compact, full"):
         tiny_model.set_compression("rc", positions="shifted")
     assert tiny_model.compression.positions == "compact"
+
+
+def test_text_tower_is_loaded_only_when_a_method_reads_the_question():
+    """build_predictor defers the CLIP text tower (0.5 GB at 7B) until a method that reads the question is
+    set; then it holds exactly the checkpoint's weights."""
+    from paddle_rc.demo import default_model
+    from paddle_rc.models import LlavaForConditionalGeneration
+    from paddle_rc.models.llava import TEXT_SIDE
+    from paddle_rc.predictor import build_predictor
+
+    directory = default_model()
+    predictor = build_predictor(directory)
+    model = predictor.model
+    text_params = [p for k, p in model.state_dict().items() if k.startswith(TEXT_SIDE)]
+    assert text_params and not any(p._is_initialized() for p in text_params)
+    predictor.set_method("cls-topk", 16)  # reads the CLS attention only
+    assert not any(p._is_initialized() for p in text_params)
+    predictor.set_method("rc")
+    assert all(p._is_initialized() for p in text_params)
+    full = LlavaForConditionalGeneration.from_pretrained(directory).state_dict()
+    for k, p in model.state_dict().items():
+        np.testing.assert_array_equal(p.numpy(), full[k].numpy(), err_msg=k)

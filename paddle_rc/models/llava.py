@@ -165,6 +165,10 @@ def compression_inputs(model, feats, spec, options, text_embeds=None, has_text=N
     return args
 
 
+# The parameters only the question's CLIP embedding needs (from_pretrained(defer_text=True)).
+TEXT_SIDE = ("text_tower.", "text_projection.")
+
+
 class LlavaForConditionalGeneration(nn.Layer):
     def __init__(self, config: LlavaConfig):
         super().__init__()
@@ -178,10 +182,15 @@ class LlavaForConditionalGeneration(nn.Layer):
         self.language_model = LlamaModel(l)
         self.lm_head = nn.Linear(l.hidden_size, l.vocab_size, bias_attr=False)
         self.compression = CompressionSpec()
+        self._deferred_text = None  # a checkpoint directory whose text side is not loaded yet
 
     # ---- loading ---------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, directory: str, dtype: str = "float32") -> "LlavaForConditionalGeneration":
+    def from_pretrained(cls, directory: str, dtype: str = "float32",
+                        defer_text: bool = False) -> "LlavaForConditionalGeneration":
+        """defer_text: leave the CLIP text tower unloaded until a method that reads the question is set
+        (set_compression loads it then). At 7B it is 0.5 GB of float32 that `none` and the CLS-only
+        methods never read."""
         from paddle_rc.models.weights import load_weights
 
         _check_dtype(dtype)
@@ -208,7 +217,9 @@ class LlavaForConditionalGeneration(nn.Layer):
             if path is not None:
                 model.language_model.embed_tokens = MappedEmbedding(path, key)
                 mapped = (key,)
-        load_weights(model, directory, mapped)
+        load_weights(model, directory, mapped, skip=TEXT_SIDE if defer_text else ())
+        if defer_text:
+            model._deferred_text = directory
         from paddle_rc.runtime import release_freed_memory
 
         release_freed_memory()  # the loader's temporaries: the heap keeps freed memory otherwise
@@ -234,7 +245,17 @@ class LlavaForConditionalGeneration(nn.Layer):
                 check_layer(opts, self.config.llm.num_hidden_layers, "layer" in options)
             except ValueError as e:
                 raise UserError(str(e)) from None
+        if get_method(method).uses_text:
+            self._load_text_side()
         self.compression = CompressionSpec(method, budget, dict(options), positions)
+
+    def _load_text_side(self) -> None:
+        directory = getattr(self, "_deferred_text", None)
+        if directory is not None:
+            from paddle_rc.models.weights import load_weights
+
+            load_weights(self, directory, only=TEXT_SIDE)
+            self._deferred_text = None
 
     # ---- text side ---------------------------------------------------------------------------
     def get_text_features(self, input_ids):

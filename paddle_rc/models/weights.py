@@ -47,8 +47,10 @@ def _open(path: str, framework: str):
         raise UserError(f"cannot read {path} ({' '.join(str(e).split())}); {_FIX}") from None
 
 
-def load_weights(model: paddle.nn.Layer, directory: str, mapped=()) -> None:
-    """Copy every tensor into the model's parameters and buffers, casting to their dtype.
+def load_weights(model: paddle.nn.Layer, directory: str, mapped=(), skip=(), only=()) -> None:
+    """Copy every tensor into the model's parameters and buffers, casting to their dtype. Parameters
+    whose names start with a prefix in `skip` are left alone (and so, under paddle.LazyGuard, take no
+    memory); with `only`, just the parameters under those prefixes are loaded.
 
     Memory: each tensor is read from the file's memory map straight into its parameter (one copy;
     a dtype change adds one temporary of the parameter's size), and its mapped pages leave the
@@ -59,9 +61,11 @@ def load_weights(model: paddle.nn.Layer, directory: str, mapped=()) -> None:
     from paddle_rc.convert.readers import NP_DTYPES, SafetensorsFile, bf16_bits_to_f32
 
     files = weight_files(directory)
-    targets = model.state_dict()
+    everything = model.state_dict()
+    targets = {k: v for k, v in everything.items()
+               if not any(k.startswith(p) for p in skip) and (not only or any(k.startswith(p) for p in only))}
     missing = sorted(set(targets) - set(files))
-    unexpected = sorted(set(files) - set(targets) - set(mapped))
+    unexpected = sorted(set(files) - set(everything) - set(mapped))
     if missing or unexpected:
         parts = []
         if missing:
