@@ -35,6 +35,23 @@ def test_a_few_steps_lower_both_losses(tmp_path):
     assert state["stage"] == "done"
 
 
+def test_head_groups_and_count_sink_train_and_probe_the_reply(tmp_path):
+    """The opt-in stage-2 mechanisms (recipe head_groups, count_sink) run end to end: the loss falls, the
+    reply position's count / left-above heads exist and their held-out probes are recorded."""
+    from paddle_rc.train.trainer import DemoTrainer
+
+    trainer = DemoTrainer(str(tmp_path / "run"), _recipe(stage1_steps=2, stage2_steps=12, stage2_lr=3e-3,
+                                                         head_groups=2, count_sink=1, question_start=0),
+                          show_progress=False)
+    state = trainer.run()
+    losses = state["losses"]["llm"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert set(trainer.query_heads[0].heads.keys()) == {"colour", "shape", "word", "count", "xrel", "yrel"}
+    assert {"reply_count", "reply_xrel", "reply_yrel"} <= set(state["probe"])
+    with pytest.raises(Exception, match="head_groups=3 does not divide"):
+        DemoTrainer(str(tmp_path / "bad"), _recipe(head_groups=3), show_progress=False).run()
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
     import numpy as np
 
@@ -326,13 +343,15 @@ def test_shipped_model_is_as_accurate_as_its_card_says():
 
 
 def test_attention_target_loss_reads_the_layers_own_attention():
-    """The grounding/question loss recomputes one query row of a decoder layer's attention; its mass must
-    equal what LlamaAttention itself computes for that row (heads averaged), on a causal, left-padded batch."""
+    """The grounding/question losses read one query row of the attention a decoder layer keeps
+    (keep_probs); it must be the textbook attention (rebuilt here with the textbook rotary embedding) on a
+    causal, left-padded batch, and the loss the mass formula, for one group of heads and for two groups
+    with a sink share."""
     import paddle
 
     from paddle_rc.models.config import LlamaConfig
     from paddle_rc.models.llama import LlamaModel
-    from paddle_rc.train.losses import attention_target_loss
+    from paddle_rc.train.losses import attention_target_loss, query_rows
 
     paddle.seed(3)
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -344,31 +363,36 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     x = paddle.randn([B, L, 32])
     pos = paddle.to_tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))
     cos, sin = lm._rope(pos, x.dtype)
-    cos_g, sin_g = cos, sin
     bias = lm.attention_bias(paddle.to_tensor(mask), L, x.dtype)
-    attn = lm.layers[0].self_attn
-    h = lm.layers[0].input_layernorm(x)
-    rng = np.random.default_rng(0)
+    layer = lm.layers[0]
+    attn = layer.self_attn
+    attn.keep_probs = True
+    layer(x, cos, sin, bias)
     query = np.array([8, 6, 4])
-    target = (rng.random([B, L]) < 0.4).astype(np.float32)
-    target[:, 0] = 1.0
-    target[2] = 0.0  # a row without a target is left out
-    loss = attention_target_loss(attn, h, cos, sin, bias, paddle.to_tensor(query), paddle.to_tensor(target))
+    rows = query_rows(attn.probs, paddle.to_tensor(query))
 
     # the reference: the layer's full attention probabilities, rebuilt with the textbook rotary embedding
     H, d = attn.num_heads, attn.head_dim
+    h = layer.input_layernorm(x)
     freqs = pos.astype("float32").unsqueeze(-1) * lm.inv_freq
-    cos = paddle.concat([freqs, freqs], axis=-1).cos().unsqueeze(1)
-    sin = paddle.concat([freqs, freqs], axis=-1).sin().unsqueeze(1)
+    cos_t = paddle.concat([freqs, freqs], axis=-1).cos().unsqueeze(1)
+    sin_t = paddle.concat([freqs, freqs], axis=-1).sin().unsqueeze(1)
 
     def rotate_half(t):
         return paddle.concat([-t[..., d // 2:], t[..., :d // 2]], axis=-1)
 
     q = attn.q_proj(h).reshape([B, L, H, d]).transpose([0, 2, 1, 3])
     k = attn.k_proj(h).reshape([B, L, 2, d]).transpose([0, 2, 1, 3])
-    q = q * cos + rotate_half(q) * sin
-    k = attn._repeat_kv(k * cos + rotate_half(k) * sin)
+    q = q * cos_t + rotate_half(q) * sin_t
+    k = attn._repeat_kv(k * cos_t + rotate_half(k) * sin_t)
     probs = paddle.nn.functional.softmax(paddle.matmul(q * d ** -0.5, k, transpose_y=True) + bias, axis=-1).numpy()
+    np.testing.assert_allclose(rows.numpy(), probs[np.arange(B), :, query], atol=1e-6)
+
+    rng = np.random.default_rng(0)
+    target = (rng.random([B, L]) < 0.4).astype(np.float32)
+    target[:, 0] = 1.0
+    target[2] = 0.0  # a row without a target is left out
+    loss = attention_target_loss(rows, paddle.to_tensor(target))
     mass = [(probs[b, :, query[b]] * target[b]).sum(-1).mean() for b in (0, 1)]
     np.testing.assert_allclose(float(loss), -np.mean(np.log(np.array(mass) + 1e-6)), rtol=1e-5)
 
@@ -377,8 +401,7 @@ def test_attention_target_loss_reads_the_layers_own_attention():
     grouped = (rng.random([B, 2, L]) < 0.4).astype(np.float32)
     grouped[2] = 0.0
     share, sink = np.array([1.0, 2 / 3, 0.0], np.float32), np.array([0, 2, 1])
-    loss = attention_target_loss(attn, h, cos_g, sin_g, bias, paddle.to_tensor(query), paddle.to_tensor(grouped),
-                                 paddle.to_tensor(share), paddle.to_tensor(sink))
+    loss = attention_target_loss(rows, paddle.to_tensor(grouped), paddle.to_tensor(share), paddle.to_tensor(sink))
     want = []
     for b in range(B):
         for g in range(2):

@@ -44,6 +44,7 @@ class LlamaAttention(nn.Layer):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
+        self.keep_probs, self.probs = False, None
         self.head_dim = cfg.head_dim
         h = cfg.hidden_size
         self.q_proj = nn.Linear(h, self.num_heads * self.head_dim, bias_attr=False)
@@ -71,6 +72,8 @@ class LlamaAttention(nn.Layer):
         if past_k is None:
             scores = paddle.matmul(q, keys, transpose_y=True) + bias
             probs = F.softmax(scores.astype("float32"), axis=-1).astype(q.dtype)
+            if self.keep_probs:  # the demo's training losses shape this layer's attention (paddle_rc.train)
+                self.probs = probs
             out = paddle.matmul(probs, values)
         else:
             # The cache is never concatenated with the new keys/values here: the scores against the

@@ -65,7 +65,8 @@ def load_weights(model: paddle.nn.Layer, directory: str, mapped=(), skip=(), onl
     targets = {k: v for k, v in everything.items()
                if not any(k.startswith(p) for p in skip) and (not only or any(k.startswith(p) for p in only))}
     missing = sorted(set(targets) - set(files))
-    unexpected = sorted(set(files) - set(everything) - set(mapped))
+    # a partial load (only) leaves the rest of the file to the load that made the model
+    unexpected = [] if only else sorted(set(files) - set(everything) - set(mapped))
     if missing or unexpected:
         parts = []
         if missing:

@@ -70,36 +70,20 @@ def answer_loss(logits, tail_ids, answer_len):
     return (nll * weight).sum() / weight.sum()
 
 
-def attention_probs(attn_layer, h, cos, sin, bias, query):
-    """One query row per batch row of a decoder layer's attention probabilities, [B,H,L], recomputed as
-    LlamaAttention does: h [B,L,H] is the layer's normed input, cos/sin [B,1,L,d] and bias [B,1,L,L] as
-    LlamaModel makes them (head axis not expanded), query [B] the position. q is made for that position
-    only, so this costs a fraction of the layer's attention."""
-    from paddle_rc.models.llama import apply_rope
-
-    a = attn_layer
-    at = query.reshape([-1, 1, 1, 1])
-    hq = paddle.take_along_axis(h, at.reshape([-1, 1, 1]).expand([-1, 1, h.shape[-1]]), axis=1)  # [B,1,H]
-    q = a.q_proj(hq).reshape([0, 0, a.num_heads, a.head_dim]).transpose([0, 2, 1, 3])  # [B,H,1,d]
-    cq = paddle.take_along_axis(cos, at.expand([-1, 1, 1, a.head_dim]), axis=2)
-    sq = paddle.take_along_axis(sin, at.expand([-1, 1, 1, a.head_dim]), axis=2)
-    q = apply_rope(q, cq, sq)
-    k = a.k_proj(h).reshape([0, 0, a.num_kv_heads, a.head_dim]).transpose([0, 2, 1, 3])
-    k = apply_rope(k, cos, sin)
-    if a.num_kv_heads != a.num_heads:
-        k = paddle.repeat_interleave(k, a.num_heads // a.num_kv_heads, axis=1)
-    b1 = paddle.take_along_axis(bias, at.expand([-1, 1, 1, bias.shape[-1]]), axis=2)  # [B,1,1,L]
-    return F.softmax(paddle.matmul(q * (a.head_dim ** -0.5), k, transpose_y=True) + b1, axis=-1).squeeze(2)
+def query_rows(probs, query):
+    """probs [B,H,L,L] (a layer's attention) -> [B,H,L]: each row's attention from position query[b]."""
+    at = query.reshape([-1, 1, 1, 1]).expand([-1, probs.shape[1], 1, probs.shape[3]])
+    return paddle.take_along_axis(probs, at, axis=2).squeeze(2)
 
 
-def attention_target_loss(attn_layer, h, cos, sin, bias, query, target, share=None, sink=None):
+def attention_target_loss(probs, target, share=None, sink=None):
     """Grounding: -log of the attention mass that one query position per row puts on the tokens marked in
-    target (e.g. the visual tokens of the objects its question is about). target [B,L] counts for all heads
-    (their mean mass); target [B,G,L] splits the heads into G contiguous groups, each with its own tokens,
-    and the loss is the mean over groups. With share [B] and sink [B] (a position) a row's loss is
+    target (e.g. the visual tokens of the objects its question is about); probs [B,H,L] are that
+    position's attention probabilities (query_rows). target [B,L] counts for all heads (their mean mass);
+    target [B,G,L] splits the heads into G contiguous groups, each with its own tokens, and the loss is
+    the mean over groups. With share [B] and sink [B] (a position) a row's loss is
     -share*log(mass on target) - (1-share)*log(mass on the sink). Rows with nothing to read (all-zero
-    target and share 1: a negative existence question) are left out. Other arguments as for
-    attention_probs."""
+    target and share 1: a negative existence question) are left out."""
     if len(target.shape) == 2:
         target = target.unsqueeze(1)
     if share is None:
@@ -107,9 +91,7 @@ def attention_target_loss(attn_layer, h, cos, sin, bias, query, target, share=No
     rows = paddle.nonzero((target.sum(axis=[1, 2]) > 0) | (share < 1)).flatten()
     if rows.shape[0] == 0:
         return paddle.zeros([])
-    h, cos, sin, bias, query, target, share, sink = (paddle.gather(t, rows) for t in
-                                                     (h, cos, sin, bias, query, target, share, sink))
-    probs = attention_probs(attn_layer, h, cos, sin, bias, query)  # [B,H,L]
+    probs, target, share, sink = (paddle.gather(t, rows) for t in (probs, target, share, sink))
     b, heads, length = probs.shape
     groups = target.shape[1]
     probs = probs.reshape([b, groups, heads // groups, length])

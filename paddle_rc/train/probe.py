@@ -34,7 +34,7 @@ def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share:
     from paddle_rc.pipeline import Tokenizers
     from paddle_rc.synth import generate
     from paddle_rc.train import batches as bt
-    from paddle_rc.train.losses import attention_probs
+    from paddle_rc.train.losses import query_rows
 
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     model.eval()
@@ -66,10 +66,13 @@ def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share:
             per_layer = []
             heads = [-1, lm.config.num_attention_heads, -1, -1]
             for i, layer in enumerate(lm.layers):
-                p = attention_probs(layer.self_attn, layer.input_layernorm(x), cos, sin, bias,
-                                    paddle.to_tensor(query)).numpy()  # [B,H,L]
+                layer.self_attn.keep_probs = True
+                try:
+                    x, _, _ = layer(x, cos.expand(heads), sin.expand(heads), bias.expand(heads))
+                    p = query_rows(layer.self_attn.probs, paddle.to_tensor(query)).numpy()  # [B,H,L]
+                finally:
+                    layer.self_attn.keep_probs, layer.self_attn.probs = False, None
                 per_layer.append((p * target[:, None, :]).sum(-1))
-                x, _, _ = layer(x, cos.expand(heads), sin.expand(heads), bias.expand(heads))
                 states[i + 1].append(x.numpy()[rows, query])
             mass.append(np.stack(per_layer, 1))  # [B, layers, H]
     mass = np.concatenate(mass)

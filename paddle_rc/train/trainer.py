@@ -332,7 +332,8 @@ class DemoTrainer:
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
-        from paddle_rc.train.losses import answer_loss, attention_target_loss, patch_label_loss, soft_label_loss
+        from paddle_rc.train.losses import (answer_loss, attention_target_loss, patch_label_loss, query_rows,
+                                            soft_label_loss)
 
         m, r = self.model, self.recipe
         ids, mask, alen = d["ids"], d["mask"], d["alen"]
@@ -357,9 +358,7 @@ class DemoTrainer:
         cos, sin = lm._rope(pos, x.dtype)
         bias = lm.attention_bias(attn, length, x.dtype)
         heads = [-1, lm.config.num_attention_heads, -1, -1]
-        # the layers get the head axis expanded once (faster than broadcasting in each); the auxiliary
-        # losses read one query row and take the unexpanded tensors
-        cos1, sin1, bias1 = cos, sin, bias
+        # the layers get the head axis expanded once (faster than broadcasting in each)
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
         looked = d["looked_at"]
@@ -367,13 +366,18 @@ class DemoTrainer:
         grounding, reading, carried = [], None, []
         rows = paddle.arange(len(ids))
         for i, layer in enumerate(lm.layers):
+            # the attention losses read the layer's own probabilities (recomputing the query row cost a
+            # second key projection and rotary embedding per loss)
+            layer.self_attn.keep_probs = True
+            try:
+                x, _, _ = layer(x, cos, sin, bias)
+                probs = query_rows(layer.self_attn.probs, query)
+            finally:
+                layer.self_attn.keep_probs, layer.self_attn.probs = False, None
             if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
-                reading = attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1, query,
-                                                paddle.to_tensor(d["asked_at"]))
+                reading = attention_target_loss(probs, paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
-                grounding.append(attention_target_loss(layer.self_attn, layer.input_layernorm(x), cos1, sin1, bias1,
-                                                       query, target, share, sink))
-            x, _, _ = layer(x, cos, sin, bias)
+                grounding.append(attention_target_loss(probs, target, share, sink))
             if r.query_label_weight > 0 and i >= 1:
                 # what the reply position holds after a grounding layer: the asked objects' attributes
                 at = self.query_heads[i - 1](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
