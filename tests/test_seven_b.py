@@ -13,7 +13,7 @@ def _small(clip_tok, llm_tok):
     cfg.text.hidden_size, cfg.text.intermediate_size, cfg.text.num_hidden_layers = 32, 64, 2
     cfg.text.num_attention_heads, cfg.text.projection_dim, cfg.text.vocab_size = 4, 32, 1000
     cfg.llm.hidden_size, cfg.llm.intermediate_size, cfg.llm.num_hidden_layers = 128, 192, 2
-    cfg.llm.num_attention_heads, cfg.llm.num_key_value_heads, cfg.llm.vocab_size = 4, 4, 500
+    cfg.llm.num_attention_heads, cfg.llm.num_key_value_heads, cfg.llm.vocab_size = 4, 4, 1000
     return cfg
 
 
@@ -100,3 +100,17 @@ def test_churn_measurement_counts_the_portable_paths_fresh_memory():
     assert by[("portable", "none")]["minor_faults_per_token"] > 20000
     assert by[("operator", "none")]["minor_faults_per_token"] < 2000
     assert "| operator | rc (4 tokens) |" in table
+
+
+def test_benchmark_prompt_is_as_long_as_llavas_tokenizer_makes_it(tmp_path):
+    """The random 7B's tokenizer turns the benchmark prompt into about as many tokens as LLaVA's real one
+    (~75-80), not the ~190 letter pairs of a 400-piece model: the text part of a prefill sets how much
+    `rc` can save."""
+    from paddle_rc.benchmark.seven_b import QUESTION, write_llm_tokenizer
+    from paddle_rc.data.conversation import get_template
+    from paddle_rc.data.llama_tokenizer import LlamaTokenizer
+
+    write_llm_tokenizer(str(tmp_path))
+    tok = LlamaTokenizer.from_dir(str(tmp_path / "tokenizer"))
+    n = len(tok.tokenize_with_image(get_template("vicuna_v1").prompt(QUESTION, with_image=True), -200))
+    assert 60 <= n <= 90, n
