@@ -15,9 +15,9 @@ setup(
         # The model trained here (paddle_rc/demo.py: synthvqa_checkpoint) ships inside the package.
         "paddle_rc": ["assets/synthvqa-demo/*.json", "assets/synthvqa-demo/*.md",
                       "assets/synthvqa-demo/*.safetensors", "assets/synthvqa-demo/tokenizer/*",
-                      "assets/synthvqa-demo/clip_tokenizer/*"],
-        # The weight-only matmul operator is compiled from these on first use (paddle_rc.quant.kernel).
-        "paddle_rc.quant": ["csrc/*.cc", "csrc/*.h"],
+                      "assets/synthvqa-demo/clip_tokenizer/*",
+                      # the C++ operators, compiled from these on first use (paddle_rc/native.py)
+                      "csrc/*.cc", "csrc/*.h"],
     },
     # 3.10-3.13: the range .ci/check_wheels.py proves installable from wheels (Paddle 3.3.1 has no 3.14 build).
     python_requires=">=3.10,<3.14",

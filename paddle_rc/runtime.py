@@ -45,6 +45,18 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def cpu_flags() -> frozenset:
+    """The instruction-set flags /proc/cpuinfo lists (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_vendor() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:

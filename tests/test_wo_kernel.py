@@ -1,4 +1,4 @@
-"""The C++ weight-only matmul (paddle_rc/quant/csrc) against dequantize-then-matmul.
+"""The C++ weight-only matmul (paddle_rc/csrc) against dequantize-then-matmul.
 
 Reference: x @ dequantize_weight(q, s) in float64 (numpy). "Within float32 rounding" is checked per
 element against the classic bound for a float32 dot product of length K, |err| <= K * eps * (|x| @
@@ -145,7 +145,7 @@ def test_fallback_is_announced_and_correct(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "paddle"
-    assert out.stderr.count("weight-only matmul is unavailable (PADDLE_RC_NO_KERNEL=1)") == 1
+    assert out.stderr.count("C++ operators are unavailable (PADDLE_RC_NO_KERNEL=1)") == 1
 
 
 def test_build_is_cached_outside_the_repo():

@@ -14,16 +14,13 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F_
 
+from paddle_rc.models import fused
 from paddle_rc.models.config import CLIPTextConfig, CLIPVisionConfig
-
-
-def quick_gelu(x):
-    return x * F_.sigmoid(1.702 * x)
 
 
 def _activation(name: str):
     if name == "quick_gelu":
-        return quick_gelu
+        return fused.quick_gelu
     if name in ("gelu", "gelu_new", "gelu_pytorch_tanh"):
         approximate = name != "gelu"
         return lambda x: F_.gelu(x, approximate=approximate)
@@ -54,7 +51,7 @@ class CLIPAttention(nn.Layer):
         scores = paddle.matmul(q, k, transpose_y=True)
         if attn_mask is not None:
             scores = scores + attn_mask
-        probs = F_.softmax(scores, axis=-1)
+        probs = fused.softmax(scores)
         out = paddle.matmul(probs, v).transpose([0, 2, 1, 3]).reshape([0, 0, q_lin.shape[-1]])
         extras = {}
         if want_qk:

@@ -8,7 +8,7 @@ with a mask of their own (paddle_rc.models.generation.SplitCache carries the fou
 from __future__ import annotations
 
 import paddle
-import paddle.nn.functional as F
+from paddle_rc.models import fused
 
 from paddle_rc.models.llama import apply_rope
 
@@ -35,7 +35,7 @@ def last_position_attention(layer, x, cos, sin, bias, keys):
     if attn.num_kv_heads != attn.num_heads:
         keys = paddle.repeat_interleave(keys, attn.num_heads // attn.num_kv_heads, axis=1)
     scores = paddle.matmul(q * (attn.head_dim ** -0.5), keys, transpose_y=True) + bias[:, :, -1:, :]
-    probs = F.softmax(scores.astype("float32"), axis=-1)
+    probs = fused.softmax(scores.astype("float32"))
     return probs.mean(axis=1)[:, 0, :]
 
 
