@@ -436,3 +436,29 @@ def test_reply_probe_of_the_shipped_model_finds_the_asked_colour():
     assert min(got["word"]["target_mass"][1]) > 0.8
     assert got["colour"]["probe_after_layer"][-1] >= 80.0, got["colour"]
     assert got["colour"]["probe_after_layer"][0] <= 40.0, got["colour"]  # before any layer: the question only
+
+
+def test_many_label_counts_the_scenes_small_shapes_of_each_patchs_shape():
+    """patch_labels' "many": on every patch of a small shape, how many small shapes of that shape the scene
+    holds (the count question's answer, capped past MAX_COUNT); 0 on the background, large objects and
+    signs. Recomputed here from the scene's objects, not from the labels' own bookkeeping."""
+    from paddle_rc.synth.vocab import MAX_COUNT
+    from paddle_rc.train import batches as bt
+
+    items = bt.draw_items(5, "clip", 0, 24)
+    labels = bt.patch_labels(items, 224, 14)
+    seen = set()
+    for b, it in enumerate(items):
+        for j, obj in enumerate(it.objects):
+            cells = labels.owner[b] == j
+            if obj.kind == "shape" and obj.size == "small":
+                k = sum(o.kind == "shape" and o.size == "small" and o.shape == obj.shape for o in it.objects)
+                want = min(k, MAX_COUNT + 1)
+                seen.add(want)
+            else:
+                want = 0
+            assert (labels.many[b, cells] == want).all(), (b, j, obj)
+        assert (labels.many[b, labels.owner[b] < 0] == 0).all()
+    assert {1, 2} <= seen
+    assert bt.label_sizes(16, many=True)["many"] == bt.MANY_CLASSES == MAX_COUNT + 2
+    assert "many" not in bt.label_sizes(16)

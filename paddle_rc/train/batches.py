@@ -13,6 +13,7 @@ import numpy as np
 
 from paddle_rc.data.conversation import get_template, question_for_text_encoder
 from paddle_rc.data.padding import left_pad
+from paddle_rc.synth.vocab import MAX_COUNT
 
 # The benchmark's answer-format instruction; half the training prompts carry it, so the model
 # answers the same with or without it.
@@ -49,6 +50,7 @@ class PatchLabels:
     centre: np.ndarray  # [B, N] 1 where an object's centre falls
     row: np.ndarray  # [B, N] the patch's grid row (so the feature layer keeps where each token is)
     col: np.ndarray  # [B, N] the patch's grid column
+    many: np.ndarray  # [B, N] on a small shape's patches: how many small shapes of its shape the scene holds
     weight: np.ndarray  # [B, N] float: each object's patches share weight 1, the background shares BACKGROUND_SHARE
 
 
@@ -76,6 +78,9 @@ def colour_classes() -> list:
 # the large distractors (nearly every patch) swamp the loss and the heads learn nothing of the small
 # objects: the first demo's feature layer told the sign's word in 16% of held-out cases.
 BACKGROUND_SHARE = 0.5
+
+# "many" classes: 0 off a small shape, k = k small shapes of that shape, the last = more than MAX_COUNT
+MANY_CLASSES = MAX_COUNT + 2
 
 
 def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
@@ -105,17 +110,28 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
         ids, counts = np.unique(owner[b], return_counts=True)
         for j, c in zip(ids, counts):
             weight[b, owner[b] == j] = (BACKGROUND_SHARE if j < 0 else 1.0) / c
+    out["many"] = np.zeros((len(items), n), np.int64)
+    for b, it in enumerate(items):
+        small = [o.shape for o in it.objects if o.kind == "shape" and o.size == "small"]
+        for j, obj in enumerate(it.objects):
+            if obj.kind == "shape" and obj.size == "small":
+                out["many"][b, owner[b] == j] = min(small.count(obj.shape), MANY_CLASSES - 1)
     cells = np.arange(n)
     out["row"] = np.broadcast_to(cells // grid, (len(items), n)).copy()
     out["col"] = np.broadcast_to(cells % grid, (len(items), n)).copy()
     return PatchLabels(owner=owner, weight=weight, **out)
 
 
-def label_sizes(grid: int) -> dict:
+def label_sizes(grid: int, many: bool = False) -> dict:
+    """Classes per per-patch head; "many" (recipe count_label) only when asked, so that runs without it
+    build exactly the heads, and draw exactly the random numbers, they always did."""
     from paddle_rc.synth import SHAPES, WORDS
 
-    return {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3,
-            "centre": 2, "row": grid, "col": grid}
+    out = {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3,
+           "centre": 2, "row": grid, "col": grid}
+    if many:
+        out["many"] = MANY_CLASSES
+    return out
 
 
 def user_text(item, rng) -> str:
@@ -209,11 +225,9 @@ def query_label_sizes() -> dict:
     """Classes of what the reply position should hold: the asked objects' colour, shape and word, the count
     (count questions) and, for a spatial question, whether its first object lies left of / above its second
     (by centre; 0 yes, 1 no)."""
-    from paddle_rc.synth.vocab import MAX_COUNT
-
     sizes = label_sizes(1)
     return {"colour": sizes["colour"], "shape": sizes["shape"], "word": sizes["word"], "count": MAX_COUNT + 1,
-            "xrel": 2, "yrel": 2}
+            "xrel": 2, "yrel": 2, "many": MANY_CLASSES}
 
 
 def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> dict:
@@ -242,13 +256,13 @@ def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "wor
     return out
 
 
-def object_pooling(items, labels: PatchLabels) -> tuple:
+def object_pooling(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> tuple:
     """Each small object (shapes and the sign) as the mean of its patches: (pool [S, B*N] float32, whose
     row s averages object s's patches of the flattened batch, and {colour, shape, word: [S] int64} its
     labels, the patch heads' classes). An object whose patches all belong to another is left out."""
     b_n = labels.owner.size
     n = labels.owner.shape[1]
-    rows, targets = [], {k: [] for k in ("colour", "shape", "word")}
+    rows, targets = [], {k: [] for k in kinds}
     for b, it in enumerate(items):
         for j, obj in enumerate(it.objects):
             cells = np.nonzero(labels.owner[b] == j)[0]

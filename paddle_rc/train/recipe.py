@@ -69,6 +69,12 @@ class Recipe:
     # centre) and the sequence's first token alike, so the share on the objects (k/(k+1)) tells the
     # count, and its heads are asked the count; reading all the objects' patches averages them.
     count_sink: int = 0
+    # count_label=1: the vision side counts. Stage 1 asks every small shape's patches (and its mean patch)
+    # how many small shapes of its shape the scene holds (a per-patch head "many"), stage 2 asks the same
+    # of the projector's output and the count of the reply position's heads; a count question's attention
+    # target stays all the counted objects' patches, which then all carry the answer, so averaging them
+    # loses nothing. The LLM reads a count the way it reads a colour.
+    count_label: int = 0
     warmup: int = 100
     checkpoint_every: int = 100
     # held-out evaluation at the end (a seed no training batch uses)

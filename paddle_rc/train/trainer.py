@@ -102,21 +102,24 @@ class DemoTrainer:
         paddle.seed(self.recipe.seed)
         self.model = LlavaForConditionalGeneration(config)
         grid = self.recipe.image_size // self.recipe.patch_size
-        self.heads = _AttributeHeads(config.vision.hidden_size, grid)
+        many = bool(self.recipe.count_label)
+        self.heads = _AttributeHeads(config.vision.hidden_size, grid, many)
         # the same attribute heads on the projector's output (stage 2): the per-token MLP learns to expose
         # what the LLM must read much sooner from a direct signal than through the reply loss alone
-        self.token_heads = _AttributeHeads(config.llm.hidden_size, grid)
+        self.token_heads = _AttributeHeads(config.llm.hidden_size, grid, many)
         if config.llm.num_attention_heads % self.recipe.head_groups:
             raise UserError(f"recipe: head_groups={self.recipe.head_groups} does not divide the "
                             f"{config.llm.num_attention_heads} attention heads")
-        self.query_kinds = ("colour", "shape", "word") + (("count",) if self.recipe.count_sink else ()) \
+        counts = self.recipe.count_sink or self.recipe.count_label
+        self.query_kinds = ("colour", "shape", "word") + (("count",) if counts else ()) \
             + (("xrel", "yrel") if self.recipe.head_groups > 1 else ())
         self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size, self.query_kinds)
                                          for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         # made last, so the other modules' initial weights do not depend on it
-        self.object_heads = _QueryHeads(config.vision.hidden_size, ("colour", "shape", "word"))
+        self.object_kinds = ("colour", "shape", "word") + (("many",) if many else ())
+        self.object_heads = _QueryHeads(config.vision.hidden_size, self.object_kinds)
         weights = os.path.join(self.work, "model.pdparams")
         if os.path.isfile(weights):
             self.model.set_state_dict(paddle.load(weights))
@@ -270,9 +273,9 @@ class DemoTrainer:
         return {"pixels": pixels, "same": np.array([[a == b for b in cap] for a in cap], np.float32),
                 "captions": bt.clip_ids(self.clip_tok, cap, pad), "texts": bt.clip_ids(self.clip_tok, texts, pad),
                 "image_of": image_of, "target": target, "phrase_target": phrase_target, "owned": owner >= 0,
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label))},
                 "weight": labels.weight, "small": _small_patches(items, labels),
-                "objects": bt.object_pooling(items, labels)}
+                "objects": bt.object_pooling(items, labels, self.object_kinds)}
 
     def _clip_step(self, d: dict):
         from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
@@ -291,7 +294,8 @@ class DemoTrainer:
         loss = l_clip + l_patch + l_attr
         # The heads see each batch before updating on it (fresh scenes every step), so this is a held-out
         # linear probe of the feature layer on the small objects' patches: what the LLM can read there.
-        probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word")}
+        probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word", "many")
+                 if k in heads}
         parts = {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr),
                  **{f"probe_{k}": v for k, v in probe.items()}}
         pool, targets = d["objects"]
@@ -300,7 +304,8 @@ class DemoTrainer:
             objs = self.object_heads(paddle.matmul(paddle.to_tensor(pool), flat))
             signs = targets["word"] > 0
             # the word over the signs only: "no word" on a shape is the per-patch heads' easy part
-            losses = [nnf.cross_entropy(objs[k], paddle.to_tensor(targets[k])) for k in ("colour", "shape")]
+            losses = [nnf.cross_entropy(objs[k], paddle.to_tensor(targets[k])) for k in ("colour", "shape", "many")
+                      if k in objs]
             if signs.any():
                 at = paddle.to_tensor(np.nonzero(signs)[0])
                 losses.append(nnf.cross_entropy(paddle.gather(objs["word"], at), paddle.to_tensor(targets["word"][signs])))
@@ -309,6 +314,9 @@ class DemoTrainer:
             parts["obj"] = float(l_obj)
             if signs.any():
                 parts["probe_objword"] = float((objs["word"].numpy().argmax(-1)[signs] == targets["word"][signs]).mean())
+            if "many" in objs:
+                shapes = targets["many"] > 0
+                parts["probe_objmany"] = float((objs["many"].numpy().argmax(-1)[shapes] == targets["many"][shapes]).mean())
         return loss, parts
 
     def _llm_data(self, step: int) -> dict:
@@ -327,7 +335,7 @@ class DemoTrainer:
                                        r.head_groups)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
                 "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels, self.query_kinds),
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label))},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _llm_step(self, d: dict):
@@ -348,7 +356,8 @@ class DemoTrainer:
             heads = self.token_heads(tokens)
             aux = r.token_label_weight * patch_label_loss(
                 heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()}, paddle.to_tensor(d["weight"]))
-            parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word")}
+            parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word", "many")
+                     if k in heads}
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
         lm = m.language_model
         length = embeds.shape[1]
@@ -489,11 +498,11 @@ class _QueryHeads(nn.Layer):
 class _AttributeHeads(nn.Layer):
     """Linear per-patch classifiers on the feature layer (training only; not part of the checkpoint)."""
 
-    def __init__(self, width: int, grid: int):
+    def __init__(self, width: int, grid: int, many: bool = False):
         from paddle_rc.train.batches import label_sizes
 
         super().__init__()
-        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(grid).items()})
+        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(grid, many).items()})
 
     def forward(self, x):
         return {k: h(x) for k, h in self.heads.items()}
