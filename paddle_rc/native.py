@@ -25,7 +25,9 @@ from paddle.jit import not_to_static
 
 MODULE_NAME = "paddle_rc_ops"
 CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-SOURCES = ("weight_only_matmul.cc", "wo_avx2.cc", "wo_avx512.cc", "fused_ops.cc", "fused_avx512.cc")
+# Every operator the library registers (exported programs name them; the deployed runner checks them).
+OPS = ("rc_weight_only_matmul", "rc_softmax", "rc_rope", "rc_swiglu", "rc_quick_gelu")
+SOURCES = ("weight_only_matmul.cc", "wo_avx2.cc", "wo_avx512.cc", "fused_ops.cc", "fused_avx2.cc", "fused_avx512.cc")
 HEADERS = ("wo_kernels.h", "wo_simd_impl.h", "fused_kernels.h")
 
 _state: dict = {"loaded": False, "tried": False, "reason": None, "path": None, "disabled": 0}

@@ -741,3 +741,29 @@ def test_deployed_full_positions_equal_the_dynamic_model(deploy_rc, checkpoint):
     assert [r["text"] for r in dep.answer_batch(images, questions, max_new_tokens=24)] == want
     with pytest.raises(UserError, match="positions must be one of"):
         build_predictor(deploy_dir=deploy_rc, positions="middle")
+
+
+def test_graphs_call_the_fused_ops_unless_portable(deploy_rc, checkpoint, tmp_path):
+    """On a CPU the fused ops serve (AVX2 or AVX-512), an export's programs call them and its manifest
+    says so; --portable traces Paddle's own ops only. Both answer like the dynamic model."""
+    import re
+
+    from paddle_rc.models import fused
+
+    portable = str(tmp_path / "portable")
+    _tool("export", ["--model", checkpoint, "--out", portable, "--method", "rc", "--budget", "6", "--portable"])
+    args = ["--question", "What color is the car?", "--max-new-tokens", "8", "--json"]
+    dyn = json.loads(_tool("infer", ["--model", checkpoint, "--method", "rc", "--budget", "6"] + args))
+
+    def ops_in(directory):
+        text = "".join(open(os.path.join(directory, g + ".json")).read() for g in ("vision", "llm"))
+        return sorted(set(re.findall(r'"\d+\.(rc_[a-z_]+)"', text)))
+
+    fused_cpu = fused._vector_cpu()
+    want = sorted(["rc_softmax", "rc_rope", "rc_swiglu", "rc_quick_gelu"]) if fused_cpu else []
+    assert ops_in(deploy_rc) == want
+    assert sorted(json.load(open(os.path.join(deploy_rc, "manifest.json")))["custom_ops"]) == want
+    assert ops_in(portable) == [] and json.load(open(os.path.join(portable, "manifest.json")))["custom_ops"] == []
+    for d in (deploy_rc, portable):
+        dep = json.loads(_tool("infer", ["--deploy", d] + args))
+        assert dep["answer"] == dyn["answer"] and dep["stage_counts"] == dyn["stage_counts"], d

@@ -1,5 +1,5 @@
 """The fused inference operators (paddle_rc/csrc/fused_ops.cc) against Paddle's own ops, in both
-builds (AVX-512, scalar), and a model with them against the same model on Paddle's ops."""
+builds the machine runs (AVX-512, AVX2, scalar), and a model with them against the same model on Paddle's ops."""
 import numpy as np
 import paddle
 import paddle.nn.functional as F
@@ -9,7 +9,8 @@ from paddle_rc import native
 from paddle_rc.models import fused
 from paddle_rc.runtime import cpu_flags
 
-BUILDS = ["avx512", "scalar"] if {"avx512f", "avx512dq"} <= cpu_flags() else ["scalar"]
+BUILDS = ((["avx512"] if {"avx512f", "avx512dq"} <= cpu_flags() else [])
+          + (["avx2"] if {"avx2", "fma"} <= cpu_flags() else []) + ["scalar"])
 
 
 @pytest.fixture(autouse=True)
@@ -74,7 +75,7 @@ def test_wrappers_use_paddle_when_gradients_are_on():
         y = fused.softmax(x)
         y[:, 0].sum().backward()  # Paddle's op: differentiable
     assert x.grad is not None
-    assert fused.active(paddle.randn([3, 10])) == (BUILDS[0] == "avx512")
+    assert fused.active(paddle.randn([3, 10])) == (BUILDS[0] != "scalar")
 
 
 def test_model_with_fused_ops_equals_paddles_ops(random_model):
@@ -103,3 +104,15 @@ def test_model_with_fused_ops_equals_paddles_ops(random_model):
         plain = run()
     for a, b in zip(fused_out, plain):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_ops_benchmark_times_every_case_both_ways():
+    """tools/benchmark.py ops: one row per case with both timings, the build this CPU runs named."""
+    from paddle_rc.benchmark.ops import CASES, format_ops_table, run_ops
+
+    result = run_ops(repeats=1)
+    assert result["build"] == BUILDS[0] and len(result["rows"]) == len(CASES)
+    for row in result["rows"]:
+        assert row["fused_ms"] > 0 and row["paddle_ms"] > 0
+        assert abs(row["ratio"] - row["fused_ms"] / row["paddle_ms"]) < 1e-9
+    assert format_ops_table(result).count("\n| ") == len(CASES) + 1

@@ -6,6 +6,7 @@
     python tools/benchmark.py deploy [--preset tiny,wide] [--method rc]       # dynamic vs exported graphs
     python tools/benchmark.py seven-b [--quant int8,int4-g128] [--checkpoints DIR] [--deploy int8]  # real-shape 7B
     python tools/benchmark.py versus [--repeats 5] [--llm-layers 4]           # paddle_rc vs transformers
+    python tools/benchmark.py ops [--repeats 20]                              # fused C++ ops vs Paddle's ops
     python tools/benchmark.py evalbatch [--batch-sizes 1,8] [--items 32]     # eval items/s vs --batch-size
     python tools/benchmark.py serve [--concurrency 1,4,16] [--requests 32]   # tools/serve.py under load
     python tools/benchmark.py coverage --data-root DIR [--runs rc,rc:no-text,cls-topk@32]  # synthvqa: tokens on the asked objects?
@@ -41,6 +42,10 @@ def build_parser():
     _add_versus_parser(sub)
     _add_evalbatch_parser(sub)
     _add_serve_parser(sub)
+    o = sub.add_parser("ops", help="paddle_rc's fused CPU operators (softmax, rotary, SwiGLU, quick_gelu) against "
+                                   "the Paddle ops they replace, at 7B / ViT-L shapes")
+    o.add_argument("--repeats", type=int, default=20)
+    o.add_argument("--json", metavar="PATH", help="also write the result as JSON")
     cv = sub.add_parser("coverage", help="synthvqa: share of questions whose asked objects keep a token")
     cv.add_argument("--data-root", required=True, help="folder holding synthvqa/ (tools/make_synth.py --out)")
     cv.add_argument("--model", help="checkpoint directory (default: the built-in model)")
@@ -407,6 +412,15 @@ def main(argv=None) -> int:
         _run_deploy(args)
     elif args.mode == "seven-b":
         _run_seven_b(args)
+    elif args.mode == "ops":
+        from paddle_rc.benchmark.ops import format_ops_table, run_ops
+        from paddle_rc.errors import UserError
+
+        if args.repeats < 1:
+            raise UserError("--repeats must be at least 1")
+        result = run_ops(args.repeats)
+        print(format_ops_table(result))
+        _write_json(args.json, result)
     elif args.mode == "versus":
         _run_versus(args)
     elif args.mode == "evalbatch":

@@ -34,6 +34,9 @@ def build_parser():
     p.add_argument("--quant", metavar="PRESET",
                    help="quantize the LLM's weights first: int8, int4, int8-g128, int4-g64, int4-g128, each "
                         "optionally with -clip (same as tools/quantize.py, then export)")
+    p.add_argument("--portable", action="store_true",
+                   help="Paddle's own ops only: no paddle_rc C++ operators (fused softmax/rotary/SwiGLU/quick_gelu, "
+                        "the int8/int4 matmul) in the graphs, for a GPU or a machine without a C++ compiler")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export in --out")
     p.add_argument("--check", action="store_true",
                    help="after exporting, load the graphs with paddle.inference and answer the built-in "
@@ -95,7 +98,7 @@ def main(argv=None) -> int:
         steps = tqdm(total=EXPORT_STEPS, desc="exporting", unit="step", file=sys.stderr, disable=quiet)
         try:
             manifest = export_model(model_dir, args.out, method=args.method, budget=args.budget,
-                                    options=options, overwrite=args.overwrite,
+                                    options=options, overwrite=args.overwrite, portable=args.portable,
                                     progress=lambda msg: _step(steps, msg))
             steps.update(steps.total - steps.n)
         finally:

@@ -2,7 +2,8 @@
 // last axis, rotary embedding, SwiGLU and CLIP's quick_gelu. Paddle 3.3's CPU kernels for these run
 // on one thread and without vectorised exp (a [32, 653, 653] softmax 37-49 ms, exp 21 ms, sigmoid of
 // [653, 11008] 11 ms on a 2-core Intel Xeon); these use every OpenMP thread and AVX-512 where the CPU
-// has it. Two builds (scalar, AVX-512) behind plain-C function pointers, as in wo_kernels.h.
+// has it, else AVX2 + FMA. Three builds (scalar, AVX2, AVX-512) behind plain-C function pointers, as
+// in wo_kernels.h.
 #pragma once
 #include <cstdint>
 
@@ -27,6 +28,7 @@ struct Kernels {
 };
 
 Kernels scalar_kernels();
+Kernels avx2_kernels();
 Kernels avx512_kernels();
 
 }  // namespace rc_fused

@@ -40,12 +40,15 @@ void quick_gelu_scalar(const float* x, float* out, int64_t i0, int64_t i1) {
   for (int64_t i = i0; i < i1; ++i) out[i] = x[i] / (1.f + std::exp(-1.702f * x[i]));
 }
 
-// The widest build the CPU runs; PADDLE_RC_WO_ISA=scalar (or avx2, which these ops do not have)
-// forces the scalar one, so the tests check both builds on one machine.
+// The widest build the CPU runs; PADDLE_RC_WO_ISA=avx2 or =scalar forces a narrower one, so the
+// tests check every build the machine can run.
 Kernels kernels() {
-  const char* force = std::getenv("PADDLE_RC_WO_ISA");
-  const bool narrow = force && std::string(force) != "avx512";
-  if (!narrow && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return avx512_kernels();
+  const char* env = std::getenv("PADDLE_RC_WO_ISA");
+  const std::string force = env ? env : "";
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (force == "scalar") return scalar_kernels();
+  if (force != "avx2" && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return avx512_kernels();
+  if (avx2) return avx2_kernels();
   return scalar_kernels();
 }
 

@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,7 @@ import numpy as np
 import paddle
 from paddle.static import InputSpec
 
+from paddle_rc import native
 from paddle_rc.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -139,11 +141,13 @@ def _copy_tree(src: str, dst: str, what: str) -> None:
 
 
 def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Optional[int] = None,
-                 options: Optional[dict] = None, overwrite: bool = False, progress=None) -> dict:
+                 options: Optional[dict] = None, overwrite: bool = False, portable: bool = False,
+                 progress=None) -> dict:
     """Export the checkpoint in `model_dir` to `out_dir`; returns the manifest.
 
     The compression method, budget and options are fixed at export time: they decide the
     vision graph's inputs and its traced control flow (token counts are static per method).
+    The graphs call paddle_rc's C++ operators where this machine has them, unless `portable`.
     """
     from paddle_rc.compression import check_compression
     from paddle_rc.models import LlavaForConditionalGeneration
@@ -167,7 +171,8 @@ def export_model(model_dir: str, out_dir: str, method: str = "none", budget: Opt
     say(f"loading {model_dir}")
     model = LlavaForConditionalGeneration.from_pretrained(model_dir)
     model.set_compression(method, budget, **options)
-    manifest = export_loaded_model(model, out_dir, method, budget, options, say)
+    with native.disabled() if portable else contextlib.nullcontext():
+        manifest = export_loaded_model(model, out_dir, method, budget, options, say)
     _copy_tree(os.path.join(model_dir, "tokenizer"), os.path.join(out_dir, "tokenizer"), "tokenizer")
     _copy_tree(os.path.join(model_dir, "clip_tokenizer"), os.path.join(out_dir, "clip_tokenizer"), "clip_tokenizer")
     manifest["model_dir"] = os.path.abspath(model_dir)
@@ -262,24 +267,25 @@ def export_loaded_model(model, out_dir: str, method: str, budget, options: dict,
                                 "kept new positions")},
         },
         "embed_tokens": {"file": EMBED_FILE, "shape": list(table.shape), "dtype": "float32"},
-        # The C++ weight-only matmul of quantized layers (paddle_rc.quant.kernel), when it was
-        # available at export time; the runner builds/loads it before creating the predictors.
+        # paddle_rc's C++ operators in the programs (the weight-only matmul of quantized layers, the
+        # fused softmax / rotary / SwiGLU / quick_gelu), when they were available at export time; the
+        # runner builds/loads them before creating the predictors.
         "custom_ops": custom_ops_used(out_dir),
     }
 
 
 def custom_ops_used(out_dir: str) -> list:
-    """Custom operators the saved programs call (the predictor must have them registered)."""
-    from paddle_rc.quant.kernel import OP_NAME
+    """paddle_rc's C++ operators the saved programs call (the predictor must have them registered)."""
+    from paddle_rc.native import OPS
 
-    used = []
+    text = ""
     for name in GRAPHS:
         path = os.path.join(out_dir, name + ".json")
         if os.path.isfile(path):
             with open(path, encoding="utf-8") as f:
-                if OP_NAME in f.read() and OP_NAME not in used:
-                    used.append(OP_NAME)
-    return used
+                text += f.read()
+    # a program names an operator "<dialect id>.<name>" ("3.rc_softmax")
+    return [op for op in OPS if re.search(r'"\d+\.' + op + '"', text)]
 
 
 def finish_manifest(out_dir: str, manifest: dict) -> dict:

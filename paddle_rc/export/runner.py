@@ -83,16 +83,17 @@ def read_manifest(directory: str) -> dict:
 def require_custom_ops(manifest: dict, directory: str) -> None:
     """Register the custom operators the programs call (built from paddle_rc's sources if this
     machine has not built them yet); without them Paddle Inference cannot load the programs."""
-    from paddle_rc.quant import kernel
+    from paddle_rc import native
 
     for name in manifest.get("custom_ops", []):
-        if name != kernel.OP_NAME:
+        if name not in native.OPS:
             raise UserError(f"{directory} needs the custom operator {name!r}, which this version of "
                             f"paddle_rc does not provide; {FIX}")
-        if kernel.op() is None:
-            raise UserError(f"{directory} was exported with the C++ weight-only matmul, which cannot be "
-                            f"built here ({kernel.status()['reason']}); install a C++ compiler (g++) "
-                            "or export again on this machine (the export then uses the portable path)")
+    if manifest.get("custom_ops") and not native.library():
+        raise UserError(f"{directory} was exported with paddle_rc's C++ operators "
+                        f"({', '.join(manifest['custom_ops'])}), which cannot be built here "
+                        f"({native.status()['reason']}); install a C++ compiler (g++) or export again "
+                        "with tools/export.py --portable (Paddle's own ops only)")
 
 
 def make_config(prefix: str, opts: RunnerOptions):
