@@ -462,3 +462,68 @@ def test_many_label_counts_the_scenes_small_shapes_of_each_patchs_shape():
     assert {1, 2} <= seen
     assert bt.label_sizes(16, many=True)["many"] == bt.MANY_CLASSES == MAX_COUNT + 2
     assert "many" not in bt.label_sizes(16)
+
+
+def test_census_label_marks_each_small_shape_once_so_its_image_mean_counts():
+    """patch_labels' "census": the small shape's class on the one patch holding its centre, 0 everywhere
+    else; so the histogram of the census over the image is the scene's count of each small shape (the count
+    question's answer), whatever the shapes' sizes. Recomputed from the scene's objects."""
+    from paddle_rc.synth.vocab import SHAPES
+    from paddle_rc.train import batches as bt
+
+    items = bt.draw_items(6, "clip", 0, 24)
+    labels = bt.patch_labels(items, 224, 14)
+    for b, it in enumerate(items):
+        small = [o for o in it.objects if o.kind == "shape" and o.size == "small"]
+        hist = np.bincount(labels.census[b], minlength=len(SHAPES) + 1)
+        assert hist[1:].tolist() == [sum(o.shape == s for o in small) for s in SHAPES], (b, it.objects)
+        on = np.nonzero(labels.census[b])[0]
+        assert all(labels.centre[b, c] == 1 and it.objects[labels.owner[b, c]].size == "small" for c in on)
+    assert bt.label_sizes(16, census=True)["census"] == len(SHAPES) + 1
+    assert "census" not in bt.label_sizes(16)
+
+
+def test_count_uniform_targets_spread_a_count_questions_attention_over_every_visual_token(tmp_path):
+    from paddle_rc.train import batches as bt
+
+    items, tok, ids, mask, labels, marks = _marked_splice(tmp_path, 40)
+    got = bt.grounding_targets(items, labels, ids, mask, -200, groups=2, count_uniform=True)
+    plain = bt.grounding_targets(items, labels, ids, mask, -200, groups=2)
+    n = labels.owner.shape[1]
+    for b, it in enumerate(items):
+        if it.qtype == "count":
+            assert got.uniform[b]
+            for g in (0, 1):
+                cells = sorted(-int(v) - 1 - 1000 * b for v in marks[b, got.target[b, g] > 0])
+                assert cells == list(range(n)), (b, it.question)
+        else:
+            assert not got.uniform[b]
+            np.testing.assert_array_equal(got.target[b], plain.target[b])
+    assert any(it.qtype == "count" and not it.target for it in items)  # zero counts read the image too
+
+
+def test_attention_target_loss_asks_an_even_spread_of_uniform_rows():
+    """A uniform row's loss is each head's cross-entropy to the even spread over its target minus
+    log|target|: 0 exactly when a head reads every target token alike and nothing else, the mass formula
+    for the other rows."""
+    import paddle
+
+    from paddle_rc.train.losses import attention_target_loss
+
+    rng = np.random.default_rng(1)
+    B, H, L = 3, 4, 10
+    probs = rng.random([B, H, L]).astype(np.float32) + 0.05
+    probs[1] = 0.0
+    probs[1, :, 2:8] = 1 / 6  # even over the target
+    probs /= probs.sum(-1, keepdims=True)
+    target = np.zeros([B, L], np.float32)
+    target[:, 2:8] = 1.0
+    uniform = np.array([True, True, False])
+    t = {k: paddle.to_tensor(v) for k, v in dict(p=probs, t=target, u=uniform).items()}
+    loss = attention_target_loss(t["p"], t["t"], uniform=t["u"])
+    ce0 = (-(np.log(probs[0, :, 2:8] + 1e-9)).mean(-1) - np.log(6)).mean()
+    mass2 = -np.log(probs[2, :, 2:8].sum(-1).mean() + 1e-6)
+    np.testing.assert_allclose(float(loss), (ce0 + 0.0 + mass2) / 3, rtol=1e-5, atol=1e-6)
+    assert ce0 > 0.05
+    one = attention_target_loss(t["p"][1:2], t["t"][1:2], uniform=t["u"][1:2])
+    assert abs(float(one)) < 1e-5

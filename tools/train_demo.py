@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     if unknown:
         raise UserError(f"unknown recipe field(s) {', '.join(unknown)}; see paddle_rc/train/recipe.py")
     for k, v in changes.items():
+        if isinstance(fields[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
+            changes[k] = v = float(v)  # "coord_weight=1" means 1.0
         if not isinstance(v, type(fields[k].default)) or isinstance(v, bool):
             raise UserError(f"recipe field {k} takes a {type(fields[k].default).__name__}, got {v!r}")
     recipe = Recipe(seed=args.seed, **changes)

@@ -51,6 +51,7 @@ class PatchLabels:
     row: np.ndarray  # [B, N] the patch's grid row (so the feature layer keeps where each token is)
     col: np.ndarray  # [B, N] the patch's grid column
     many: np.ndarray  # [B, N] on a small shape's patches: how many small shapes of its shape the scene holds
+    census: np.ndarray  # [B, N] a small shape's class on the patch holding its centre, else 0
     weight: np.ndarray  # [B, N] float: each object's patches share weight 1, the background shares BACKGROUND_SHARE
 
 
@@ -111,26 +112,34 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
         for j, c in zip(ids, counts):
             weight[b, owner[b] == j] = (BACKGROUND_SHARE if j < 0 else 1.0) / c
     out["many"] = np.zeros((len(items), n), np.int64)
+    # "census": the small shape's class on the one patch holding its centre, 0 on every other patch, so the
+    # mean of a token feature over the whole image counts each small shape once whatever its size
+    out["census"] = np.zeros((len(items), n), np.int64)
     for b, it in enumerate(items):
         small = [o.shape for o in it.objects if o.kind == "shape" and o.size == "small"]
         for j, obj in enumerate(it.objects):
             if obj.kind == "shape" and obj.size == "small":
                 out["many"][b, owner[b] == j] = min(small.count(obj.shape), MANY_CLASSES - 1)
+                centre = np.nonzero((owner[b] == j) & (out["centre"][b] > 0))[0]
+                out["census"][b, centre] = shape_ids[obj.shape]
     cells = np.arange(n)
     out["row"] = np.broadcast_to(cells // grid, (len(items), n)).copy()
     out["col"] = np.broadcast_to(cells % grid, (len(items), n)).copy()
     return PatchLabels(owner=owner, weight=weight, **out)
 
 
-def label_sizes(grid: int, many: bool = False) -> dict:
-    """Classes per per-patch head; "many" (recipe count_label) only when asked, so that runs without it
-    build exactly the heads, and draw exactly the random numbers, they always did."""
+def label_sizes(grid: int, many: bool = False, census: bool = False) -> dict:
+    """Classes per per-patch head; "many" (recipe count_label) and "census" (recipe count_uniform) only when
+    asked, so that runs without them build exactly the heads, and draw exactly the random numbers, they
+    always did."""
     from paddle_rc.synth import SHAPES, WORDS
 
     out = {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3,
            "centre": 2, "row": grid, "col": grid}
     if many:
         out["many"] = MANY_CLASSES
+    if census:
+        out["census"] = len(SHAPES) + 1
     return out
 
 
@@ -317,16 +326,25 @@ class GroundingTargets:
     target: np.ndarray
     share: np.ndarray  # [B]
     sink: np.ndarray  # [B] position of each row's first token
+    uniform: np.ndarray = None  # [B] bool: the attention should spread evenly over the row's target
 
 
 def grounding_targets(items, labels: PatchLabels, ids, mask, image_token_index: int, groups: int = 1,
-                      count_sink: bool = False) -> GroundingTargets:
+                      count_sink: bool = False, count_uniform: bool = False) -> GroundingTargets:
+    """count_uniform: a count question's attention should spread evenly over all the visual tokens (zero
+    counts included), so that what it reads is the image's mean token; where the tokens carry the census
+    label that mean is the histogram of the small shapes over 256, and the count is linear in it."""
     length, first, start = _spliced_starts(ids, mask, labels.owner.shape[1], image_token_index)
+    n = labels.owner.shape[1]
     target = np.zeros((len(items), groups, length), np.float32)
     share = np.ones(len(items), np.float32)
+    uniform = np.zeros(len(items), bool)
     for b, it in enumerate(items):
         owner = labels.owner[b]
-        if it.qtype == "count" and count_sink:
+        if it.qtype == "count" and count_uniform:
+            target[b, :, start[b]:start[b] + n] = 1.0
+            uniform[b] = True
+        elif it.qtype == "count" and count_sink:
             cells = np.nonzero(np.isin(owner, list(it.target)) & (labels.centre[b] > 0))[0]
             target[b, :, start[b] + cells] = 1.0
             share[b] = len(it.target) / (len(it.target) + 1.0)
@@ -336,4 +354,4 @@ def grounding_targets(items, labels: PatchLabels, ids, mask, image_token_index: 
                 target[b, g, start[b] + np.nonzero(owner == obj)[0]] = 1.0
         elif it.target:
             target[b, :, start[b] + np.nonzero(np.isin(owner, list(it.target)))[0]] = 1.0
-    return GroundingTargets(target, share, first)
+    return GroundingTargets(target, share, first, uniform)

@@ -77,6 +77,17 @@ class Recipe:
     # it (held-out probe 39-41%, the commonest count's rate) and count questions stayed at chance (16%;
     # docs/results/train-count-label.json).
     count_label: int = 0
+    # count_uniform=1: the LLM counts by averaging. Stage 2 asks the projector's output for a "census"
+    # label (the small shape's class on the one patch holding its centre, 0 elsewhere) and a count
+    # question's attention, in decoder layers 1 and up, to spread evenly over all 256 visual tokens: what it
+    # reads is then the census histogram over 256, in which the asked shape's count is linear, whatever the
+    # shapes' sizes; the reply position's heads are asked the count.
+    count_uniform: int = 0
+    # coord_weight > 0: stage 2 regresses each visual token's column and row (scaled to 0..1) from the
+    # projector's output, so a place is one linear coordinate, not only one of 16 classes: with
+    # head_groups=2 the difference of the two objects' coordinates is then linear in the reply position's
+    # state (a left-of answer is its sign).
+    coord_weight: float = 0.0
     warmup: int = 100
     checkpoint_every: int = 100
     # held-out evaluation at the end (a seed no training batch uses)

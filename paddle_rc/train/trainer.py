@@ -110,23 +110,39 @@ class DemoTrainer:
         if config.llm.num_attention_heads % self.recipe.head_groups:
             raise UserError(f"recipe: head_groups={self.recipe.head_groups} does not divide the "
                             f"{config.llm.num_attention_heads} attention heads")
-        counts = self.recipe.count_sink or self.recipe.count_label
+        counts = self.recipe.count_sink or self.recipe.count_label or self.recipe.count_uniform
         self.query_kinds = ("colour", "shape", "word") + (("count",) if counts else ()) \
             + (("xrel", "yrel") if self.recipe.head_groups > 1 else ())
-        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size, self.query_kinds)
+        base = ("colour", "shape", "word")
+        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size, base)
                                          for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         # made last, so the other modules' initial weights do not depend on it
         self.object_kinds = ("colour", "shape", "word") + (("many",) if many else ())
         self.object_heads = _QueryHeads(config.vision.hidden_size, self.object_kinds)
+        # stage-2 heads of the later recipe fields (the reply position's extra kinds, token heads), made
+        # after everything else and from a saved generator state, so that a run with them has the same
+        # stage 1, to every bit, as one without
+        rng = paddle.get_rng_state()
+        for heads in self.query_heads:
+            heads.add(k for k in self.query_kinds if k not in base)
+        late = {}
+        if self.recipe.count_uniform:
+            from paddle_rc.train.batches import label_sizes
+
+            late["census"] = nn.Linear(config.llm.hidden_size, label_sizes(grid, census=True)["census"])
+        if self.recipe.coord_weight > 0:
+            late["coord"] = nn.Linear(config.llm.hidden_size, 2)
+        self.late_heads = nn.LayerDict(late)
+        paddle.set_rng_state(rng)
         weights = os.path.join(self.work, "model.pdparams")
         if os.path.isfile(weights):
             self.model.set_state_dict(paddle.load(weights))
             extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
             self.heads.set_state_dict(extra["heads"])
             self.token_heads.set_state_dict(extra["token_heads"])
-            for name in ("query_heads", "object_heads"):
+            for name in ("query_heads", "object_heads", "late_heads"):
                 if name in extra:
                     getattr(self, name).set_state_dict(extra[name])
             self.scales.set_value(extra["scales"])
@@ -136,7 +152,8 @@ class DemoTrainer:
         the optimizer state is stored under the structural names instead, so any process can resume it."""
         names = {self.scales.name: "scales"}
         for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads),
-                              ("query_heads", self.query_heads), ("object_heads", self.object_heads)):
+                              ("query_heads", self.query_heads), ("object_heads", self.object_heads),
+                              ("late_heads", self.late_heads)):
             for n, p in layer.named_parameters():
                 names[p.name] = f"{prefix}.{n}"
         return names
@@ -145,7 +162,8 @@ class DemoTrainer:
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "token_heads": self.token_heads.state_dict(),
                                              "query_heads": self.query_heads.state_dict(),
-                                             "object_heads": self.object_heads.state_dict(), "scales": self.scales}),
+                                             "object_heads": self.object_heads.state_dict(), "scales": self.scales,
+                                             "late_heads": self.late_heads.state_dict()}),
                           ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
@@ -184,6 +202,7 @@ class DemoTrainer:
                 p.stop_gradient = True
             params = (list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
                       + list(self.token_heads.parameters()) + list(self.query_heads.parameters()))
+            params += list(self.late_heads.parameters())
         opt = paddle.optimizer.AdamW(learning_rate=peak, parameters=params, weight_decay=0.01,
                                      grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
         opt_path = os.path.join(self.work, "opt.pdopt")
@@ -330,12 +349,13 @@ class DemoTrainer:
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
         looked_at = bt.grounding_targets(items, labels, ids, mask, m.config.image_token_index, r.head_groups,
-                                         bool(r.count_sink))
+                                         bool(r.count_sink), bool(r.count_uniform))
         asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok,
                                        r.head_groups)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
                 "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels, self.query_kinds),
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label))},
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label),
+                                                                          bool(r.count_uniform))},
                 "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _llm_step(self, d: dict):
@@ -358,6 +378,19 @@ class DemoTrainer:
                 heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()}, paddle.to_tensor(d["weight"]))
             parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word", "many")
                      if k in heads}
+        if "census" in self.late_heads:
+            census = self.late_heads["census"](tokens)
+            aux = aux + patch_label_loss({"census": census}, {"census": paddle.to_tensor(d["labels"]["census"])},
+                                         paddle.to_tensor(d["weight"]))
+            # on the small shapes' centre patches: telling the one centre patch from the object's others
+            parts["tok_census"] = _accuracy(census, d["labels"]["census"], d["small"])
+        if "coord" in self.late_heads:
+            grid = r.image_size // r.patch_size
+            cells = np.arange(n)
+            where = paddle.to_tensor(np.stack([cells % grid, cells // grid], -1).astype("float32") / (grid - 1))
+            l_coord = ((self.late_heads["coord"](tokens) - where) ** 2).mean()
+            parts["coord"] = float(l_coord)
+            aux = aux + r.coord_weight * l_coord
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
         lm = m.language_model
         length = embeds.shape[1]
@@ -371,7 +404,8 @@ class DemoTrainer:
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
         looked = d["looked_at"]
-        target, share, sink = (paddle.to_tensor(v) for v in (looked.target, looked.share, looked.sink))
+        target, share, sink, uniform = (paddle.to_tensor(v) for v in (looked.target, looked.share, looked.sink,
+                                                                      looked.uniform))
         grounding, reading, carried = [], None, []
         rows = paddle.arange(len(ids))
         for i, layer in enumerate(lm.layers):
@@ -386,7 +420,7 @@ class DemoTrainer:
             if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
                 reading = attention_target_loss(probs, paddle.to_tensor(d["asked_at"]))
             if r.grounding_weight > 0 and i >= 1:
-                grounding.append(attention_target_loss(probs, target, share, sink))
+                grounding.append(attention_target_loss(probs, target, share, sink, uniform))
             if r.query_label_weight > 0 and i >= 1:
                 # what the reply position holds after a grounding layer: the asked objects' attributes
                 at = self.query_heads[i - 1](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
@@ -483,12 +517,18 @@ class _QueryHeads(nn.Layer):
     objects' colour, shape, word, ...) on its normed hidden state (training only)."""
 
     def __init__(self, width: int, kinds):
-        from paddle_rc.train.batches import query_label_sizes
-
         super().__init__()
         self.norm = nn.LayerNorm(width)
+        self.width = width
+        self.heads = nn.LayerDict()
+        self.add(kinds)
+
+    def add(self, kinds) -> None:
+        from paddle_rc.train.batches import query_label_sizes
+
         sizes = query_label_sizes()
-        self.heads = nn.LayerDict({k: nn.Linear(width, sizes[k]) for k in kinds})
+        for k in kinds:
+            self.heads[k] = nn.Linear(self.width, sizes[k])
 
     def forward(self, x):
         x = self.norm(x)
