@@ -527,3 +527,37 @@ def test_attention_target_loss_asks_an_even_spread_of_uniform_rows():
     assert ce0 > 0.05
     one = attention_target_loss(t["p"][1:2], t["t"][1:2], uniform=t["u"][1:2])
     assert abs(float(one)) < 1e-5
+
+
+def test_binding_labels_and_object_word_targets_bind_each_named_word_to_its_object(tmp_path):
+    """binding_labels: the colour and shape the question names for its first object (a) and, in a spatial
+    question, its second (b), 0 where none is named; question_targets with object_words gives each head
+    group of a spatial question exactly its object's colour and shape tokens."""
+    from paddle_rc.synth import SHAPES
+    from paddle_rc.train import batches as bt
+
+    items, tok, ids, mask, labels, marks = _marked_splice(tmp_path, 40)
+    got = bt.binding_labels(items)
+    colours = bt.colour_classes()
+    asked = bt.question_targets(ids, mask, labels.owner.shape[1], -200, tok, groups=2, object_words=True)
+    seen = set()
+    for b, it in enumerate(items):
+        a = (colours[got["colour_a"][b].argmax() - 1] if got["colour_a"][b].argmax() else None,
+             SHAPES[got["shape_a"][b].argmax() - 1] if got["shape_a"][b].argmax() else None)
+        second = (got["colour_b"][b].argmax(), got["shape_b"][b].argmax())
+        if it.qtype == "spatial":
+            ca, sa = (it.objects[it.target[0]].colour, it.objects[it.target[0]].shape)
+            cb, sb = (it.objects[it.target[1]].colour, it.objects[it.target[1]].shape)
+            assert a == (ca, sa) and second == (colours.index(cb) + 1, SHAPES.index(sb) + 1), (b, it.question)
+            words = [tok.decode(marks[b, asked[b, g] > 0].tolist()).split() for g in (0, 1)]
+            assert words == [[ca, sa], [cb, sb]], (b, words)
+        else:
+            assert second == (0, 0)
+            if it.qtype == "colour":
+                assert a == (None, it.question.split()[-1].rstrip("?"))
+            if it.qtype == "exist":
+                assert a == tuple(it.question.split()[-2:])[0:1] + (it.question.split()[-1].rstrip("?"),)
+        seen.add(it.qtype)
+    assert {"spatial", "colour", "exist"} <= seen
+    for k in bt.BINDING_KINDS:
+        np.testing.assert_array_equal(got[k].sum(1), 1.0)

@@ -201,14 +201,19 @@ def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng
     return ids, mask, np.asarray(answer_len, np.int64)
 
 
-def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, groups: int = 1) -> np.ndarray:
+def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, groups: int = 1,
+                     object_words: bool = False) -> np.ndarray:
     """[B, G, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
     the first one that decodes to a '?'), per group of heads. Supervising decoder layer 0's reply position to
     read them is the first hop of the task (question -> query); without it that position averaged ~300
     tokens of which ~10 are the question, and the next layers' query could not name the object (the
     grounding loss stalled at the mass of all small objects). A question that names two small objects
     (spatial) gives head group 0 the words before the second "small" and group 1 the rest, so that later
-    layers can look for each object with its own heads."""
+    layers can look for each object with its own heads; with object_words each group gets only its object's
+    colour and shape words (what its heads must look for), not the words around them."""
+    from paddle_rc.synth import COLOURS, SHAPES
+
+    named = set(COLOURS) | set(SHAPES)
     length, _, start = _spliced_starts(ids, mask, n_visual, image_token_index)
     out = np.zeros((len(ids), groups, length), np.float32)
     for b in range(len(ids)):
@@ -223,10 +228,36 @@ def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, 
         small = [j for j, w in enumerate(words) if w == "small"]
         if groups > 1 and len(small) == 2:
             for g in range(groups):
-                part = pos[:small[1]] if g < groups // 2 else pos[small[1]:]
-                out[b, g, part] = 1.0
+                span = np.arange(small[1]) if g < groups // 2 else np.arange(small[1], len(words))
+                if object_words:
+                    span = np.array([j for j in span if words[j].rstrip("?") in named], np.int64)
+                out[b, g, pos[span]] = 1.0
         else:
             out[b, :, pos] = 1.0
+    return out
+
+
+BINDING_KINDS = ("colour_a", "shape_a", "colour_b", "shape_b")
+
+
+def binding_labels(items) -> dict:
+    """[B, C] one-hot per kind of BINDING_KINDS: the colour and shape words the question names for its
+    first object (a) and its second (b: spatial questions only), class 0 where it names none; what the
+    reply position should hold after decoder layer 0, each word bound to its object."""
+    from paddle_rc.synth import SHAPES
+
+    colours = colour_classes()
+    sizes = query_label_sizes()
+    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in BINDING_KINDS}
+    for b, it in enumerate(items):
+        words = [w.strip("?,.") for w in it.question.split()]
+        small = [j for j, w in enumerate(words) if w == "small"]
+        parts = (words[:small[1]], words[small[1]:]) if len(small) == 2 else (words, [])
+        for tag, part in zip("ab", parts):
+            c = next((colours.index(w) + 1 for w in part if w in colours), 0)
+            sh = next((SHAPES.index(w) + 1 for w in part if w in SHAPES), 0)
+            out["colour_" + tag][b, c] = 1.0
+            out["shape_" + tag][b, sh] = 1.0
     return out
 
 
@@ -235,8 +266,11 @@ def query_label_sizes() -> dict:
     (count questions) and, for a spatial question, whether its first object lies left of / above its second
     (by centre; 0 yes, 1 no)."""
     sizes = label_sizes(1)
+    from paddle_rc.synth import SHAPES
+
     return {"colour": sizes["colour"], "shape": sizes["shape"], "word": sizes["word"], "count": MAX_COUNT + 1,
-            "xrel": 2, "yrel": 2, "many": MANY_CLASSES}
+            "xrel": 2, "yrel": 2, "many": MANY_CLASSES, "colour_a": sizes["colour"], "colour_b": sizes["colour"],
+            "shape_a": len(SHAPES) + 1, "shape_b": len(SHAPES) + 1}
 
 
 def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> dict:

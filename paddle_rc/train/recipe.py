@@ -77,8 +77,10 @@ class Recipe:
     # it (held-out probe 39-41%, the commonest count's rate) and count questions stayed at chance (16%;
     # docs/results/train-count-label.json).
     count_label: int = 0
-    # count_uniform=1: the LLM counts by averaging. Stage 2 asks the projector's output for a "census"
-    # label (the small shape's class on the one patch holding its centre, 0 elsewhere) and a count
+    # count_uniform=1: the LLM counts by averaging. Stage 2 regresses from the projector's output a "census"
+    # vector (the small shape's one-hot on the one patch holding its centre, 0 everywhere else, so that
+    # the sum over the image is the histogram; a classifier's logits need not vanish off the centre, and
+    # with one the image-mean token told a shape's count in 42-52% of cases) and a count
     # question's attention, in decoder layers 1 and up, to spread evenly over all 256 visual tokens: what it
     # reads is then the census histogram over 256, in which the asked shape's count is linear, whatever the
     # shapes' sizes; the reply position's heads are asked the count.
@@ -88,6 +90,12 @@ class Recipe:
     # head_groups=2 the difference of the two objects' coordinates is then linear in the reply position's
     # state (a left-of answer is its sign).
     coord_weight: float = 0.0
+    # binding_weight > 0: linear heads on the reply position's state after decoder layer 0 ask which colour
+    # and shape the question names for its first object and which for its second, and (with head_groups=2)
+    # each head group's question reading in layer 0 marks only its object's colour and shape words. With
+    # head_groups=2 alone every head of layers 1-2 put ~0.25 of its attention on each of a spatial
+    # question's two objects: the groups' queries did not tell the two objects apart.
+    binding_weight: float = 0.0
     warmup: int = 100
     checkpoint_every: int = 100
     # held-out evaluation at the end (a seed no training batch uses)

@@ -131,9 +131,16 @@ class DemoTrainer:
         if self.recipe.count_uniform:
             from paddle_rc.train.batches import label_sizes
 
-            late["census"] = nn.Linear(config.llm.hidden_size, label_sizes(grid, census=True)["census"])
+            # starts at zero: the regression sums over 256 tokens, and a random head's error would swamp
+            # every other loss for the first steps
+            late["census"] = nn.Linear(config.llm.hidden_size, label_sizes(grid, census=True)["census"] - 1,
+                                       weight_attr=nn.initializer.Constant(0.0))
         if self.recipe.coord_weight > 0:
             late["coord"] = nn.Linear(config.llm.hidden_size, 2)
+        if self.recipe.binding_weight > 0:
+            from paddle_rc.train.batches import BINDING_KINDS
+
+            late["binding"] = _QueryHeads(config.llm.hidden_size, BINDING_KINDS)
         self.late_heads = nn.LayerDict(late)
         paddle.set_rng_state(rng)
         weights = os.path.join(self.work, "model.pdparams")
@@ -351,12 +358,13 @@ class DemoTrainer:
         looked_at = bt.grounding_targets(items, labels, ids, mask, m.config.image_token_index, r.head_groups,
                                          bool(r.count_sink), bool(r.count_uniform))
         asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok,
-                                       r.head_groups)
+                                       r.head_groups, r.binding_weight > 0)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
                 "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels, self.query_kinds),
                 "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label),
                                                                           bool(r.count_uniform))},
-                "weight": labels.weight, "small": _small_patches(items, labels)}
+                "weight": labels.weight, "small": _small_patches(items, labels),
+                "binding": bt.binding_labels(items) if r.binding_weight > 0 else None}
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
@@ -379,11 +387,17 @@ class DemoTrainer:
             parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word", "many")
                      if k in heads}
         if "census" in self.late_heads:
-            census = self.late_heads["census"](tokens)
-            aux = aux + patch_label_loss({"census": census}, {"census": paddle.to_tensor(d["labels"]["census"])},
-                                         paddle.to_tensor(d["weight"]))
-            # on the small shapes' centre patches: telling the one centre patch from the object's others
-            parts["tok_census"] = _accuracy(census, d["labels"]["census"], d["small"])
+            census = self.late_heads["census"](tokens)  # [B, N, shapes]
+            label = d["labels"]["census"]
+            want = np.eye(census.shape[-1] + 1, dtype=np.float32)[label][..., 1:]
+            # per small shape; predicting zeros everywhere costs 1
+            l_census = ((census - paddle.to_tensor(want)) ** 2).sum() / max(1, int((label > 0).sum()))
+            aux = aux + l_census
+            got = census.numpy()
+            on = label > 0
+            parts["census"] = float(l_census)
+            # the image's census sum, rounded, against the true histogram: what a count reads
+            parts["tok_census"] = float((np.rint(got.sum(1)) == want.sum(1)).mean()) if on.any() else float("nan")
         if "coord" in self.late_heads:
             grid = r.image_size // r.patch_size
             cells = np.arange(n)
@@ -419,6 +433,13 @@ class DemoTrainer:
                 layer.self_attn.keep_probs, layer.self_attn.probs = False, None
             if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
                 reading = attention_target_loss(probs, paddle.to_tensor(d["asked_at"]))
+            if i == 0 and d["binding"] is not None:
+                at = self.late_heads["binding"](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
+                l_bind = paddle.add_n([soft_label_loss(at[k], paddle.to_tensor(v)) for k, v in d["binding"].items()])
+                aux = aux + r.binding_weight * l_bind
+                parts["bind"] = float(l_bind)
+                # scored before the update: is the second object's colour told apart from the first's
+                parts["bind_colour_b"] = _label_accuracy(at["colour_b"], d["binding"]["colour_b"])
             if r.grounding_weight > 0 and i >= 1:
                 grounding.append(attention_target_loss(probs, target, share, sink, uniform))
             if r.query_label_weight > 0 and i >= 1:
