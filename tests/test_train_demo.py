@@ -436,6 +436,11 @@ def test_reply_probe_of_the_shipped_model_finds_the_asked_colour():
     assert min(got["word"]["target_mass"][1]) > 0.8
     assert got["colour"]["probe_after_layer"][-1] >= 80.0, got["colour"]
     assert got["colour"]["probe_after_layer"][0] <= 40.0, got["colour"]  # before any layer: the question only
+    # a spatial question's two objects apart: together they are (about) what the asked mass counts
+    sp = got["spatial"]
+    both = np.array(sp["first_object_mass"]) + np.array(sp["second_object_mass"])
+    np.testing.assert_allclose(both, np.array(sp["target_mass"]), atol=2e-3)
+    assert min(both[1]) > 0.3
 
 
 def test_many_label_counts_the_scenes_small_shapes_of_each_patchs_shape():
