@@ -537,8 +537,10 @@ def test_attention_target_loss_asks_an_even_spread_of_uniform_rows():
 def test_binding_labels_and_object_word_targets_bind_each_named_word_to_its_object(tmp_path):
     """binding_labels: the colour and shape the question names for its first object (a) and, in a spatial
     question, its second (b), 0 where none is named; question_targets with object_words gives each head
-    group of a spatial question exactly its object's colour and shape tokens."""
+    group of a spatial question exactly its object's colour and shape tokens and the relation word; a count
+    question's plural names its shape; the relation is named in spatial questions only."""
     from paddle_rc.synth import SHAPES
+    from paddle_rc.synth.vocab import RELATIONS
     from paddle_rc.train import batches as bt
 
     items, tok, ids, mask, labels, marks = _marked_splice(tmp_path, 40)
@@ -554,15 +556,22 @@ def test_binding_labels_and_object_word_targets_bind_each_named_word_to_its_obje
             ca, sa = (it.objects[it.target[0]].colour, it.objects[it.target[0]].shape)
             cb, sb = (it.objects[it.target[1]].colour, it.objects[it.target[1]].shape)
             assert a == (ca, sa) and second == (colours.index(cb) + 1, SHAPES.index(sb) + 1), (b, it.question)
-            words = [tok.decode(marks[b, asked[b, g] > 0].tolist()).split() for g in (0, 1)]
-            assert words == [[ca, sa], [cb, sb]], (b, words)
+            rel = next(w for w in it.question.split() if w in RELATIONS)
+            assert RELATIONS[got["relation"][b].argmax() - 1] == rel
+            # each run of adjacent marked positions decodes to one word (a word may span several tokens)
+            runs = [np.split(np.nonzero(asked[b, g] > 0)[0], np.nonzero(np.diff(np.nonzero(asked[b, g] > 0)[0]) > 1)[0] + 1)
+                    for g in (0, 1)]
+            words = [" ".join(tok.decode(marks[b, r].tolist()) for r in rs).split() for rs in runs]
+            assert words == [[ca, sa, rel], [rel, cb, sb]], (b, words)
         else:
-            assert second == (0, 0)
+            assert second == (0, 0) and got["relation"][b].argmax() == 0
+            if it.qtype == "count":
+                assert a == (None, it.question.split()[3][:-1])
             if it.qtype == "colour":
                 assert a == (None, it.question.split()[-1].rstrip("?"))
             if it.qtype == "exist":
                 assert a == tuple(it.question.split()[-2:])[0:1] + (it.question.split()[-1].rstrip("?"),)
         seen.add(it.qtype)
-    assert {"spatial", "colour", "exist"} <= seen
+    assert {"spatial", "colour", "exist", "count"} <= seen
     for k in bt.BINDING_KINDS:
         np.testing.assert_array_equal(got[k].sum(1), 1.0)

@@ -210,8 +210,9 @@ def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, 
     grounding loss stalled at the mass of all small objects). A question that names two small objects
     (spatial) gives head group 0 the words before the second "small" and group 1 the rest, so that later
     layers can look for each object with its own heads; with object_words each group gets only its object's
-    colour and shape words (what its heads must look for), not the words around them."""
-    from paddle_rc.synth import COLOURS, SHAPES
+    colour and shape words (what its heads must look for) and the relation word (what the comparison of the
+    two places answers), not the words around them."""
+    from paddle_rc.synth.vocab import COLOURS, RELATIONS, SHAPES
 
     named = set(COLOURS) | set(SHAPES)
     length, _, start = _spliced_starts(ids, mask, n_visual, image_token_index)
@@ -230,23 +231,39 @@ def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, 
             for g in range(groups):
                 span = np.arange(small[1]) if g < groups // 2 else np.arange(small[1], len(words))
                 if object_words:
-                    span = np.array([j for j in span if words[j].rstrip("?") in named], np.int64)
+                    span = np.array([j for j in span if words[j].rstrip("?") in named]
+                                    + _word_tokens(llm_tok, real[at + 1:at + 1 + len(words)], RELATIONS), np.int64)
                 out[b, g, pos[span]] = 1.0
         else:
             out[b, :, pos] = 1.0
     return out
 
 
-BINDING_KINDS = ("colour_a", "shape_a", "colour_b", "shape_b")
+def _word_tokens(llm_tok, ids, wanted) -> list:
+    """Indices of the tokens of `ids` that belong to a whole word in `wanted` (a word may span tokens)."""
+    out = []
+    for j in range(len(ids)):
+        text = llm_tok.decode([int(i) for i in ids[:j + 1]])
+        if text.split() and text.split()[-1] and not text.endswith(" "):
+            # the word this token ends in, read in full from the rest of the question
+            k = len(text.split()) - 1
+            if llm_tok.decode([int(i) for i in ids]).split()[k].rstrip("?") in wanted:
+                out.append(j)
+    return out
+
+
+BINDING_KINDS = ("colour_a", "shape_a", "colour_b", "shape_b", "relation")
 
 
 def binding_labels(items) -> dict:
     """[B, C] one-hot per kind of BINDING_KINDS: the colour and shape words the question names for its
-    first object (a) and its second (b: spatial questions only), class 0 where it names none; what the
-    reply position should hold after decoder layer 0, each word bound to its object."""
-    from paddle_rc.synth import SHAPES
+    first object (a) and its second (b: spatial questions only), and its relation word (spatial only),
+    class 0 where it names none; what the reply position should hold after decoder layer 0, each word
+    bound to its object. A plural ("circles", in count questions) names its shape."""
+    from paddle_rc.synth.vocab import PLURALS, RELATIONS, SHAPES
 
     colours = colour_classes()
+    shape_of = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
     sizes = query_label_sizes()
     out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in BINDING_KINDS}
     for b, it in enumerate(items):
@@ -255,9 +272,11 @@ def binding_labels(items) -> dict:
         parts = (words[:small[1]], words[small[1]:]) if len(small) == 2 else (words, [])
         for tag, part in zip("ab", parts):
             c = next((colours.index(w) + 1 for w in part if w in colours), 0)
-            sh = next((SHAPES.index(w) + 1 for w in part if w in SHAPES), 0)
+            sh = next((SHAPES.index(shape_of[w]) + 1 for w in part if w in shape_of), 0)
             out["colour_" + tag][b, c] = 1.0
             out["shape_" + tag][b, sh] = 1.0
+        rel = next((RELATIONS.index(w) + 1 for w in words if w in RELATIONS), 0)
+        out["relation"][b, rel] = 1.0
     return out
 
 
@@ -266,11 +285,11 @@ def query_label_sizes() -> dict:
     (count questions) and, for a spatial question, whether its first object lies left of / above its second
     (by centre; 0 yes, 1 no)."""
     sizes = label_sizes(1)
-    from paddle_rc.synth import SHAPES
+    from paddle_rc.synth.vocab import RELATIONS, SHAPES
 
     return {"colour": sizes["colour"], "shape": sizes["shape"], "word": sizes["word"], "count": MAX_COUNT + 1,
             "xrel": 2, "yrel": 2, "many": MANY_CLASSES, "colour_a": sizes["colour"], "colour_b": sizes["colour"],
-            "shape_a": len(SHAPES) + 1, "shape_b": len(SHAPES) + 1}
+            "shape_a": len(SHAPES) + 1, "shape_b": len(SHAPES) + 1, "relation": len(RELATIONS) + 1}
 
 
 def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> dict:
