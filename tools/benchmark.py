@@ -160,7 +160,8 @@ def _add_seven_b_parser(sub):
                                        "~27 GB disk while the checkpoints are written (~12 GB after)")
     s.add_argument("--quant", default="int8,int4-g128", help="quantization presets, comma-separated")
     s.add_argument("--methods", default="none,rc")
-    s.add_argument("--max-new-tokens", type=int, default=4)
+    s.add_argument("--max-new-tokens", type=int, default=8,
+                   help="tokens generated per case; decode per token is the mean over all but the first")
     s.add_argument("--workdir", help="where the checkpoints are written (default: the temp folder); removed after")
     s.add_argument("--keep", action="store_true", help="keep the checkpoints")
     s.add_argument("--checkpoints", metavar="DIR",

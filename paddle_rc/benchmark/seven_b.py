@@ -255,7 +255,7 @@ def _deploy_case(result, preset, model_dir, out, image, max_new_tokens, threads,
 
 
 def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("none", "rc"),
-                max_new_tokens: int = 4, threads=None, keep: bool = False,
+                max_new_tokens: int = 8, threads=None, keep: bool = False,
                 progress: Callable = lambda m: None, make_config: Callable = seven_b_config,
                 deploy: bool = False, checkpoints: Optional[str] = None, deploy_presets=None) -> dict:
     """With `deploy`, each quantized checkpoint (or those in `deploy_presets`) is also exported

@@ -94,12 +94,13 @@ class Recipe:
     # state (a left-of answer is its sign).
     coord_weight: float = 0.0
     # binding_weight > 0: linear heads on the reply position's state after decoder layer 0 ask which colour
-    # and shape the question names for its first object and which for its second, and (with head_groups=2)
-    # each head group's question reading in layer 0 marks only its object's colour and shape words. With
-    # head_groups=2 alone every head of layers 1-2 put ~0.25 of its attention on each of a spatial
-    # question's two objects: the groups' queries did not tell the two objects apart. With it they do (0.71-0.89
-    # on their own object, 0.03-0.10 on the other) but spatial answers stayed at 44%: the reply heads learnt
-    # above/below (94%), not left/right (56%).
+    # and shape the question names for its first object and which for its second, and its relation word,
+    # and (with head_groups=2) each head group's question reading in layer 0 marks only its object's colour
+    # and shape words and the relation word. With head_groups=2 alone every head of layers 1-2 put ~0.25 of
+    # its attention on each of a spatial question's two objects: the groups' queries did not tell the two
+    # objects apart. With it they do (0.71-0.89 on their own object, 0.03-0.10 on the other). The first
+    # version left the relation word unread (spatial 44%); reading it (with coord_weight=5) gave spatial 50%,
+    # held-out 73.3 (docs/results/train-relation-binding.json): necessary, not sufficient.
     binding_weight: float = 0.0
     warmup: int = 100
     checkpoint_every: int = 100
