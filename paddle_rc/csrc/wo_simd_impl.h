@@ -22,7 +22,12 @@ namespace {
 template <class V, int MR, int BITS, bool GROUPED>
 inline void stream_rows(const Problem& p, int64_t m, int64_t n0, int64_t n1) {
   using R = typename V::reg;
-  constexpr int U = 2;                            // vectors per column step
+  // Independent accumulator chains: an FMA waits ~4 cycles for its accumulator, so with one row of x
+  // (decode) and 2 vectors per column step the kernel was latency-bound (int4 AVX2: 32 weights per 4
+  // cycles). One row takes 4 vectors per step and two accumulator sets (int8: even / odd weight rows;
+  // int4: low / high nibbles), two rows take 2 vectors and two sets; 3-4 rows have enough chains.
+  constexpr int U = MR == 1 ? 4 : 2;              // vectors per column step
+  constexpr int S = MR <= 2 ? 2 : 1;              // accumulator sets
   constexpr int64_t SPAN = BITS == 8 ? 16 : 32;   // weight rows per block: 16 byte rows
   const int64_t K = p.K, N = p.N;
   const int64_t nv = n0 + (n1 - n0) / (U * V::W) * (U * V::W);
@@ -37,44 +42,58 @@ inline void stream_rows(const Problem& p, int64_t m, int64_t n0, int64_t n1) {
     const float* s = GROUPED ? p.scale + (k0 / p.group) * N : nullptr;
     const float* x = p.x + m * K;
     for (int64_t n = n0; n < nv; n += U * V::W) {
-      R part[MR][U];
-      for (int r = 0; r < MR; ++r)
-        for (int u = 0; u < U; ++u) part[r][u] = V::zero();
+      R part[S][MR][U];
+      for (int a = 0; a < S; ++a)
+        for (int r = 0; r < MR; ++r)
+          for (int u = 0; u < U; ++u) part[a][r][u] = V::zero();
       if (BITS == 8) {
         const int8_t* w = p.q + k0 * N + n;
-        for (int64_t k = k0; k < k1; ++k, w += N) {
+        int64_t k = k0;
+        if (S == 2) {
+          for (; k + 1 < k1; k += 2, w += 2 * N) {
+            for (int u = 0; u < U; ++u) {
+              const R w0 = V::load_q8(w + u * V::W), w1 = V::load_q8(w + N + u * V::W);
+              for (int r = 0; r < MR; ++r) {
+                part[0][r][u] = V::fmadd(V::set1(x[r * K + k]), w0, part[0][r][u]);
+                part[S - 1][r][u] = V::fmadd(V::set1(x[r * K + k + 1]), w1, part[S - 1][r][u]);
+              }
+            }
+          }
+        }
+        for (; k < k1; ++k, w += N) {
           R wv[U];
           for (int u = 0; u < U; ++u) wv[u] = V::load_q8(w + u * V::W);
           for (int r = 0; r < MR; ++r) {
             const R xb = V::set1(x[r * K + k]);
-            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xb, wv[u], part[r][u]);
+            for (int u = 0; u < U; ++u) part[0][r][u] = V::fmadd(xb, wv[u], part[0][r][u]);
           }
         }
       } else {
         const int8_t* w = p.q + (k0 >> 1) * N + n;
         int64_t k = k0;
         for (; k + 1 < k1; k += 2, w += N) {
-          R lo[U], hi[U];
-          for (int u = 0; u < U; ++u) V::load_q4(w + u * V::W, &lo[u], &hi[u]);
-          for (int r = 0; r < MR; ++r) {
-            const R xe = V::set1(x[r * K + k]), xo = V::set1(x[r * K + k + 1]);
-            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xo, hi[u], V::fmadd(xe, lo[u], part[r][u]));
+          for (int u = 0; u < U; ++u) {
+            R lo, hi;
+            V::load_q4(w + u * V::W, &lo, &hi);
+            for (int r = 0; r < MR; ++r) {
+              part[0][r][u] = V::fmadd(V::set1(x[r * K + k]), lo, part[0][r][u]);
+              part[S - 1][r][u] = V::fmadd(V::set1(x[r * K + k + 1]), hi, part[S - 1][r][u]);
+            }
           }
         }
         if (k < k1) {  // odd K: the last byte's high nibble is padding
-          R lo[U], hi[U];
-          for (int u = 0; u < U; ++u) V::load_q4(w + u * V::W, &lo[u], &hi[u]);
-          for (int r = 0; r < MR; ++r) {
-            const R xe = V::set1(x[r * K + k]);
-            for (int u = 0; u < U; ++u) part[r][u] = V::fmadd(xe, lo[u], part[r][u]);
+          for (int u = 0; u < U; ++u) {
+            R lo, hi;
+            V::load_q4(w + u * V::W, &lo, &hi);
+            for (int r = 0; r < MR; ++r) part[0][r][u] = V::fmadd(V::set1(x[r * K + k]), lo, part[0][r][u]);
           }
         }
       }
       for (int r = 0; r < MR; ++r)
         for (int u = 0; u < U; ++u) {
+          const R sum = S == 2 ? V::add(part[0][r][u], part[S - 1][r][u]) : part[0][r][u];
           float* y = p.y + (m + r) * N + n + u * V::W;
-          V::store(y, GROUPED ? V::fmadd(part[r][u], V::loadf(s + n + u * V::W), V::loadf(y))
-                              : V::add(part[r][u], V::loadf(y)));
+          V::store(y, GROUPED ? V::fmadd(sum, V::loadf(s + n + u * V::W), V::loadf(y)) : V::add(sum, V::loadf(y)));
         }
     }
     for (int r = 0; r < MR; ++r)  // columns left over from the vector steps
