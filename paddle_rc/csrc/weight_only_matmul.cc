@@ -97,12 +97,21 @@ int64_t env_int(const char* name, int64_t fallback) {
 // at 32 rows 45.8 against 32.2). The streaming kernel converts each weight once per 4 rows, the sgemm
 // path once per call. PADDLE_RC_WO_GEMM_ROWS overrides it (the tests run both paths on the same shapes).
 int64_t gemm_rows() { return env_int("PADDLE_RC_WO_GEMM_ROWS", 16); }
-// A thread's float block: K_BLOCK x PANEL = 128 x 512 floats = 256 KB, within any core's L2. Wide and
-// short rather than 1024 x 64: dequantizing reads 512 contiguous bytes per weight row instead of 64 from
-// a new page per row (4096 x 11008 int8 from memory, 2 threads, Intel Xeon: 636 rows 241-257 ms against
-// 277-309 with 1024 x 64, float32 237; 127 rows 46-68 against 80-82; docs/weight-only-kernel.md).
-int64_t panel_cols() { return std::max<int64_t>(1, env_int("PADDLE_RC_WO_PANEL", 512)); }
-int64_t k_block() { return std::max<int64_t>(64, env_int("PADDLE_RC_WO_KBLOCK", 128) / 64 * 64); }
+// A thread's float block: K_BLOCK x PANEL floats = 256 KB, within any core's L2. Its shape depends on the
+// vendor. Intel: 128 x 512, wide and short, so dequantizing reads 512 contiguous bytes per weight row
+// instead of 64 from a new page per row (4096 x 11008 int8 from memory, 2 threads, Intel Xeon: 636 rows
+// 241-257 ms against 277-309 with 1024 x 64, float32 237; 127 rows 46-68 against 80-82). AMD Zen 4:
+// 1024 x 64, measured faster at rc-sized prompts there (same weight, 130 rows, six interleaved
+// rounds: int8 60.6-62.6 ms against 62.9-65.5, int4 59.1-60.3 against 59.8-63.1, float32 61.0-62.8;
+// 636 rows equal). docs/weight-only-kernel.md.
+bool amd_cpu() {
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
+}
+int64_t panel_cols() { return std::max<int64_t>(1, env_int("PADDLE_RC_WO_PANEL", amd_cpu() ? 64 : 512)); }
+int64_t k_block() {
+  return std::max<int64_t>(64, env_int("PADDLE_RC_WO_KBLOCK", amd_cpu() ? 1024 : 128) / 64 * 64);
+}
 
 // Each thread one contiguous range of columns (whole cache lines of int8), swept by the streaming kernel.
 void run_stream(const Problem& p) {
