@@ -256,7 +256,8 @@ class Encoded:
 
     def item(self, b: int) -> dict:
         return {"prompt": self.prompts[b], "question": self.questions[b], "method": self.method,
-                "budget": self.budget, "visual_tokens_before": int(self.visual.before),
+                "budget": self.budget, "prompt_tokens": self.prompt_tokens(b),
+                "visual_tokens_before": int(self.visual.before),
                 "visual_tokens": self.visual_tokens(b), "stage_counts": _stage_counts(self.visual, b)}
 
     def visual_tokens(self, b: int) -> int:

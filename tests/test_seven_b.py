@@ -2,6 +2,8 @@
 processes -> table, and nothing left behind."""
 import os
 
+import pytest
+
 from paddle_rc.benchmark.seven_b import (format_seven_b_table, prepare_checkpoints, run_seven_b, seven_b_config,
                                          write_random_checkpoint)
 
@@ -46,10 +48,16 @@ def test_pipeline_end_to_end(tmp_path):
         assert c["new_tokens"] == 3 and c["decode_s_per_token"] > 0 and c["peak_rss_gb"] > 0.1
         assert c["visual_tokens"] == (576 if c["method"] == "none" else c["visual_tokens"])
     assert res["cases"][1]["visual_tokens"] < 576
+    # the text part of the prompt is the same for both methods
+    assert [c["prompt_tokens"] - c["visual_tokens"] for c in res["cases"]] == [res["cases"][0]["prompt_tokens"] - 576] * 3
+    # the float32 GEMM reference is timed at the none prefill's tokens, for the toy model's 2 layers
+    bound = res["gemm_bound"]
+    assert bound["rows"] == res["cases"][0]["prompt_tokens"] and bound["prefill_s"] == pytest.approx(2 * bound["layer_s"])
     assert res["quant_bytes"]["int4-g128"] < res["fp16_bytes"]
     table = format_seven_b_table(res)
     assert "| int4-g128 | rc | dynamic |" in table and "| int4-g128 | rc | deployed |" in table
     assert "rc prefill speed-up" in table and "int4-g128 export (rc)" in table
+    assert "int4-g128: none prefill" in table and "the GEMM-bound time" in table
 
 
 def test_prepared_checkpoints_are_reused(tmp_path):

@@ -152,6 +152,7 @@ def make_record(out, image_path, question, predictor, vis_path):
         "positions": predictor.compression.positions,
         "visual_tokens_before": out["visual_tokens_before"],
         "visual_tokens_after": out["visual_tokens"],
+        "prompt_tokens": out["prompt_tokens"],
         "stage_counts": out["stage_counts"],
         "timings": {k: round(v, 4) if isinstance(v, float) else v for k, v in out["timings"].items()},
         "image": image_path,

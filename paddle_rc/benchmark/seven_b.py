@@ -230,9 +230,42 @@ def infer_case(model_dir: str, image: str, method: str, max_new_tokens: int, thr
     t = result["timings"]
     steps = max(int(t["new_tokens"]) - 1, 0)  # the first token comes from the prefill
     return {"method": method, "visual_tokens": result["visual_tokens_after"],
-            "vision_s": t["vision"], "prefill_s": t["prefill"],
+            "prompt_tokens": result["prompt_tokens"], "vision_s": t["vision"], "prefill_s": t["prefill"],
             "decode_s_per_token": t["decode"] / steps if steps else None, "new_tokens": t["new_tokens"],
             "peak_rss_gb": rss, "wall_s": time.perf_counter() - t0, "deployed": deployed}
+
+
+def time_llm_gemms(rows: int, hidden: int, intermediate: int, layers: int, repeats: int = 3) -> dict:
+    """The float32 GEMM-bound time of a prefill of `rows` tokens: Paddle's float32 matmul on one decoder
+    layer's seven projections (q, k, v, o: hidden x hidden; gate, up: hidden x intermediate; down:
+    intermediate x hidden; distinct random weights, so each comes from memory as a model's do), best of
+    `repeats`, times `layers`. What a weight-only prefill is held to (dequantizing costs at least this)."""
+    import paddle
+
+    rng = np.random.default_rng(0)
+    shapes = [(hidden, hidden)] * 4 + [(hidden, intermediate)] * 2 + [(intermediate, hidden)]
+    weights = [paddle.to_tensor(rng.standard_normal(s, dtype=np.float32) * 0.02) for s in shapes]
+    xs = {k: paddle.to_tensor(rng.standard_normal((rows, k), dtype=np.float32)) for k in {s[0] for s in shapes}}
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first pass warms MKL up
+        t = time.perf_counter()
+        for w in weights:
+            paddle.matmul(xs[w.shape[0]], w)
+        best = min(best, time.perf_counter() - t)
+    return {"rows": rows, "layer_s": best, "prefill_s": best * layers}
+
+
+def _gemm_case(model_dir: str, rows: int, threads=None) -> dict:
+    """time_llm_gemms for the checkpoint's LLM in a fresh process, at the threads the cases ran with."""
+    with open(os.path.join(model_dir, "config.json")) as f:
+        llm = json.load(f)["llm"]
+    code = ("import json, sys, paddle_rc.runtime as rt; rt.configure(int(sys.argv[1]) or None); "
+            "from paddle_rc.benchmark.seven_b import time_llm_gemms; "
+            "print(json.dumps(time_llm_gemms(*map(int, sys.argv[2:]))))")
+    out = subprocess.run([sys.executable, "-c", code, str(threads or 0), str(rows), str(llm["hidden_size"]),
+                          str(llm["intermediate_size"]), str(llm["num_hidden_layers"])],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def _deploy_case(result, preset, model_dir, out, image, max_new_tokens, threads, progress):
@@ -282,6 +315,11 @@ def run_seven_b(workdir: Optional[str] = None, presets=QUANT_PRESETS, methods=("
                 case["weights"] = preset
                 result["cases"].append(case)
                 progress("  " + json.dumps(case))
+            if "none" in methods and "gemm_bound" not in result:
+                rows = next(c["prompt_tokens"] for c in result["cases"] if c["method"] == "none")
+                progress(f"float32 GEMM-bound time of a {rows}-token prefill")
+                result["gemm_bound"] = _gemm_case(quantized[preset], rows, threads)
+                progress("  " + json.dumps(result["gemm_bound"]))
             if deploy and (deploy_presets is None or preset in deploy_presets):
                 try:
                     _deploy_case(result, preset, quantized[preset], os.path.join(base, f"deploy-{preset}"),
@@ -310,6 +348,13 @@ def format_seven_b_table(result: dict) -> str:
     for w in dict.fromkeys(c["weights"] for c in result["cases"]):
         if (w, "none") in by and (w, "rc") in by:
             notes.append(f"{w}: rc prefill speed-up {by[(w, 'none')]['prefill_s'] / by[(w, 'rc')]['prefill_s']:.2f}x")
+    bound = result.get("gemm_bound")
+    if bound:
+        notes.append(f"float32 GEMM-bound prefill of {bound['rows']} tokens: {bound['prefill_s']:.1f} s")
+        for w in dict.fromkeys(c["weights"] for c in result["cases"]):
+            if (w, "none") in by:
+                notes.append(f"{w}: none prefill {by[(w, 'none')]['prefill_s'] / bound['prefill_s']:.2f}x "
+                             "the GEMM-bound time")
     sizes = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in result.get("quant_bytes", {}).items())
     if result.get("fp16_bytes"):
         sizes = f"float16 {result['fp16_bytes'] / 1e9:.2f} GB, " + sizes

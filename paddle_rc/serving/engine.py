@@ -206,7 +206,7 @@ class Engine:
                          "shorten the text, lower max_tokens or compress harder", param="messages",
                     code="context_length_exceeded"))
                 continue
-            info = dict(enc.item(b), prompt_tokens=n_prompt,
+            info = dict(enc.item(b),
                         timings={"queue": job.admitted - job.submitted, **enc.timings}, admitted_with=len(group))
             if job.request.return_picture:
                 t_pic = time.perf_counter()
