@@ -388,6 +388,51 @@ def test_runner_keeps_no_program_output_across_runs(model, llm_dir):
         np.testing.assert_array_equal(f, u)
 
 
+def test_run_step_writes_the_cache_in_place_like_appending(model, llm_dir, monkeypatch):
+    """The runner's cache: the step's keys/values written into a buffer with room, the program
+    attending over the whole buffer (room masked). Every step, across two regrowths of the room,
+    gives append_step's logits and cache; a step from a cache that was already appended to copies
+    it instead of overwriting what the later cache holds."""
+    from paddle_rc.export.runner import Graph, RunnerOptions, run_step
+    from paddle_rc.models import llama
+
+    monkeypatch.setattr(llama, "CACHE_ROOM", 2)
+    graph = Graph(llm_dir, "llm", {"inputs": exporter._spec_json(exporter._llm_inputs(model.config)),
+                                   "outputs": exporter.output_names("none")["llm"]}, RunnerOptions(threads=1))
+    rng = np.random.default_rng(3)
+    mask = paddle.to_tensor(np.array([[0, 0] + [1] * 5, [1] * 7], np.int64))
+    mask = paddle.concat([paddle.zeros([2, 1], "int64"), mask], axis=1)  # the masked slot in front
+    pos = llama.positions_from_mask(mask[:, 1:])
+    slot = paddle.zeros([2, 2, 2, 1, 16])
+    e = paddle.to_tensor(rng.standard_normal((2, 7, 64)).astype(np.float32))
+    got = run_step(graph, e, mask, pos, slot, slot)
+    want = append_step(graph(e, mask, pos, slot, slot), slot, slot)
+
+    def same(g, w):
+        assert g[1].shape == w[1].shape
+        for a, b in zip(g, w):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+    same(got, want)
+    history = []
+    for _ in range(5):  # room 2: the buffer is regrown twice
+        history.append((got, want, mask, pos))
+        t = paddle.to_tensor(rng.standard_normal((2, 1, 64)).astype(np.float32))
+        mask = paddle.concat([mask, paddle.ones([2, 1], "int64")], axis=1)
+        pos = pos[:, -1:] + 1
+        got = run_step(graph, t, mask, pos, got[1], got[2])
+        want = append_step(graph(t, mask, pos, want[1], want[2]), want[1], want[2])
+        same(got, want)
+    latest = [x.numpy().copy() for x in got[1:]]
+    old_got, old_want, m, p = history[3]  # appended to already: a second step from it must copy
+    t = paddle.to_tensor(rng.standard_normal((2, 1, 64)).astype(np.float32))
+    m, p = paddle.concat([m, paddle.ones([2, 1], "int64")], axis=1), p[:, -1:] + 1
+    same(run_step(graph, t, m, p, old_got[1], old_got[2]),
+         append_step(graph(t, m, p, old_want[1], old_want[2]), old_want[1], old_want[2]))
+    for a, b in zip(got[1:], latest):
+        np.testing.assert_array_equal(a.numpy(), b)
+
+
 def _mkl_threads() -> int:
     import ctypes
 

@@ -77,7 +77,7 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
                          decode_steps: int = 16, repeats: int = 5, warmup: int = 2, threads=None,
                          onednn: bool = False, seed: int = 0) -> dict:
     from paddle_rc.export import exporter
-    from paddle_rc.export.runner import Graph, RunnerOptions, append_step
+    from paddle_rc.export.runner import Graph, RunnerOptions, run_step
     from paddle_rc.models.llama import positions_from_mask
 
     model = build_model(preset, seed)
@@ -135,12 +135,12 @@ def run_deploy_benchmark(preset: str = "tiny", method: str = "rc", budget=None, 
             slot_mask = paddle.concat([paddle.zeros([1, 1], "int64"), mask], axis=1)
 
             def exp_decode(tok, m, p, k, v):
-                return append_step(graphs["llm"](model.language_model.embed_tokens(tok), m, p, k, v), k, v)
+                return run_step(graphs["llm"], model.language_model.embed_tokens(tok), m, p, k, v)
 
             cases = {
                 "vision": (dyn_vision, exp_vision),
                 "prefill": (lambda: model.prefill(x, mask, pos)[0].numpy(),
-                            lambda: append_step(graphs["llm"](x, slot_mask, pos, slot, slot), slot, slot)[0].numpy()),
+                            lambda: run_step(graphs["llm"], x, slot_mask, pos, slot, slot)[0].numpy()),
                 "decode": (decode_loop(model.decode), decode_loop(exp_decode)),
             }
             times = {name: ([], []) for name in cases}

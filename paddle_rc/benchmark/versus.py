@@ -154,7 +154,7 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
     defaults are LLaVA-1.5-7B's; the tests pass tiny ones)."""
     from paddle_rc.compression import compress
     from paddle_rc.export import exporter
-    from paddle_rc.export.runner import Graph, RunnerOptions, append_step
+    from paddle_rc.export.runner import Graph, RunnerOptions, run_step
     from paddle_rc.models.llama import positions_from_mask
 
     say = progress or (lambda msg: None)
@@ -258,11 +258,10 @@ def run_versus(*, repeats: int = 5, llm_layers: int = 4, export_layers: int = 2,
                 with paddle.no_grad():
                     _, k0, v0 = model.prefill(x, mask, pos)
                     cases = {"dynamic prefill": lambda: model.prefill(x, mask, pos)[0].numpy(),
-                             "exported prefill": lambda: append_step(llm_g(x, slot_mask, pos, slot, slot),
-                                                                     slot, slot)[0].numpy(),
+                             "exported prefill": lambda: run_step(llm_g, x, slot_mask, pos, slot, slot)[0].numpy(),
                              "dynamic decode, per token": decode_loop(model.decode),
                              "exported decode, per token": decode_loop(
-                                 lambda ids, m, p, k, v: append_step(llm_g(embed(ids), m, p, k, v), k, v))}
+                                 lambda ids, m, p, k, v: run_step(llm_g, embed(ids), m, p, k, v))}
                     per = {"dynamic decode, per token": decode_steps, "exported decode, per token": decode_steps}
                     runner.run("export", cases, {}, per)
                 del llm_g

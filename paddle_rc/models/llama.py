@@ -190,7 +190,7 @@ class LlamaModel(nn.Layer):
         n = len(self.layers)
         past_len = 0 if past_k is None else int(past_k.shape[3])
         length = past_len + int(x.shape[1])
-        room = _appendable(past_k, length) and _appendable(past_v, length)
+        room = appendable(past_k, length) and appendable(past_v, length)
         full_k = full_v = None
         if room:
             # The layers attend over the past's whole buffers (written in place, never copied), room
@@ -198,7 +198,7 @@ class LlamaModel(nn.Layer):
             # and Paddle copied a layer's slice of it whole for every op reading it (shape, both
             # matmuls: 4.5 ms per 7B-width layer and token at 636 tokens, the cost of the attention
             # 30 times over). The room holds zeros and the bias masks it.
-            full_k, full_v = _whole_buffer(past_k), _whole_buffer(past_v)
+            full_k, full_v = whole_buffer(past_k), whole_buffer(past_v)
             fill = paddle.full(list(bias.shape[:3]) + [int(full_k.shape[3]) - past_len], _NEG, dtype=bias.dtype)
             bias = paddle.concat([bias[:, :, :, :past_len], fill, bias[:, :, :, past_len:]], axis=-1)
         for i, layer in enumerate(self.layers):
@@ -209,22 +209,23 @@ class LlamaModel(nn.Layer):
                 pv = past_v[i] if past_v is not None else None
             x, k, v = layer(x, cos, sin, bias, pk, pv)
             if full_k is None:
-                full_k, full_v = _new_buffer(past_k, k, n, length), _new_buffer(past_v, v, n, length)
+                full_k, full_v = new_buffer(past_k, k, n, length), new_buffer(past_v, v, n, length)
             at = (i, slice(None), slice(None), slice(past_len, length))
             write(full_k, at, k)
             write(full_v, at, v)
         for old in (past_k, past_v):
-            _forget(old)  # appended to: another decode from it must copy, not overwrite
-        return self.norm(x), _remember(full_k, length), _remember(full_v, length)
+            forget(old)  # appended to: another decode from it must copy, not overwrite
+        return self.norm(x), remember(full_k, length), remember(full_v, length)
 
 
 # Decode steps an inference cache takes in place before it is copied into a larger one
-# (at 7B, 1 MiB per token for keys and values together).
+# (at 7B, 1 MiB per token for keys and values together). The helpers below serve the dynamic model
+# and the deployed runner (paddle_rc.export.runner.run_step) alike.
 CACHE_ROOM = 64
 _capacity = {}  # id(cache view) -> (weak reference to it, tokens its buffer holds)
 
 
-def _new_buffer(past, new, n_layers: int, length: int):
+def new_buffer(past, new, n_layers: int, length: int):
     """A contiguous [L, B, kvH, length + CACHE_ROOM, d] buffer, `past` copied to its start and the
     room zeroed (decode attends over it, masked: its values must be finite)."""
     shape = [n_layers] + list(new.shape)
@@ -238,14 +239,14 @@ def _new_buffer(past, new, n_layers: int, length: int):
     return buf
 
 
-def _appendable(cache, length: int) -> bool:
+def appendable(cache, length: int) -> bool:
     if cache is None:
         return False
     entry = _capacity.get(id(cache))
     return entry is not None and entry[0]() is cache and length <= entry[1]
 
 
-def _whole_buffer(cache):
+def whole_buffer(cache):
     """The contiguous tensor over all of `cache`'s buffer (same storage). Writing through a
     slice view instead would copy the whole cache per write (Paddle makes it contiguous)."""
     shape = list(cache.shape)
@@ -253,7 +254,7 @@ def _whole_buffer(cache):
     return paddle.as_strided(cache, shape, list(cache.strides))
 
 
-def _remember(buf, length: int):
+def remember(buf, length: int):
     """The first `length` tokens of `buf` as the cache view handed out, appendable in place."""
     view = buf[:, :, :, :length]
     key = id(view)
@@ -266,8 +267,8 @@ def _remember(buf, length: int):
     return view
 
 
-def _forget(cache) -> None:
-    if cache is not None and _appendable(cache, 0):
+def forget(cache) -> None:
+    if cache is not None and appendable(cache, 0):
         del _capacity[id(cache)]
 
 
