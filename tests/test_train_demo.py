@@ -575,3 +575,42 @@ def test_binding_labels_and_object_word_targets_bind_each_named_word_to_its_obje
     assert {"spatial", "colour", "exist", "count"} <= seen
     for k in bt.BINDING_KINDS:
         np.testing.assert_array_equal(got[k].sum(1), 1.0)
+
+
+def test_type_mix_draws_the_weighted_types_from_the_same_stream():
+    """recipe type_mix: stage 2's items come from the balanced stream, each type's k-th item in turn,
+    with the types drawn by weight; no mix gives the balanced stream itself."""
+    from paddle_rc.synth import QTYPES, make_item
+    from paddle_rc.synth.items import index_of_type
+    from paddle_rc.train import batches as bt
+
+    s = bt.stream_seed(4, "llm")
+    for t in QTYPES:
+        idx = [index_of_type(s, t, k) for k in range(12)]
+        assert len(set(idx)) == 12 and all(k * len(QTYPES) <= i < (k + 1) * len(QTYPES) for k, i in enumerate(idx))
+        assert all(make_item(s, i).qtype == t for i in idx[:3])
+    plain = bt.draw_items(4, "llm", 2, 6)
+    assert [it.id for it in bt.draw_items(4, "llm", 2, 6, {})] == [it.id for it in plain]
+    only = [bt.draw_items(4, "llm", step, 6, {t: 0 for t in QTYPES if t != "spatial"}) for step in range(3)]
+    assert {it.qtype for batch in only for it in batch} == {"spatial"}
+    ids = [it.id for batch in only for it in batch]
+    assert len(set(ids)) == len(ids)  # nothing repeats across positions and steps
+    answers = [it.answer for batch in only for it in batch]
+    assert set(answers) == {"yes", "no"}
+    # weights 3:1 between count and word, the others off: about 3/4 count over 40 items
+    mixed = [it.qtype for step in range(5) for it in bt.draw_items(4, "llm", step, 8, {
+        **{t: 0 for t in QTYPES}, "count": 3, "word": 1})]
+    assert set(mixed) == {"count", "word"} and 22 <= mixed.count("count") <= 38
+
+
+@pytest.mark.parametrize("mix, message", [
+    ("{spatial: 2, size: 1}", "unknown question type(s) size"),
+    ("{spatial: -1}", "weights must be numbers >= 0"),
+    ("{colour: 0, shape: 0, word: 0, count: 0, exist: 0, spatial: 0}", "every weight is 0"),
+    ("spatial", "must be a mapping"),
+])
+def test_train_demo_rejects_a_bad_type_mix(tmp_path, mix, message):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "train_demo.py"), "--out", str(tmp_path / "r"),
+                        "--recipe", f"type_mix={mix}"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error:") and message in r.stderr
+    assert not os.path.exists(tmp_path / "r")

@@ -58,6 +58,11 @@ def main(argv=None) -> int:
     if unknown:
         raise UserError(f"unknown recipe field(s) {', '.join(unknown)}; see paddle_rc/train/recipe.py")
     for k, v in changes.items():
+        if k == "type_mix":
+            from paddle_rc.train.batches import check_type_mix
+
+            check_type_mix(v)  # e.g. --recipe "type_mix={spatial: 2, count: 2}"
+            continue
         if isinstance(fields[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
             changes[k] = v = float(v)  # "coord_weight=1" means 1.0
         if not isinstance(v, type(fields[k].default)) or isinstance(v, bool):

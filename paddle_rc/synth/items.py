@@ -107,6 +107,14 @@ def _slot(seed: int, i: int) -> tuple:
     return qtype, answers[int(np.random.default_rng([seed, t, cycle, 1]).permutation(len(answers))[k])]
 
 
+def index_of_type(seed: int, qtype: str, k: int) -> int:
+    """The stream index of the k-th item of `qtype` (block k of _slot holds each type once), so a
+    sampler weighting the types draws items of the same stream, each type's answers still cycling."""
+    n = len(V.QTYPES)
+    order = np.random.default_rng([seed, k, 0]).permutation(n)
+    return k * n + int(np.nonzero(order == V.QTYPES.index(qtype))[0][0])
+
+
 def make_item(seed: int, i: int) -> SynthItem:
     """Item i of the stream for `seed` (independent of every other item: generate(s, n)[:k] == generate(s, k))."""
     qtype, answer = _slot(seed, i)

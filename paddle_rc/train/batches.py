@@ -8,6 +8,7 @@ sees the same data as an uninterrupted one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -30,13 +31,37 @@ def stream_seed(seed: int, stage: str) -> int:
     return 1_000_003 * (seed + 1) + STAGE_SALT[stage]
 
 
-def draw_items(seed: int, stage: str, step: int, n: int) -> list:
+def draw_items(seed: int, stage: str, step: int, n: int, mix: Optional[dict] = None) -> list:
     """Items step*n .. step*n+n-1 of the stage's stream: fresh scenes, one question each, balanced over
-    question types and answers (the generator's own balancing)."""
-    from paddle_rc.synth import make_item
+    question types and answers (the generator's own balancing). `mix` (recipe type_mix: question type ->
+    weight, 1 for a type it leaves out) draws each item's type with those weights instead; item p of the
+    batch is then the (step*n+p)-th item of its type, so no item repeats and each type's answers cycle."""
+    from paddle_rc.synth import QTYPES, make_item
+    from paddle_rc.synth.items import index_of_type
 
     s = stream_seed(seed, stage)
-    return [make_item(s, step * n + i) for i in range(n)]
+    if not mix:
+        return [make_item(s, step * n + i) for i in range(n)]
+    weights = np.array([float(mix.get(t, 1.0)) for t in QTYPES])
+    types = batch_rng(seed, stage, step).choice(len(QTYPES), size=n, p=weights / weights.sum())
+    return [make_item(s, index_of_type(s, QTYPES[t], step * n + i)) for i, t in enumerate(types)]
+
+
+def check_type_mix(mix) -> None:
+    """A recipe's type_mix: a mapping of question types to non-negative weights, not all zero."""
+    from paddle_rc.errors import UserError
+    from paddle_rc.synth import QTYPES
+
+    if not isinstance(mix, dict):
+        raise UserError(f"recipe type_mix must be a mapping of question types to weights, got {mix!r}")
+    unknown = sorted(set(mix) - set(QTYPES))
+    if unknown:
+        raise UserError(f"recipe type_mix: unknown question type(s) {', '.join(unknown)} (types: {', '.join(QTYPES)})")
+    bad = [t for t, w in mix.items() if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0]
+    if bad:
+        raise UserError(f"recipe type_mix: weights must be numbers >= 0 ({', '.join(bad)})")
+    if mix and sum(float(mix.get(t, 1.0)) for t in QTYPES) <= 0:
+        raise UserError("recipe type_mix: every weight is 0")
 
 
 @dataclass

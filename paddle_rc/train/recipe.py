@@ -102,6 +102,10 @@ class Recipe:
     # version left the relation word unread (spatial 44%); reading it (with coord_weight=5) gave spatial 50%,
     # held-out 73.3 (docs/results/train-relation-binding.json): necessary, not sufficient.
     binding_weight: float = 0.0
+    # type_mix: stage 2 draws each item's question type with these weights (a type left out: 1), e.g.
+    # {spatial: 2, count: 2, colour: 0.5}: more of the stream for the types the model has not learnt,
+    # the same scenes and balanced answers per type. Empty (the shipped recipe): the balanced stream.
+    type_mix: dict = field(default_factory=dict)
     warmup: int = 100
     checkpoint_every: int = 100
     # held-out evaluation at the end (a seed no training batch uses)

@@ -350,7 +350,7 @@ class DemoTrainer:
         from paddle_rc.train import batches as bt
 
         r, m = self.recipe, self.model
-        items = bt.draw_items(r.seed, "llm", step, r.stage2_batch)
+        items = bt.draw_items(r.seed, "llm", step, r.stage2_batch, r.type_mix)
         rng = bt.batch_rng(r.seed, "llm", 10_000_000 + step)
         pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
