@@ -10,7 +10,7 @@ from paddle_rc.synth import vocab as V
 from paddle_rc.synth import (ANSWERS, COLOURS, QTYPES, SHAPES, WORDS, all_questions, caption, generate,
                              generate_scene, iter_items, phrase, questions_for_scene, vocabulary)
 
-SEP = 8  # the separation a spatial question needs, px (restated: the test does not import the generator's)
+GAP = 8  # how far from the midline a spatial question's shape stays, px (restated, not imported)
 
 
 def small_shapes(objects):
@@ -31,37 +31,41 @@ def reference_answer(question, objects):
     if question == "What word is on the small sign?":
         (sign,) = [o for o in objects if o.kind == "sign"]
         return sign.word
-    m = re.fullmatch(r"How many small (\w+)s are there\?", question)
-    if m:
-        return str(sum(objects[i].shape == m[1] for i in small))
+    if question == "How many dots are on the small card?":
+        (card,) = [o for o in objects if o.kind == "card"]
+        return str(len(card.dots))
     m = re.fullmatch(r"Is there a small (\w+) (\w+)\?", question)
     if m:
         return "yes" if any((objects[i].colour, objects[i].shape) == (m[1], m[2]) for i in small) else "no"
-    m = re.fullmatch(r"Is the small (\w+) (\w+) (to the left of|to the right of|above|below) the small (\w+) (\w+)\?",
+    m = re.fullmatch(r"Is the small (\w+) (\w+) in the (left|top) or the (right|bottom) half of the picture\?",
                      question)
     if m:
-        (a,) = [objects[i] for i in small if (objects[i].colour, objects[i].shape) == (m[1], m[2])]
-        (b,) = [objects[i] for i in small if (objects[i].colour, objects[i].shape) == (m[4], m[5])]
-        ax = 0 if "left" in m[3] or "right" in m[3] else 1
-        a_first = a.bbox[ax + 2] + SEP <= b.bbox[ax]
-        b_first = b.bbox[ax + 2] + SEP <= a.bbox[ax]
-        assert a_first != b_first, "spatial question about objects not clearly separated"
-        return "yes" if (a_first if m[3] in ("to the left of", "above") else b_first) else "no"
+        (o,) = [objects[i] for i in small if (objects[i].colour, objects[i].shape) == (m[1], m[2])]
+        lo, hi = (o.bbox[0], o.bbox[2]) if m[3] == "left" else (o.bbox[1], o.bbox[3])
+        assert hi + GAP <= 168 or lo >= 168 + GAP, "spatial question about a shape on the midline"
+        return m[3] if hi <= 168 else m[4]
     raise AssertionError(f"unparsed question {question!r}")
 
 
 def check_layout(objects):
     large = [o for o in objects if o.size == "large"]
     signs = [o for o in objects if o.kind == "sign"]
+    cards = [o for o in objects if o.kind == "card"]
     small = [objects[i] for i in small_shapes(objects)]
-    assert 1 <= len(large) <= 2 and 3 <= len(small) <= 7 and len(signs) <= 1
+    assert 1 <= len(large) <= 2 and 3 <= len(small) <= 7 and len(signs) <= 1 and len(cards) <= 1
     assert len({(o.colour, o.shape) for o in small}) == len(small)  # every small shape nameable by colour+shape
     for o in large:
         assert o.kind == "shape" and 90 <= o.bbox[2] - o.bbox[0] <= 150
     for o in small:
         assert V.SMALL_SIDE[0] <= o.bbox[2] - o.bbox[0] <= V.SMALL_SIDE[1] and o.colour in COLOURS and o.shape in SHAPES
     for o in signs:
-        assert o.word in WORDS and o.shape is None
+        assert o.word in WORDS and o.shape is None and not o.dots
+    for o in cards:
+        assert 1 <= len(o.dots) <= 4 and o.shape is None and o.word is None
+        x0, y0, x1, y1 = o.bbox
+        for i, (cx, cy) in enumerate(o.dots):  # inside the card, clear of each other
+            assert x0 + 6 <= cx <= x1 - 6 and y0 + 6 <= cy <= y1 - 6
+            assert all((cx - dx) ** 2 + (cy - dy) ** 2 >= 12 ** 2 for dx, dy in o.dots[i + 1:])
     for o in objects:
         x0, y0, x1, y1 = o.bbox
         assert 0 <= x0 < x1 <= 336 and 0 <= y0 < y1 <= 336
@@ -97,7 +101,7 @@ def test_answers_follow_from_the_objects_and_layout_holds():
         assert it.caption == caption(type("S", (), {"objects": it.objects})())
         for i in it.target:
             assert it.objects[i].size == "small"
-        if it.qtype in ("colour", "shape", "word", "spatial") or (it.qtype == "exist" and it.answer == "yes"):
+        if it.qtype != "exist" or it.answer == "yes":
             assert it.target, it.question
 
 
@@ -108,6 +112,9 @@ def test_rendered_pixels_match_the_objects():
             x0, y0, x1, y1 = o.bbox
             if o.kind == "sign":
                 assert np.abs(img[y0 + 2, x0 + 2] - 255).max() <= 20  # the white box
+                continue
+            if o.kind == "card":
+                assert dark_blobs(img[y0 + 2:y1 - 2, x0 + 2:x1 - 2]) == len(o.dots), o
                 continue
             cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
             patch = img[cy - 1:cy + 2, cx - 1:cx + 2].reshape(-1, 3)
@@ -122,6 +129,24 @@ def test_rendered_pixels_match_the_objects():
         if all(o.bbox[0] > 6 or o.bbox[1] > 6 for o in it.objects):
             corner = img[:4, :4].reshape(-1, 3)
             assert 190 <= corner.mean() <= 220 and corner.std() > 0
+
+
+def dark_blobs(img) -> int:
+    """Connected regions of dark pixels (4-neighbours), counted with a flood fill: the dots a reader sees."""
+    dark = img.mean(-1) < 80
+    seen = np.zeros_like(dark)
+    blobs = 0
+    for y, x in zip(*np.nonzero(dark)):
+        if seen[y, x]:
+            continue
+        blobs += 1
+        stack = [(y, x)]
+        while stack:
+            a, b = stack.pop()
+            if 0 <= a < dark.shape[0] and 0 <= b < dark.shape[1] and dark[a, b] and not seen[a, b]:
+                seen[a, b] = True
+                stack += [(a + 1, b), (a - 1, b), (a, b + 1), (a, b - 1)]
+    return blobs
 
 
 def test_balance_over_types_and_answers():
@@ -171,9 +196,13 @@ def test_questions_for_scene_and_all_questions_are_valid():
 
 
 def test_phrase_and_caption():
-    scene = generate_scene(np.random.default_rng(1), large=[("circle", "red")], sign="cat")
+    scene = generate_scene(np.random.default_rng(1), large=[("circle", "red")], sign="cat", card=3)
     sign = [o for o in scene.objects if o.kind == "sign"][0]
     assert phrase(sign) == "a small sign that says cat"
+    (card,) = [o for o in scene.objects if o.kind == "card"]
+    assert phrase(card) == "a small card with 3 dots"
+    (one,) = [o for o in generate_scene(np.random.default_rng(1), card=1).objects if o.kind == "card"]
+    assert phrase(one) == "a small card with 1 dot"
     large = [o for o in scene.objects if o.size == "large"]
     assert large[0].shape == "circle" and large[0].colour == "red"
     assert phrase(large[0]) == "a large red circle"

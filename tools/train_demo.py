@@ -61,10 +61,10 @@ def main(argv=None) -> int:
         if k == "type_mix":
             from paddle_rc.train.batches import check_type_mix
 
-            check_type_mix(v)  # e.g. --recipe "type_mix={spatial: 2, count: 2}"
+            check_type_mix(v)  # e.g. --recipe "type_mix={shape: 2, exist: 2}"
             continue
         if isinstance(fields[k].default, float) and isinstance(v, int) and not isinstance(v, bool):
-            changes[k] = v = float(v)  # "coord_weight=1" means 1.0
+            changes[k] = v = float(v)  # "grounding_weight=1" means 1.0
         if not isinstance(v, type(fields[k].default)) or isinstance(v, bool):
             raise UserError(f"recipe field {k} takes a {type(fields[k].default).__name__}, got {v!r}")
     recipe = Recipe(seed=args.seed, **changes)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from paddle_rc.synth import vocab as V
-from paddle_rc.synth.questions import Question, ask, caption
+from paddle_rc.synth.questions import Question, ask, caption, side
 from paddle_rc.synth.scene import Scene, SynthObject, generate_scene
 
 
@@ -52,12 +52,8 @@ def _planned(qtype: str, answer: str, rng: np.random.Generator) -> tuple:
         scene = generate_scene(rng, sign=answer)
         return scene, ask(qtype, (), scene.objects)
     if qtype == "count":
-        shape = _pick(rng, shapes)
-        k = int(answer)
-        small = [(c, shape) for c in rng.permutation(colours)[:k]]
-        large = [(shape, None)] if adversarial else []
-        scene = generate_scene(rng, large=large, small=small, allow=lambda c, s: s != shape)
-        return scene, ask(qtype, (shape,), scene.objects)
+        scene = generate_scene(rng, card=int(answer))
+        return scene, ask(qtype, (), scene.objects)
     if qtype == "exist":
         colour, shape = _pick(rng, colours), _pick(rng, shapes)
         if answer == "yes":
@@ -73,25 +69,18 @@ def _planned(qtype: str, answer: str, rng: np.random.Generator) -> tuple:
         scene = generate_scene(rng, large=large, small=small, allow=lambda c, s: (c, s) != (colour, shape))
         return scene, ask(qtype, (colour, shape), scene.objects)
     if qtype == "spatial":
-        rel = _pick(rng, V.RELATIONS)
-        axis = 0 if rel in ("left", "right") else 1
+        axis = next(a for a, sides in V.SIDES.items() if answer in sides)
         for _ in range(20):
             scene = generate_scene(rng)
             objs = scene.objects
-            small = [i for i, o in enumerate(objs) if o.kind == "shape" and o.size == "small"]
-            # (first, second) with first clearly before second on the axis.
-            pairs = [(a, b) for a in small for b in small
-                     if objs[a].bbox[axis + 2] + V.SEPARATION <= objs[b].bbox[axis]]
-            if pairs:
+            there = [i for i, o in enumerate(objs)
+                     if o.kind == "shape" and o.size == "small" and side(o, axis) == answer]
+            if there:
                 break
         else:
-            raise RuntimeError("no separated pair in 20 scenes")
-        a, b = pairs[int(rng.integers(len(pairs)))]
-        # "left"/"above" hold for (a, b); "right"/"below" hold for (b, a). A "no" asks the reverse.
-        holds = (a, b) if rel in ("left", "above") else (b, a)
-        x, y = holds if answer == "yes" else holds[::-1]
-        params = (rel, (objs[x].colour, objs[x].shape), (objs[y].colour, objs[y].shape))
-        return scene, ask(qtype, params, objs)
+            raise RuntimeError(f"no small shape on the {answer} in 20 scenes")
+        i = there[int(rng.integers(len(there)))]
+        return scene, ask(qtype, (axis, objs[i].colour, objs[i].shape), objs)
     raise ValueError(f"unknown question type {qtype!r}")
 
 

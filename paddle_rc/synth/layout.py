@@ -6,7 +6,7 @@
     <root>/synthvqa/synthvqa_annotations.json    {generator: {name, version, seed, n}, annotations: [
                                                   {question_id, image, question, answer, qtype, target,
                                                    caption, objects: [{kind, shape, colour, size, bbox,
-                                                   word, striped}]}]}
+                                                   word, striped, dots}]}]}
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from paddle_rc.errors import UserError
 from paddle_rc.synth.items import make_item
 from paddle_rc.synth.questions import prompt
 
-GENERATOR_VERSION = "synth-v2"  # bump when the same seed would give different items
+GENERATOR_VERSION = "synth-v3"  # bump when the same seed would give different items
 BENCH_DIR = "synthvqa"
 QUESTIONS_FILE = "llava_synthvqa.jsonl"
 ANNOTATIONS_FILE = "synthvqa_annotations.json"

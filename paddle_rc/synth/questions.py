@@ -26,9 +26,11 @@ def prompt(question: str) -> str:
 
 
 def phrase(obj: SynthObject) -> str:
-    """'a small green triangle', 'a small sign that says cat', 'a large red circle'."""
+    """'a small green triangle', 'a small sign that says cat', 'a small card with 3 dots', 'a large red circle'."""
     if obj.kind == "sign":
         return f"a {obj.size} sign that says {obj.word}"
+    if obj.kind == "card":
+        return f"a {obj.size} card with {len(obj.dots)} dot{'s' if len(obj.dots) != 1 else ''}"
     return f"a {obj.size} {obj.colour} {obj.shape}"
 
 
@@ -48,9 +50,22 @@ def _unique(objects: Sequence[SynthObject], colour: Optional[str] = None, shape:
     return hits[0] if len(hits) == 1 else None
 
 
-def _before(a: SynthObject, b: SynthObject, axis: int) -> bool:
-    """a lies entirely before b on the axis (0: x, left of; 1: y, above), by at least SEPARATION px."""
-    return a.bbox[axis + 2] + V.SEPARATION <= b.bbox[axis]
+def side(obj: SynthObject, axis: str) -> Optional[str]:
+    """Which half of the picture the object lies in on the axis ('left'/'right' for x, 'top'/'bottom' for
+    y), None if it comes within MIDLINE_GAP px of the midline."""
+    lo, hi = (obj.bbox[0], obj.bbox[2]) if axis == "x" else (obj.bbox[1], obj.bbox[3])
+    mid = V.IMAGE_SIZE / 2.0
+    first, second = V.SIDES[axis]
+    if hi + V.MIDLINE_GAP <= mid:
+        return first
+    if lo >= mid + V.MIDLINE_GAP:
+        return second
+    return None
+
+
+def _one(objects: Sequence[SynthObject], kind: str) -> Optional[int]:
+    hits = [i for i, o in enumerate(objects) if o.kind == kind]
+    return hits[0] if len(hits) == 1 else None
 
 
 def ask(qtype: str, params: tuple, objects: Sequence[SynthObject]) -> Optional[Question]:
@@ -68,16 +83,15 @@ def ask(qtype: str, params: tuple, objects: Sequence[SynthObject]) -> Optional[Q
             return None
         return Question(qtype, f"What shape is the small {colour} object?", objects[i].shape, (i,))
     if qtype == "word":
-        signs = [i for i, o in enumerate(objects) if o.kind == "sign"]
-        if len(signs) != 1:
+        i = _one(objects, "sign")
+        if i is None:
             return None
-        return Question(qtype, "What word is on the small sign?", objects[signs[0]].word, (signs[0],))
+        return Question(qtype, "What word is on the small sign?", objects[i].word, (i,))
     if qtype == "count":
-        (shape,) = params
-        hits = tuple(i for i in _small_shapes(objects) if objects[i].shape == shape)
-        if len(hits) > V.MAX_COUNT:
+        i = _one(objects, "card")
+        if i is None:
             return None
-        return Question(qtype, f"How many small {V.PLURALS[shape]} are there?", str(len(hits)), hits)
+        return Question(qtype, "How many dots are on the small card?", str(len(objects[i].dots)), (i,))
     if qtype == "exist":
         colour, shape = params
         small = _small_shapes(objects)
@@ -86,17 +100,16 @@ def ask(qtype: str, params: tuple, objects: Sequence[SynthObject]) -> Optional[Q
         near = hits or tuple(i for i in small if objects[i].colour == colour or objects[i].shape == shape)
         return Question(qtype, f"Is there a small {colour} {shape}?", "yes" if hits else "no", near)
     if qtype == "spatial":
-        rel, (ca, sa), (cb, sb) = params
-        a, b = _unique(objects, ca, sa), _unique(objects, cb, sb)
-        if a is None or b is None or a == b:
+        axis, colour, shape = params
+        i = _unique(objects, colour, shape)
+        if i is None:
             return None
-        axis = 0 if rel in ("left", "right") else 1
-        oa, ob = objects[a], objects[b]
-        if not (_before(oa, ob, axis) or _before(ob, oa, axis)):
-            return None  # not clearly separated on that axis
-        holds = _before(oa, ob, axis) if rel in ("left", "above") else _before(ob, oa, axis)
-        where = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}[rel]
-        return Question(qtype, f"Is the small {ca} {sa} {where} the small {cb} {sb}?", "yes" if holds else "no", (a, b))
+        answer = side(objects[i], axis)
+        if answer is None:
+            return None  # too near the midline to tell
+        first, second = V.SIDES[axis]
+        return Question(qtype, f"Is the small {colour} {shape} in the {first} or the {second} half of the picture?",
+                        answer, (i,))
     raise ValueError(f"unknown question type {qtype!r}")
 
 
@@ -109,17 +122,13 @@ def all_questions(scene_or_objects) -> List[Question]:
     for colour in V.COLOURS:
         out.append(ask("shape", (colour,), objects))
     out.append(ask("word", (), objects))
-    for shape in V.SHAPES:
-        out.append(ask("count", (shape,), objects))
+    out.append(ask("count", (), objects))
     for colour in V.COLOURS:
         for shape in V.SHAPES:
             out.append(ask("exist", (colour, shape), objects))
-    pairs = [(objects[i].colour, objects[i].shape) for i in _small_shapes(objects)]
-    for rel in V.RELATIONS:
-        for pa in pairs:
-            for pb in pairs:
-                if pa != pb:
-                    out.append(ask("spatial", (rel, pa, pb), objects))
+    for axis in V.SIDES:
+        for i in _small_shapes(objects):
+            out.append(ask("spatial", (axis, objects[i].colour, objects[i].shape), objects))
     return [q for q in out if q is not None]
 
 
@@ -135,7 +144,7 @@ def questions_for_scene(scene: Scene, rng: np.random.Generator, per_type: int = 
         for _ in range(per_type):
             if not pool:
                 break
-            if t in ("exist", "spatial"):
+            if t == "exist":
                 want = "yes" if rng.random() < 0.5 else "no"
                 sub = [q for q in pool if q.answer == want] or pool
             else:

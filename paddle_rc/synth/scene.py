@@ -1,4 +1,4 @@
-"""Scene sampling and rendering: large salient distractors, small asked-about shapes, one small sign."""
+"""Scene sampling and rendering: large salient distractors, small asked-about shapes, a small sign and a card."""
 from __future__ import annotations
 
 import functools
@@ -15,13 +15,14 @@ BBox = Tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class SynthObject:
-    kind: str                 # 'shape' | 'sign'
-    shape: Optional[str]      # one of SHAPES, None for a sign
-    colour: str               # one of COLOURS, 'white' for a sign
+    kind: str                 # 'shape' | 'sign' | 'card'
+    shape: Optional[str]      # one of SHAPES, None for a sign or a card
+    colour: str               # one of COLOURS, 'white' for a sign or a card
     size: str                 # 'small' | 'large'
     bbox: BBox                # (x0, y0, x1, y1) pixels, half-open: x1 = x0 + width
     word: Optional[str] = None
     striped: bool = False
+    dots: Tuple[Tuple[int, int], ...] = ()   # a card's dot centres, px
 
     @property
     def centre(self) -> Tuple[float, float]:
@@ -39,7 +40,7 @@ class PlacementError(RuntimeError):
     """The requested objects did not fit after many tries (the caller resamples)."""
 
 
-# A request for one object before it has a position: (kind, shape, colour, size, side or (w, h), word, striped).
+# A request for one object before it has a position.
 @dataclass(frozen=True)
 class _Spec:
     kind: str
@@ -49,6 +50,7 @@ class _Spec:
     wh: Tuple[int, int]
     word: Optional[str] = None
     striped: bool = False
+    n_dots: int = 0
 
 
 def _free(box: BBox, placed: Sequence[BBox]) -> bool:
@@ -90,6 +92,7 @@ def generate_scene(
     small: Sequence[Tuple[str, str]] = (),
     allow: Optional[Callable[[str, str], bool]] = None,
     sign: object = None,
+    card: object = None,
     n_small: Optional[int] = None,
     max_restarts: int = 50,
 ) -> Scene:
@@ -97,9 +100,8 @@ def generate_scene(
 
     large: (shape, colour) pairs (None = random) for the first large distractors; 1-2 large in all.
     small: (colour, shape) small shapes that must be present. Fillers are drawn up to n_small (3-7) with
-    all small (colour, shape) pairs distinct, at most MAX_COUNT of one shape, and allow(colour, shape)
-    true. sign: None = a sign with a random word half the time, False = no sign, a word = that sign.
-    Deterministic given the generator's state.
+    all small (colour, shape) pairs distinct and allow(colour, shape) true. sign: None = a sign with a random word half the time, False = no sign, a word = that sign.
+    card: the same for a card of dots (an int = that many dots). Deterministic given the generator's state.
     """
     colours = list(V.COLOURS)
     for _ in range(max_restarts):
@@ -113,6 +115,12 @@ def generate_scene(
         else:
             word = sign or None
         sign_spec = [_Spec("sign", None, V.SIGN_COLOUR, "small", V.SIGN_SIZE, word=word)] if word else []
+        if card is None:
+            k = int(rng.integers(1, V.MAX_DOTS + 1)) if rng.random() < 0.5 else 0
+        else:
+            k = int(card or 0)
+        if k:
+            sign_spec.append(_Spec("card", None, V.SIGN_COLOUR, "small", V.CARD_SIZE, n_dots=k))
 
         placed: List[Tuple[_Spec, BBox]] = []
         ok = True
@@ -125,14 +133,13 @@ def generate_scene(
         if not ok:
             continue
         taken = {(c, s) for c, s in small}
-        per_shape = {s: sum(1 for _, t in small if t == s) for s in V.SHAPES}
         fillers = 0
         for _ in range(4 * (n - len(required)) + 8):
             if fillers >= n - len(required):
                 break
             c = colours[rng.integers(len(colours))]
             s = V.SHAPES[rng.integers(len(V.SHAPES))]
-            if (c, s) in taken or per_shape[s] >= V.MAX_COUNT or (allow is not None and not allow(c, s)):
+            if (c, s) in taken or (allow is not None and not allow(c, s)):
                 continue
             spec = _Spec("shape", s, c, "small", _small_side(rng))
             box = _place(rng, spec.wh, [b for _, b in placed])
@@ -140,15 +147,32 @@ def generate_scene(
                 continue
             placed.append((spec, box))
             taken.add((c, s))
-            per_shape[s] += 1
             fillers += 1
         if len(required) + fillers < V.N_SMALL[0]:
             continue
-        # Order: large distractors, small shapes, the sign (target indices refer to this order).
-        placed.sort(key=lambda p: (p[0].size != "large", p[0].kind == "sign"))
-        objects = [SynthObject(sp.kind, sp.shape, sp.colour, sp.size, box, sp.word, sp.striped) for sp, box in placed]
+        # Order: large distractors, small shapes, the card, the sign (target indices refer to this order).
+        placed.sort(key=lambda p: (p[0].size != "large", p[0].kind == "sign", p[0].kind == "card"))
+        objects = [SynthObject(sp.kind, sp.shape, sp.colour, sp.size, box, sp.word, sp.striped,
+                               _dot_centres(rng, box, sp.n_dots) if sp.kind == "card" else ())
+                   for sp, box in placed]
         return Scene(render(objects, rng), objects)
     raise PlacementError("could not place the requested objects")
+
+
+def _dot_centres(rng: np.random.Generator, box: BBox, k: int) -> Tuple[Tuple[int, int], ...]:
+    """k dot centres scattered inside the card, each dot clear of the border and of the others (a count
+    must look at every dot, not match one fixed pattern per number)."""
+    x0, y0, x1, y1 = box
+    r = V.DOT // 2
+    lo_x, hi_x, lo_y, hi_y = x0 + r + 4, x1 - r - 4, y0 + r + 4, y1 - r - 4
+    while True:
+        pts: List[Tuple[int, int]] = []
+        for _ in range(200):
+            p = (int(rng.integers(lo_x, hi_x + 1)), int(rng.integers(lo_y, hi_y + 1)))
+            if all((p[0] - q[0]) ** 2 + (p[1] - q[1]) ** 2 >= (V.DOT + 3) ** 2 for q in pts):
+                pts.append(p)
+                if len(pts) == k:
+                    return tuple(sorted(pts))
 
 
 @functools.lru_cache(maxsize=4)
@@ -200,6 +224,13 @@ def render(objects: Sequence[SynthObject], rng: np.random.Generator) -> Image.Im
             tx = (x0 + x1) / 2.0 - (l + r) / 2.0
             ty = (y0 + y1) / 2.0 - (t + b) / 2.0
             draw.text((tx, ty), obj.word, fill=(0, 0, 0), font=font)
+            continue
+        if obj.kind == "card":
+            x0, y0, x1, y1 = obj.bbox
+            draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(255, 255, 255), outline=(90, 90, 90))
+            r = V.DOT / 2.0
+            for cx, cy in obj.dots:
+                draw.ellipse((cx - r, cy - r, cx + r - 1, cy + r - 1), fill=(0, 0, 0))
             continue
         colour = V.COLOURS[obj.colour]
         _draw_shape(draw, obj.shape, obj.bbox, colour)

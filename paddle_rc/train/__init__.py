@@ -10,7 +10,7 @@ from paddle_rc.train.recipe import Recipe, model_config
 CARD = "MODEL_CARD.md"
 LOG = "train_log.json"
 # what a probe name means in the model card
-_PROBE_NAMES = {"objword": "the sign's word from its mean patch"}
+_PROBE_NAMES = {"objword": "the sign's word or the card's dots from its mean patch"}
 
 
 def evaluate_model(model_dir: str, seed: int, n: int, method: str = "none", budget=None, batch: int = 16) -> dict:
@@ -100,7 +100,7 @@ def model_card(log: dict) -> str:
         "",
         "## Data",
         "Procedural scenes of `paddle_rc.synth` (336 px: 1-2 large distractors, 3-7 small shapes, at most "
-        "one small sign), one question per scene, balanced over the six question types and their answers; "
+        "one small sign with a word and one small card with 1-4 dots), one question per scene, balanced over the six question types and their answers; "
         "a fresh scene for every training example (the stream seeds are far from any benchmark seed).",
         "",
         "## Training",
@@ -112,8 +112,9 @@ def model_card(log: dict) -> str:
         "layer, discarded after training, with each object's patches weighted 1 in all and the background "
         "0.5 in all, so that the small objects' attributes reach the tokens the LLM reads"
         + (f"; and the colour, shape and word heads again on each small object's mean feature-layer patch "
-           f"(the word on the signs only; weight {r.object_label_weight}, discarded after training), which "
-           "taught the tower to read the sign's word as a whole" if r.object_label_weight > 0 else "") + ".",
+           f"(the word on the signs and the number of dots on the cards only; weight {r.object_label_weight}, "
+           "discarded after training), which taught the tower to read the sign's word as a whole"
+           if r.object_label_weight > 0 else "") + ".",
         f"Stage 2, {r.stage2_steps} steps x {r.stage2_batch} questions (lr {r.stage2_lr}): towers frozen, "
         "projector + LLaMA trained on the reply tokens with all visual tokens (no compression in training: "
         "compression is training-free), plus two auxiliary attention-target losses on the position that "
@@ -121,22 +122,12 @@ def model_card(log: dict) -> str:
         f"from step {r.question_start} on), "
         f"in layers 1 and up the asked objects' visual tokens (grounding, weight {r.grounding_weight}); "
         "linear heads on that position's hidden state after layers 1 and up, which should tell the asked "
-        f"objects' colour, shape and word (weight {r.query_label_weight}, discarded after training"
-        + (", and the count on count questions" if r.count_sink else "")
-        + (", and whether a spatial question's first object lies left of / above its second" if r.head_groups > 1
-           else "") + "); "
-        + (f"for spatial questions the {r.llm_heads} heads are split into {r.head_groups} groups, the first reading "
-           "the first-named object (and in layer 0 the words naming it), the second the other, so the two places "
-           "reach the reply position apart; " if r.head_groups > 1 else "")
-        + ("for count questions the grounding target is the centre token of each counted object with k/(k+1) of "
-           "the mass and the first token (BOS) with the rest, so that what the attention reads tells the count; "
-           if r.count_sink else "")
-        + 
+        f"objects' colour, shape and word or dots (weight {r.query_label_weight}, discarded after training); "
         "and the attribute heads again, on the projector's "
         f"output (weight {r.token_label_weight}, discarded after training). Half the prompts end with \"Answer the question using "
         "a single word or phrase.\"",
         "",
-        f"| stage | steps | loss, first 5% | loss, last 5% |",
+        "| stage | steps | loss, first 5% | loss, last 5% |",
         "|---|---|---|---|",
         f"| 1 (CLIP) | {log['stage1'].get('steps')} | {log['stage1'].get('first')} | {log['stage1'].get('last')} |",
         f"| 2 (LLM) | {log['stage2'].get('steps')} | {log['stage2'].get('first')} | {log['stage2'].get('last')} |",
@@ -150,10 +141,7 @@ def model_card(log: dict) -> str:
                   "linear heads on the feature layer (stage 1) "
                   + ", ".join(f"{_PROBE_NAMES.get(k[6:], k[6:])} {v}" for k, v in p.items() if k.startswith("probe_"))
                   + "; linear heads on the projector's output (stage 2) "
-                  + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_"))
-                  + ("; linear heads on the reply position's state after the last decoder layer (stage 2) "
-                     + ", ".join(f"{k[6:]} {v}" for k, v in p.items() if k.startswith("reply_"))
-                     if any(k.startswith("reply_") for k in p) else "") + "."]
+                  + ", ".join(f"{k[4:]} {v}" for k, v in p.items() if k.startswith("tok_")) + "."]
     if "heldout" in log:
         h = log["heldout"]
         lines += ["", "## Held-out accuracy",
@@ -165,7 +153,7 @@ def model_card(log: dict) -> str:
                   "", f"Guessing uniformly among each type's answers would score {chance_accuracy():.1f}% "
                   "(balanced question types)."]
     lines += ["", "## Limits",
-              "A toy world: six colours, five shapes, eight words, counts to four. It exists to make accuracy "
+              "A toy world: six colours, five shapes, eight words, one to four dots. It exists to make accuracy "
               "measurable on this machine, not to answer questions about real photographs."]
     return "\n".join(lines) + "\n"
 

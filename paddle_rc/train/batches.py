@@ -14,7 +14,6 @@ import numpy as np
 
 from paddle_rc.data.conversation import get_template, question_for_text_encoder
 from paddle_rc.data.padding import left_pad
-from paddle_rc.synth.vocab import MAX_COUNT
 
 # The benchmark's answer-format instruction; half the training prompts carry it, so the model
 # answers the same with or without it.
@@ -69,14 +68,12 @@ class PatchLabels:
     """Per patch of the model's grid: which object covers it and that object's attributes."""
     owner: np.ndarray  # [B, N] object index or -1
     colour: np.ndarray  # [B, N] class id, 0 = background
-    shape: np.ndarray  # [B, N] class id, 0 = background (signs have their own class)
-    word: np.ndarray  # [B, N] class id, 0 = no word
+    shape: np.ndarray  # [B, N] class id, 0 = background (signs and cards have their own classes)
+    word: np.ndarray  # [B, N] content_class: 0 = none, then the sign words, then the card dot counts
     size: np.ndarray  # [B, N] 0 background, 1 small, 2 large
     centre: np.ndarray  # [B, N] 1 where an object's centre falls
     row: np.ndarray  # [B, N] the patch's grid row (so the feature layer keeps where each token is)
     col: np.ndarray  # [B, N] the patch's grid column
-    many: np.ndarray  # [B, N] on a small shape's patches: how many small shapes of its shape the scene holds
-    census: np.ndarray  # [B, N] a small shape's class on the patch holding its centre, else 0
     weight: np.ndarray  # [B, N] float: each object's patches share weight 1, the background shares BACKGROUND_SHARE
 
 
@@ -105,18 +102,15 @@ def colour_classes() -> list:
 # objects: the first demo's feature layer told the sign's word in 16% of held-out cases.
 BACKGROUND_SHARE = 0.5
 
-# "many" classes: 0 off a small shape, k = k small shapes of that shape, the last = more than MAX_COUNT
-MANY_CLASSES = MAX_COUNT + 2
-
 
 def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
-    from paddle_rc.synth import SHAPES, WORDS
+    from paddle_rc.synth import SHAPES
 
     colours = colour_classes()
     grid = image_size // patch
     n = grid * grid
     shape_ids = {s: i + 1 for i, s in enumerate(SHAPES)}
-    sign_id = len(SHAPES) + 1
+    shape_ids["sign"], shape_ids["card"] = len(SHAPES) + 1, len(SHAPES) + 2
     out = {k: np.zeros((len(items), n), np.int64) for k in ("colour", "shape", "word", "size", "centre")}
     owner = np.full((len(items), n), -1, np.int64)
     for b, it in enumerate(items):
@@ -125,8 +119,8 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
             cells = object_patches(obj.bbox, scale, grid, patch)
             owner[b, cells] = j
             out["colour"][b, cells] = colours.index(obj.colour) + 1
-            out["shape"][b, cells] = sign_id if obj.kind == "sign" else shape_ids[obj.shape]
-            out["word"][b, cells] = (WORDS.index(obj.word) + 1) if obj.word else 0
+            out["shape"][b, cells] = shape_ids[obj.shape if obj.kind == "shape" else obj.kind]
+            out["word"][b, cells] = content_class(obj)
             out["size"][b, cells] = 1 if obj.size == "small" else 2
             x0, y0, x1, y1 = [v * scale for v in obj.bbox]
             cx, cy = int(min(grid - 1, ((x0 + x1) / 2) // patch)), int(min(grid - 1, ((y0 + y1) / 2) // patch))
@@ -136,35 +130,30 @@ def patch_labels(items, image_size: int, patch: int) -> PatchLabels:
         ids, counts = np.unique(owner[b], return_counts=True)
         for j, c in zip(ids, counts):
             weight[b, owner[b] == j] = (BACKGROUND_SHARE if j < 0 else 1.0) / c
-    out["many"] = np.zeros((len(items), n), np.int64)
-    # "census": the small shape's class on the one patch holding its centre, 0 on every other patch, so the
-    # mean of a token feature over the whole image counts each small shape once whatever its size
-    out["census"] = np.zeros((len(items), n), np.int64)
-    for b, it in enumerate(items):
-        small = [o.shape for o in it.objects if o.kind == "shape" and o.size == "small"]
-        for j, obj in enumerate(it.objects):
-            if obj.kind == "shape" and obj.size == "small":
-                out["many"][b, owner[b] == j] = min(small.count(obj.shape), MANY_CLASSES - 1)
-                centre = np.nonzero((owner[b] == j) & (out["centre"][b] > 0))[0]
-                out["census"][b, centre] = shape_ids[obj.shape]
     cells = np.arange(n)
     out["row"] = np.broadcast_to(cells // grid, (len(items), n)).copy()
     out["col"] = np.broadcast_to(cells % grid, (len(items), n)).copy()
     return PatchLabels(owner=owner, weight=weight, **out)
 
 
-def label_sizes(grid: int, many: bool = False, census: bool = False) -> dict:
-    """Classes per per-patch head; "many" (recipe count_label) and "census" (recipe count_uniform) only when
-    asked, so that runs without them build exactly the heads, and draw exactly the random numbers, they
-    always did."""
+def content_class(obj) -> int:
+    """What a sign or card shows, as one class: 0 nothing, 1..len(WORDS) the sign's word, then the card's
+    dot count (the "word" heads read both: each is the one thing printed on a small white box)."""
+    from paddle_rc.synth import WORDS
+
+    if obj.word:
+        return WORDS.index(obj.word) + 1
+    return len(WORDS) + len(obj.dots) if obj.dots else 0
+
+
+def label_sizes(grid: int) -> dict:
+    """Classes per per-patch head."""
     from paddle_rc.synth import SHAPES, WORDS
 
-    out = {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 2, "word": len(WORDS) + 1, "size": 3,
+    from paddle_rc.synth.vocab import MAX_DOTS
+
+    out = {"colour": len(colour_classes()) + 1, "shape": len(SHAPES) + 3, "word": len(WORDS) + 1 + MAX_DOTS, "size": 3,
            "centre": 2, "row": grid, "col": grid}
-    if many:
-        out["many"] = MANY_CLASSES
-    if census:
-        out["census"] = len(SHAPES) + 1
     return out
 
 
@@ -226,120 +215,46 @@ def answer_sequences(items, llm_tok, conv_mode: str, image_token_index: int, rng
     return ids, mask, np.asarray(answer_len, np.int64)
 
 
-def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok, groups: int = 1,
-                     object_words: bool = False) -> np.ndarray:
-    """[B, G, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
-    the first one that decodes to a '?'), per group of heads. Supervising decoder layer 0's reply position to
-    read them is the first hop of the task (question -> query); without it that position averaged ~300
-    tokens of which ~10 are the question, and the next layers' query could not name the object (the
-    grounding loss stalled at the mass of all small objects). A question that names two small objects
-    (spatial) gives head group 0 the words before the second "small" and group 1 the rest, so that later
-    layers can look for each object with its own heads; with object_words each group gets only its object's
-    colour and shape words (what its heads must look for) and the relation word (what the comparison of the
-    two places answers), not the words around them."""
-    from paddle_rc.synth.vocab import COLOURS, RELATIONS, SHAPES
-
-    named = set(COLOURS) | set(SHAPES)
+def question_targets(ids, mask, n_visual: int, image_token_index: int, llm_tok) -> np.ndarray:
+    """[B, L'] float: 1 at the spliced positions of each row's question (the tokens after the image up to
+    the first one that decodes to a '?'). Supervising decoder layer 0's reply position to read them is the
+    first hop of the task (question -> query); without it that position averaged ~300 tokens of which ~10
+    are the question, and the next layers' query could not name the object (the grounding loss stalled at
+    the mass of all small objects)."""
     length, _, start = _spliced_starts(ids, mask, n_visual, image_token_index)
-    out = np.zeros((len(ids), groups, length), np.float32)
+    out = np.zeros((len(ids), length), np.float32)
     for b in range(len(ids)):
         real = ids[b, np.nonzero(mask[b])[0]]
         at = int(np.nonzero(real == image_token_index)[0][0])
-        words = []
+        n_words = 0
         for j in range(at + 1, len(real)):
-            words.append(llm_tok.decode([int(real[j])]).strip())
-            if "?" in words[-1]:
+            n_words += 1
+            if "?" in llm_tok.decode([int(real[j])]):
                 break
-        pos = start[b] + n_visual + np.arange(len(words))  # the question's spliced positions
-        small = [j for j, w in enumerate(words) if w == "small"]
-        if groups > 1 and len(small) == 2:
-            for g in range(groups):
-                span = np.arange(small[1]) if g < groups // 2 else np.arange(small[1], len(words))
-                if object_words:
-                    span = np.array([j for j in span if words[j].rstrip("?") in named]
-                                    + _word_tokens(llm_tok, real[at + 1:at + 1 + len(words)], RELATIONS), np.int64)
-                out[b, g, pos[span]] = 1.0
-        else:
-            out[b, :, pos] = 1.0
-    return out
-
-
-def _word_tokens(llm_tok, ids, wanted) -> list:
-    """Indices of the tokens of `ids` that belong to a whole word in `wanted` (a word may span tokens)."""
-    out = []
-    for j in range(len(ids)):
-        text = llm_tok.decode([int(i) for i in ids[:j + 1]])
-        if text.split() and text.split()[-1] and not text.endswith(" "):
-            # the word this token ends in, read in full from the rest of the question
-            k = len(text.split()) - 1
-            if llm_tok.decode([int(i) for i in ids]).split()[k].rstrip("?") in wanted:
-                out.append(j)
-    return out
-
-
-BINDING_KINDS = ("colour_a", "shape_a", "colour_b", "shape_b", "relation")
-
-
-def binding_labels(items) -> dict:
-    """[B, C] one-hot per kind of BINDING_KINDS: the colour and shape words the question names for its
-    first object (a) and its second (b: spatial questions only), and its relation word (spatial only),
-    class 0 where it names none; what the reply position should hold after decoder layer 0, each word
-    bound to its object. A plural ("circles", in count questions) names its shape."""
-    from paddle_rc.synth.vocab import PLURALS, RELATIONS, SHAPES
-
-    colours = colour_classes()
-    shape_of = {**{s: s for s in SHAPES}, **{p: s for s, p in PLURALS.items()}}
-    sizes = query_label_sizes()
-    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in BINDING_KINDS}
-    for b, it in enumerate(items):
-        words = [w.strip("?,.") for w in it.question.split()]
-        small = [j for j, w in enumerate(words) if w == "small"]
-        parts = (words[:small[1]], words[small[1]:]) if len(small) == 2 else (words, [])
-        for tag, part in zip("ab", parts):
-            c = next((colours.index(w) + 1 for w in part if w in colours), 0)
-            sh = next((SHAPES.index(shape_of[w]) + 1 for w in part if w in shape_of), 0)
-            out["colour_" + tag][b, c] = 1.0
-            out["shape_" + tag][b, sh] = 1.0
-        rel = next((RELATIONS.index(w) + 1 for w in words if w in RELATIONS), 0)
-        out["relation"][b, rel] = 1.0
+        out[b, start[b] + n_visual + np.arange(n_words)] = 1.0
     return out
 
 
 def query_label_sizes() -> dict:
-    """Classes of what the reply position should hold: the asked objects' colour, shape and word, the count
-    (count questions) and, for a spatial question, whether its first object lies left of / above its second
-    (by centre; 0 yes, 1 no)."""
+    """Classes of what the reply position should hold: the asked objects' colour, shape and word (a card's
+    dot count is its "word")."""
     sizes = label_sizes(1)
-    from paddle_rc.synth.vocab import RELATIONS, SHAPES
-
-    return {"colour": sizes["colour"], "shape": sizes["shape"], "word": sizes["word"], "count": MAX_COUNT + 1,
-            "xrel": 2, "yrel": 2, "many": MANY_CLASSES, "colour_a": sizes["colour"], "colour_b": sizes["colour"],
-            "shape_a": len(SHAPES) + 1, "shape_b": len(SHAPES) + 1, "relation": len(RELATIONS) + 1}
+    return {k: sizes[k] for k in ("colour", "shape", "word")}
 
 
-def target_attributes(items, labels: PatchLabels, kinds=("colour", "shape", "word")) -> dict:
-    """[B, C] soft labels per kind of query_label_sizes: colour, shape, word are the mean one-hot over each
-    question's target objects, read from the patch labels so the classes are the patch heads' own; count
-    and xrel/yrel are set on count and spatial questions only. Rows without a label are all zero (the loss
-    leaves them out)."""
+def target_attributes(items, labels: PatchLabels) -> dict:
+    """[B, C] soft labels per kind of query_label_sizes: the mean one-hot over each question's target
+    objects, read from the patch labels so the classes are the patch heads' own. Rows without a target
+    object are all zero (the loss leaves them out)."""
     sizes = query_label_sizes()
-    out = {k: np.zeros((len(items), sizes[k]), np.float32) for k in kinds}
+    out = {k: np.zeros((len(items), c), np.float32) for k, c in sizes.items()}
     for b, it in enumerate(items):
-        if "count" in out and it.qtype == "count":
-            out["count"][b, len(it.target)] = 1.0
-        if it.qtype == "spatial":
-            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = (it.objects[j].bbox for j in it.target)
-            if "xrel" in out:
-                out["xrel"][b, 0 if ax0 + ax1 < bx0 + bx1 else 1] = 1.0
-            if "yrel" in out:
-                out["yrel"][b, 0 if ay0 + ay1 < by0 + by1 else 1] = 1.0
         for j in it.target:
             cells = np.nonzero(labels.owner[b] == j)[0]
             if not len(cells):
                 continue
-            for k in ("colour", "shape", "word"):
-                if k in out:
-                    out[k][b, getattr(labels, k)[b, cells[0]]] += 1.0 / len(it.target)
+            for k in out:
+                out[k][b, getattr(labels, k)[b, cells[0]]] += 1.0 / len(it.target)
     return out
 
 
@@ -379,57 +294,12 @@ def _spliced_starts(ids, mask, n_visual: int, image_token_index: int):
 
 
 def visual_targets(items, labels: PatchLabels, ids, mask, image_token_index: int) -> np.ndarray:
-    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects.
-    Count questions target every counted object; questions with no target object (a negative existence
-    question, a count of zero) get an all-zero row."""
+    """[B, L'] float: 1 at the spliced positions of the visual tokens of each question's target objects:
+    what the reply position's attention should read in decoder layers 1 and up (the grounding loss). A
+    question with no target object (a negative existence question) gets an all-zero row."""
     length, _, start = _spliced_starts(ids, mask, labels.owner.shape[1], image_token_index)
     out = np.zeros((len(items), length), np.float32)
     for b, it in enumerate(items):
         if it.target:
             out[b, start[b] + np.nonzero(np.isin(labels.owner[b], list(it.target)))[0]] = 1.0
     return out
-
-
-@dataclass
-class GroundingTargets:
-    """What the reply position's attention should read in decoder layers 1 and up, per group of heads.
-
-    target [B, G, L'] marks visual tokens; a row's loss is -share*log(mass on them) - (1-share)*log(mass on
-    its first token). Spatial questions give head group 0 the first-named object and group 1 the second
-    (with G = 2), so that the two places reach the reply position apart and can be compared. With
-    count_sink a count question marks the centre token of each counted object and share = k/(k+1): an
-    attention that gives one token per object and the first token (always BOS) the same weight puts k/(k+1)
-    on the objects, so what it reads tells k; an attention spread over the objects' patches averages them
-    and cannot count."""
-    target: np.ndarray
-    share: np.ndarray  # [B]
-    sink: np.ndarray  # [B] position of each row's first token
-    uniform: np.ndarray = None  # [B] bool: the attention should spread evenly over the row's target
-
-
-def grounding_targets(items, labels: PatchLabels, ids, mask, image_token_index: int, groups: int = 1,
-                      count_sink: bool = False, count_uniform: bool = False) -> GroundingTargets:
-    """count_uniform: a count question's attention should spread evenly over all the visual tokens (zero
-    counts included), so that what it reads is the image's mean token; where the tokens carry the census
-    label that mean is the histogram of the small shapes over 256, and the count is linear in it."""
-    length, first, start = _spliced_starts(ids, mask, labels.owner.shape[1], image_token_index)
-    n = labels.owner.shape[1]
-    target = np.zeros((len(items), groups, length), np.float32)
-    share = np.ones(len(items), np.float32)
-    uniform = np.zeros(len(items), bool)
-    for b, it in enumerate(items):
-        owner = labels.owner[b]
-        if it.qtype == "count" and count_uniform:
-            target[b, :, start[b]:start[b] + n] = 1.0
-            uniform[b] = True
-        elif it.qtype == "count" and count_sink:
-            cells = np.nonzero(np.isin(owner, list(it.target)) & (labels.centre[b] > 0))[0]
-            target[b, :, start[b] + cells] = 1.0
-            share[b] = len(it.target) / (len(it.target) + 1.0)
-        elif it.qtype == "spatial" and groups > 1:
-            for g in range(groups):
-                obj = it.target[0] if g < groups // 2 else it.target[1]
-                target[b, g, start[b] + np.nonzero(owner == obj)[0]] = 1.0
-        elif it.target:
-            target[b, :, start[b] + np.nonzero(np.isin(owner, list(it.target)))[0]] = 1.0
-    return GroundingTargets(target, share, first, uniform)

@@ -76,38 +76,14 @@ def query_rows(probs, query):
     return paddle.take_along_axis(probs, at, axis=2).squeeze(2)
 
 
-def attention_target_loss(probs, target, share=None, sink=None, uniform=None):
+def attention_target_loss(probs, target):
     """Grounding: -log of the attention mass that one query position per row puts on the tokens marked in
-    target (e.g. the visual tokens of the objects its question is about); probs [B,H,L] are that
-    position's attention probabilities (query_rows). target [B,L] counts for all heads (their mean mass);
-    target [B,G,L] splits the heads into G contiguous groups, each with its own tokens, and the loss is
-    the mean over groups. With share [B] and sink [B] (a position) a row's loss is
-    -share*log(mass on target) - (1-share)*log(mass on the sink). With uniform [B] bool a marked row's loss
-    is instead each head's cross-entropy to the even spread over its target, minus its floor log|target|
-    (0 when the head reads every target token alike and nothing else). Rows with nothing to read (all-zero
-    target and share 1: a negative existence question) are left out."""
-    if len(target.shape) == 2:
-        target = target.unsqueeze(1)
-    if share is None:
-        share, sink = paddle.ones([target.shape[0]]), paddle.zeros([target.shape[0]], "int64")
-    if uniform is None:
-        uniform = paddle.zeros([target.shape[0]], "bool")
-    rows = paddle.nonzero((target.sum(axis=[1, 2]) > 0) | (share < 1)).flatten()
+    target [B,L] (e.g. the visual tokens of the objects its question is about), the heads' mean mass;
+    probs [B,H,L] are that position's attention probabilities (query_rows). Rows with nothing to read
+    (an all-zero target: a negative existence question) are left out."""
+    rows = paddle.nonzero(target.sum(axis=1) > 0).flatten()
     if rows.shape[0] == 0:
         return paddle.zeros([])
-    probs, target, share, sink, uniform = (paddle.gather(t, rows) for t in (probs, target, share, sink, uniform))
-    b, heads, length = probs.shape
-    groups = target.shape[1]
-    probs = probs.reshape([b, groups, heads // groups, length])
-    mass = (probs * target.unsqueeze(2)).sum(axis=-1).mean(axis=2)  # [B,G]
-    at_sink = F.one_hot(sink, length).reshape([b, 1, 1, length])
-    sunk = (probs * at_sink).sum(axis=-1).mean(axis=2)  # [B,G]
-    share = share.unsqueeze(1)
-    loss = -share * paddle.log(mass + 1e-6) - (1 - share) * paddle.log(sunk + 1e-6)
-    if bool(uniform.any()):
-        size = target.sum(axis=-1, keepdim=True).clip(min=1.0)  # [B,G,1]
-        even = (target / size).unsqueeze(2)  # [B,G,1,L]
-        spread = (-(even * paddle.log(probs + 1e-9)).sum(axis=-1).mean(axis=2)
-                  - paddle.log(size.squeeze(-1)))  # [B,G]
-        loss = paddle.where(uniform.unsqueeze(1).expand(loss.shape), spread, loss)
-    return loss.mean()
+    probs, target = paddle.gather(probs, rows), paddle.gather(target, rows)
+    mass = (probs * target.unsqueeze(1)).sum(axis=-1).mean(axis=1)  # [B]
+    return -paddle.log(mass + 1e-6).mean()

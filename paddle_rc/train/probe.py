@@ -24,8 +24,7 @@ def ridge_probe_accuracy(x_train, y_train, x_test, y_test, ridge: float = 1.0) -
 def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share: float = 0.75) -> dict:
     """Run n items of generate(seed) through the model with all visual tokens, teacher-forced like stage 2.
     Returns per question type: the mean attention mass per decoder layer and head that the reply position
-    puts on the asked objects' tokens (questions with a target object only; for spatial questions also on
-    the first-named and the second object apart), and the held-out accuracy of a
+    puts on the asked objects' tokens (questions with a target object only), and the held-out accuracy of a
     linear probe of its state after each layer (fit on the first train_share of the items, all types
     together, tested on the rest)."""
     import paddle
@@ -55,8 +54,6 @@ def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share:
             ids, mask, alen = bt.answer_sequences(chunk, tok, cfg.conv_mode, cfg.image_token_index, rng)
             labels = bt.patch_labels(chunk, cfg.vision.image_size, cfg.vision.patch_size)
             target = bt.visual_targets(chunk, labels, ids, mask, cfg.image_token_index)
-            # a spatial question's two objects apart (first-named, second): does each head read one of them?
-            apart = bt.grounding_targets(chunk, labels, ids, mask, cfg.image_token_index, groups=2).target
             F = model.vision_tower(paddle.to_tensor(processor([it.image for it in chunk])), cfg.vision_feature_layer).F
             visual = VisualTokens(model.projector(F), np.full([b], grid * grid, np.int64), grid * grid)
             x, attn, pos = model.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
@@ -75,9 +72,9 @@ def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share:
                     p = query_rows(layer.self_attn.probs, paddle.to_tensor(query)).numpy()  # [B,H,L]
                 finally:
                     layer.self_attn.keep_probs, layer.self_attn.probs = False, None
-                per_layer.append(np.stack([(p * t[:, None, :]).sum(-1) for t in (target, apart[:, 0], apart[:, 1])], 1))
+                per_layer.append((p * target[:, None, :]).sum(-1))
                 states[i + 1].append(x.numpy()[rows, query])
-            mass.append(np.stack(per_layer, 2))  # [B, 3 (asked, first, second), layers, H]
+            mass.append(np.stack(per_layer, 1))  # [B, layers, H]
     mass = np.concatenate(mass)
     qtype = np.array([it.qtype for it in items])
     answer = np.array([it.answer for it in items])
@@ -89,10 +86,7 @@ def reply_probe(model_dir: str, seed: int, n: int, batch: int = 16, train_share:
     for t in sorted(set(qtype)):
         sel, test = (qtype == t) & has_target, qtype[cut:] == t
         out[t] = {"questions": int((qtype == t).sum()),
-                  "target_mass": np.round(mass[sel, 0].mean(0), 3).tolist() if sel.any() else None,
+                  "target_mass": np.round(mass[sel].mean(0), 3).tolist() if sel.any() else None,
                   "probe_after_layer": [round(100.0 * float(r[test].mean()), 1) if test.any() else None
                                         for r in right]}
-        if t == "spatial" and sel.any():
-            out[t]["first_object_mass"] = np.round(mass[sel, 1].mean(0), 3).tolist()
-            out[t]["second_object_mass"] = np.round(mass[sel, 2].mean(0), 3).tolist()
     return {"model": model_dir, "seed": seed, "items": n, "by_type": out}

@@ -57,53 +57,8 @@ class Recipe:
     # sign's patches (no single patch holds a whole word) and the model answered 32% of word questions;
     # with them the mean patch tells it in ~88% and word questions went to 88% (held-out 58.7 -> 70.7).
     object_label_weight: float = 1.0
-    # Two mechanisms for the types the shipped model answers near chance (count 24%, spatial 46%), off by
-    # default: neither had moved the reply position's probes off chance after 1000 of 2200 stage-2 steps
-    # (docs/results/train-headgroups-countsink-stopped.json), so they are not part of the shipped recipe.
-    # head_groups=2: for spatial questions the decoder heads split in two groups, the first reading the
-    # first-named object (and, in layer 0, the words naming it), the second the other, and the reply
-    # position's heads are asked whether the first lies left of / above the second; with one group every
-    # head reads both objects and what comes back is the average of the two places.
-    head_groups: int = 1
-    # count_sink=1: count questions ask the reply position to read one token per counted object (its
-    # centre) and the sequence's first token alike, so the share on the objects (k/(k+1)) tells the
-    # count, and its heads are asked the count; reading all the objects' patches averages them.
-    count_sink: int = 0
-    # count_label=1: the vision side counts. Stage 1 asks every small shape's patches (and its mean patch)
-    # how many small shapes of its shape the scene holds (a per-patch head "many"), stage 2 asks the same
-    # of the projector's output and the count of the reply position's heads; a count question's attention
-    # target stays all the counted objects' patches, which then all carry the answer, so averaging them
-    # loses nothing. The LLM reads a count the way it reads a colour. Off: the 4-layer tower did not learn
-    # it (held-out probe 39-41%, the commonest count's rate) and count questions stayed at chance (16%;
-    # docs/results/train-count-label.json).
-    count_label: int = 0
-    # count_uniform=1: the LLM counts by averaging. Stage 2 regresses from the projector's output a "census"
-    # vector (the small shape's one-hot on the one patch holding its centre, 0 everywhere else, so that
-    # the sum over the image is the histogram; a classifier's logits need not vanish off the centre, and
-    # with one the image-mean token told a shape's count in 42-52% of cases) and a count
-    # question's attention, in decoder layers 1 and up, to spread evenly over all 256 visual tokens: what it
-    # reads is then the census histogram over 256, in which the asked shape's count is linear, whatever the
-    # shapes' sizes; the reply position's heads are asked the count. Off: with the fields below it took
-    # count questions from 24% to 38% (held-out 74.7; docs/results/train-count-uniform-binding.json), the
-    # attention spread evenly, but the census was not clean enough to sum (each shape's count from the
-    # image-mean token: 42-50%), so the shipped recipe is unchanged until the accuracy tables are rerun.
-    count_uniform: int = 0
-    # coord_weight > 0: stage 2 regresses each visual token's column and row (scaled to 0..1) from the
-    # projector's output, so a place is one linear coordinate, not only one of 16 classes: with
-    # head_groups=2 the difference of the two objects' coordinates is then linear in the reply position's
-    # state (a left-of answer is its sign).
-    coord_weight: float = 0.0
-    # binding_weight > 0: linear heads on the reply position's state after decoder layer 0 ask which colour
-    # and shape the question names for its first object and which for its second, and its relation word,
-    # and (with head_groups=2) each head group's question reading in layer 0 marks only its object's colour
-    # and shape words and the relation word. With head_groups=2 alone every head of layers 1-2 put ~0.25 of
-    # its attention on each of a spatial question's two objects: the groups' queries did not tell the two
-    # objects apart. With it they do (0.71-0.89 on their own object, 0.03-0.10 on the other). The first
-    # version left the relation word unread (spatial 44%); reading it (with coord_weight=5) gave spatial 50%,
-    # held-out 73.3 (docs/results/train-relation-binding.json): necessary, not sufficient.
-    binding_weight: float = 0.0
     # type_mix: stage 2 draws each item's question type with these weights (a type left out: 1), e.g.
-    # {spatial: 2, count: 2, colour: 0.5}: more of the stream for the types the model has not learnt,
+    # {shape: 2, exist: 2, colour: 0.5}: more of the stream for the types the model has not learnt,
     # the same scenes and balanced answers per type. Empty (the shipped recipe): the balanced stream.
     type_mix: dict = field(default_factory=dict)
     warmup: int = 100

@@ -102,54 +102,23 @@ class DemoTrainer:
         paddle.seed(self.recipe.seed)
         self.model = LlavaForConditionalGeneration(config)
         grid = self.recipe.image_size // self.recipe.patch_size
-        many = bool(self.recipe.count_label)
-        self.heads = _AttributeHeads(config.vision.hidden_size, grid, many)
+        self.heads = _AttributeHeads(config.vision.hidden_size, grid)
         # the same attribute heads on the projector's output (stage 2): the per-token MLP learns to expose
         # what the LLM must read much sooner from a direct signal than through the reply loss alone
-        self.token_heads = _AttributeHeads(config.llm.hidden_size, grid, many)
-        if config.llm.num_attention_heads % self.recipe.head_groups:
-            raise UserError(f"recipe: head_groups={self.recipe.head_groups} does not divide the "
-                            f"{config.llm.num_attention_heads} attention heads")
-        counts = self.recipe.count_sink or self.recipe.count_label or self.recipe.count_uniform
-        self.query_kinds = ("colour", "shape", "word") + (("count",) if counts else ()) \
-            + (("xrel", "yrel") if self.recipe.head_groups > 1 else ())
-        base = ("colour", "shape", "word")
-        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size, base)
+        self.token_heads = _AttributeHeads(config.llm.hidden_size, grid)
+        self.query_heads = nn.LayerList([_QueryHeads(config.llm.hidden_size)
                                          for _ in range(config.llm.num_hidden_layers - 1)])
         self.scales = paddle.create_parameter([2], "float32",
                                               default_initializer=paddle.nn.initializer.Constant(math.log(10.0)))
         # made last, so the other modules' initial weights do not depend on it
-        self.object_kinds = ("colour", "shape", "word") + (("many",) if many else ())
-        self.object_heads = _QueryHeads(config.vision.hidden_size, self.object_kinds)
-        # stage-2 heads of the later recipe fields (the reply position's extra kinds, token heads), made
-        # after everything else and from a saved generator state, so that a run with them has the same
-        # stage 1, to every bit, as one without
-        rng = paddle.get_rng_state()
-        for heads in self.query_heads:
-            heads.add(k for k in self.query_kinds if k not in base)
-        late = {}
-        if self.recipe.count_uniform:
-            from paddle_rc.train.batches import label_sizes
-
-            # starts at zero: the regression sums over 256 tokens, and a random head's error would swamp
-            # every other loss for the first steps
-            late["census"] = nn.Linear(config.llm.hidden_size, label_sizes(grid, census=True)["census"] - 1,
-                                       weight_attr=nn.initializer.Constant(0.0))
-        if self.recipe.coord_weight > 0:
-            late["coord"] = nn.Linear(config.llm.hidden_size, 2)
-        if self.recipe.binding_weight > 0:
-            from paddle_rc.train.batches import BINDING_KINDS
-
-            late["binding"] = _QueryHeads(config.llm.hidden_size, BINDING_KINDS)
-        self.late_heads = nn.LayerDict(late)
-        paddle.set_rng_state(rng)
+        self.object_heads = _QueryHeads(config.vision.hidden_size)
         weights = os.path.join(self.work, "model.pdparams")
         if os.path.isfile(weights):
             self.model.set_state_dict(paddle.load(weights))
             extra = paddle.load(os.path.join(self.work, "extra.pdparams"))
             self.heads.set_state_dict(extra["heads"])
             self.token_heads.set_state_dict(extra["token_heads"])
-            for name in ("query_heads", "object_heads", "late_heads"):
+            for name in ("query_heads", "object_heads"):
                 if name in extra:
                     getattr(self, name).set_state_dict(extra[name])
             self.scales.set_value(extra["scales"])
@@ -159,8 +128,7 @@ class DemoTrainer:
         the optimizer state is stored under the structural names instead, so any process can resume it."""
         names = {self.scales.name: "scales"}
         for prefix, layer in (("model", self.model), ("heads", self.heads), ("token_heads", self.token_heads),
-                              ("query_heads", self.query_heads), ("object_heads", self.object_heads),
-                              ("late_heads", self.late_heads)):
+                              ("query_heads", self.query_heads), ("object_heads", self.object_heads)):
             for n, p in layer.named_parameters():
                 names[p.name] = f"{prefix}.{n}"
         return names
@@ -169,8 +137,7 @@ class DemoTrainer:
         for name, obj in (("model.pdparams", self.model.state_dict()),
                           ("extra.pdparams", {"heads": self.heads.state_dict(), "token_heads": self.token_heads.state_dict(),
                                              "query_heads": self.query_heads.state_dict(),
-                                             "object_heads": self.object_heads.state_dict(), "scales": self.scales,
-                                             "late_heads": self.late_heads.state_dict()}),
+                                             "object_heads": self.object_heads.state_dict(), "scales": self.scales}),
                           ("opt.pdopt", _rename(opt.state_dict(), self._stable_names()))):
             path = os.path.join(self.work, name)
             paddle.save(obj, path + ".tmp")
@@ -209,7 +176,6 @@ class DemoTrainer:
                 p.stop_gradient = True
             params = (list(m.projector.parameters()) + list(m.language_model.parameters()) + list(m.lm_head.parameters())
                       + list(self.token_heads.parameters()) + list(self.query_heads.parameters()))
-            params += list(self.late_heads.parameters())
         opt = paddle.optimizer.AdamW(learning_rate=peak, parameters=params, weight_decay=0.01,
                                      grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
         opt_path = os.path.join(self.work, "opt.pdopt")
@@ -240,7 +206,7 @@ class DemoTrainer:
                 raise RuntimeError(f"stage {stage} step {step}: loss is {value}")
             state["losses"][stage].append(round(value, 5))
             for k, v in parts.items():
-                if k.startswith(("probe_", "tok_", "reply_")) and math.isfinite(v):
+                if k.startswith(("probe_", "tok_")) and math.isfinite(v):
                     state.setdefault("probe", {}).setdefault(k, []).append(round(v, 4))
             state["step"] = step + 1
             bar.update(1)
@@ -299,9 +265,9 @@ class DemoTrainer:
         return {"pixels": pixels, "same": np.array([[a == b for b in cap] for a in cap], np.float32),
                 "captions": bt.clip_ids(self.clip_tok, cap, pad), "texts": bt.clip_ids(self.clip_tok, texts, pad),
                 "image_of": image_of, "target": target, "phrase_target": phrase_target, "owned": owner >= 0,
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label))},
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
                 "weight": labels.weight, "small": _small_patches(items, labels),
-                "objects": bt.object_pooling(items, labels, self.object_kinds)}
+                "objects": bt.object_pooling(items, labels)}
 
     def _clip_step(self, d: dict):
         from paddle_rc.train.losses import contrastive_loss, patch_label_loss, patch_text_loss
@@ -320,8 +286,7 @@ class DemoTrainer:
         loss = l_clip + l_patch + l_attr
         # The heads see each batch before updating on it (fresh scenes every step), so this is a held-out
         # linear probe of the feature layer on the small objects' patches: what the LLM can read there.
-        probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word", "many")
-                 if k in heads}
+        probe = {k: _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("colour", "shape", "word")}
         parts = {"clip": float(l_clip), "patch": float(l_patch), "attr": float(l_attr),
                  **{f"probe_{k}": v for k, v in probe.items()}}
         pool, targets = d["objects"]
@@ -329,9 +294,9 @@ class DemoTrainer:
             flat = feat[:, 1:].reshape([-1, feat.shape[-1]])
             objs = self.object_heads(paddle.matmul(paddle.to_tensor(pool), flat))
             signs = targets["word"] > 0
-            # the word over the signs only: "no word" on a shape is the per-patch heads' easy part
-            losses = [nnf.cross_entropy(objs[k], paddle.to_tensor(targets[k])) for k in ("colour", "shape", "many")
-                      if k in objs]
+            # the word (or dots) over the signs and cards only: "no word" on a shape is the per-patch heads'
+            # easy part
+            losses = [nnf.cross_entropy(objs[k], paddle.to_tensor(targets[k])) for k in ("colour", "shape")]
             if signs.any():
                 at = paddle.to_tensor(np.nonzero(signs)[0])
                 losses.append(nnf.cross_entropy(paddle.gather(objs["word"], at), paddle.to_tensor(targets["word"][signs])))
@@ -340,9 +305,6 @@ class DemoTrainer:
             parts["obj"] = float(l_obj)
             if signs.any():
                 parts["probe_objword"] = float((objs["word"].numpy().argmax(-1)[signs] == targets["word"][signs]).mean())
-            if "many" in objs:
-                shapes = targets["many"] > 0
-                parts["probe_objmany"] = float((objs["many"].numpy().argmax(-1)[shapes] == targets["many"][shapes]).mean())
         return loss, parts
 
     def _llm_data(self, step: int) -> dict:
@@ -355,16 +317,12 @@ class DemoTrainer:
         pixels = ImageProcessor.from_config(m.config)([it.image for it in items])
         ids, mask, alen = bt.answer_sequences(items, self.llm_tok, m.config.conv_mode, m.config.image_token_index, rng)
         labels = bt.patch_labels(items, r.image_size, r.patch_size)
-        looked_at = bt.grounding_targets(items, labels, ids, mask, m.config.image_token_index, r.head_groups,
-                                         bool(r.count_sink), bool(r.count_uniform))
-        asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok,
-                                       r.head_groups, r.binding_weight > 0)
+        looked_at = bt.visual_targets(items, labels, ids, mask, m.config.image_token_index)
+        asked_at = bt.question_targets(ids, mask, labels.owner.shape[1], m.config.image_token_index, self.llm_tok)
         return {"step": step, "pixels": pixels, "ids": ids, "mask": mask, "alen": alen, "looked_at": looked_at,
-                "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels, self.query_kinds),
-                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size, bool(r.count_label),
-                                                                          bool(r.count_uniform))},
-                "weight": labels.weight, "small": _small_patches(items, labels),
-                "binding": bt.binding_labels(items) if r.binding_weight > 0 else None}
+                "asked_at": asked_at, "query_labels": bt.target_attributes(items, labels),
+                "labels": {k: getattr(labels, k) for k in bt.label_sizes(r.image_size // r.patch_size)},
+                "weight": labels.weight, "small": _small_patches(items, labels)}
 
     def _llm_step(self, d: dict):
         from paddle_rc.models.llava import VisualTokens
@@ -384,27 +342,7 @@ class DemoTrainer:
             heads = self.token_heads(tokens)
             aux = r.token_label_weight * patch_label_loss(
                 heads, {k: paddle.to_tensor(v) for k, v in d["labels"].items()}, paddle.to_tensor(d["weight"]))
-            parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word", "many")
-                     if k in heads}
-        if "census" in self.late_heads:
-            census = self.late_heads["census"](tokens)  # [B, N, shapes]
-            label = d["labels"]["census"]
-            want = np.eye(census.shape[-1] + 1, dtype=np.float32)[label][..., 1:]
-            # per small shape; predicting zeros everywhere costs 1
-            l_census = ((census - paddle.to_tensor(want)) ** 2).sum() / max(1, int((label > 0).sum()))
-            aux = aux + l_census
-            got = census.numpy()
-            on = label > 0
-            parts["census"] = float(l_census)
-            # the image's census sum, rounded, against the true histogram: what a count reads
-            parts["tok_census"] = float((np.rint(got.sum(1)) == want.sum(1)).mean()) if on.any() else float("nan")
-        if "coord" in self.late_heads:
-            grid = r.image_size // r.patch_size
-            cells = np.arange(n)
-            where = paddle.to_tensor(np.stack([cells % grid, cells // grid], -1).astype("float32") / (grid - 1))
-            l_coord = ((self.late_heads["coord"](tokens) - where) ** 2).mean()
-            parts["coord"] = float(l_coord)
-            aux = aux + r.coord_weight * l_coord
+            parts = {f"tok_{k}": _accuracy(heads[k], d["labels"][k], d["small"]) for k in ("shape", "word")}
         embeds, attn, pos = m.splice(paddle.to_tensor(ids), paddle.to_tensor(mask), visual)
         lm = m.language_model
         length = embeds.shape[1]
@@ -417,9 +355,7 @@ class DemoTrainer:
         # the layers get the head axis expanded once (faster than broadcasting in each)
         cos, sin, bias = cos.expand(heads), sin.expand(heads), bias.expand(heads)
         query = paddle.to_tensor(length - 1 - alen)  # [B]
-        looked = d["looked_at"]
-        target, share, sink, uniform = (paddle.to_tensor(v) for v in (looked.target, looked.share, looked.sink,
-                                                                      looked.uniform))
+        target = paddle.to_tensor(d["looked_at"])
         grounding, reading, carried = [], None, []
         rows = paddle.arange(len(ids))
         for i, layer in enumerate(lm.layers):
@@ -433,25 +369,13 @@ class DemoTrainer:
                 layer.self_attn.keep_probs, layer.self_attn.probs = False, None
             if r.question_weight > 0 and i == 0 and d["step"] >= r.question_start:
                 reading = attention_target_loss(probs, paddle.to_tensor(d["asked_at"]))
-            if i == 0 and d["binding"] is not None:
-                at = self.late_heads["binding"](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
-                l_bind = paddle.add_n([soft_label_loss(at[k], paddle.to_tensor(v)) for k, v in d["binding"].items()])
-                aux = aux + r.binding_weight * l_bind
-                parts["bind"] = float(l_bind)
-                # scored before the update: is the second object's colour told apart from the first's
-                parts["bind_colour_b"] = _label_accuracy(at["colour_b"], d["binding"]["colour_b"])
             if r.grounding_weight > 0 and i >= 1:
-                grounding.append(attention_target_loss(probs, target, share, sink, uniform))
+                grounding.append(attention_target_loss(probs, target))
             if r.query_label_weight > 0 and i >= 1:
                 # what the reply position holds after a grounding layer: the asked objects' attributes
                 at = self.query_heads[i - 1](paddle.gather_nd(x, paddle.stack([rows, query], axis=1)))
                 carried.append(paddle.add_n([soft_label_loss(at[k], paddle.to_tensor(v))
                                              for k, v in d["query_labels"].items()]))
-                if i == len(lm.layers) - 1:
-                    # scored before the update on this batch: held-out probes of what the reply position holds
-                    for k in ("count", "xrel", "yrel"):
-                        if k in at:
-                            parts[f"reply_{k}"] = _label_accuracy(at[k], d["query_labels"][k])
         hidden = lm.norm(x)
         width = int(alen.max())
         logits = m.lm_head(hidden[:, -width - 1:-1])
@@ -525,31 +449,16 @@ def _accuracy(logits, labels: np.ndarray, where: np.ndarray) -> float:
     return float((pred[sel] == labels[sel]).mean())
 
 
-def _label_accuracy(logits, target: np.ndarray) -> float:
-    """Share of the rows of target [B,C] that carry a label whose argmax the logits hit (nan if none)."""
-    sel = target.sum(axis=1) > 0
-    if not sel.any():
-        return float("nan")
-    return float((logits.numpy().argmax(-1)[sel] == target.argmax(-1)[sel]).mean())
-
-
 class _QueryHeads(nn.Layer):
     """Linear classifiers of what one position should hold (kinds of batches.query_label_sizes: the asked
-    objects' colour, shape, word, ...) on its normed hidden state (training only)."""
+    objects' colour, shape and word) on its normed hidden state (training only)."""
 
-    def __init__(self, width: int, kinds):
-        super().__init__()
-        self.norm = nn.LayerNorm(width)
-        self.width = width
-        self.heads = nn.LayerDict()
-        self.add(kinds)
-
-    def add(self, kinds) -> None:
+    def __init__(self, width: int):
         from paddle_rc.train.batches import query_label_sizes
 
-        sizes = query_label_sizes()
-        for k in kinds:
-            self.heads[k] = nn.Linear(self.width, sizes[k])
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.heads = nn.LayerDict({k: nn.Linear(width, c) for k, c in query_label_sizes().items()})
 
     def forward(self, x):
         x = self.norm(x)
@@ -559,11 +468,11 @@ class _QueryHeads(nn.Layer):
 class _AttributeHeads(nn.Layer):
     """Linear per-patch classifiers on the feature layer (training only; not part of the checkpoint)."""
 
-    def __init__(self, width: int, grid: int, many: bool = False):
+    def __init__(self, width: int, grid: int):
         from paddle_rc.train.batches import label_sizes
 
         super().__init__()
-        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(grid, many).items()})
+        self.heads = nn.LayerDict({k: nn.Linear(width, v) for k, v in label_sizes(grid).items()})
 
     def forward(self, x):
         return {k: h(x) for k, h in self.heads.items()}
