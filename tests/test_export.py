@@ -770,16 +770,18 @@ def test_llm_weights_are_stored_once_and_the_embedding_table_only_as_npy(model, 
     assert layer_bytes + head_bytes <= size < layer_bytes + head_bytes + min(embed_bytes, 64 * 1024)
 
 
-def test_deployed_full_positions_equal_the_dynamic_model(deploy_rc, checkpoint):
-    """The position layout is chosen at run time (the LLM graph takes position ids as an input): a
-    deployment answers with positions=full as the dynamic model does, and not as it does with compact."""
+@pytest.mark.parametrize("layout", ["full", "source"])
+def test_deployed_position_layouts_equal_the_dynamic_model(deploy_rc, checkpoint, layout):
+    """The position layout is chosen at run time (the LLM graph takes position ids as an input; `source`
+    reads the kept tokens' patches from the exported vision graph's outputs): a deployment answers with
+    each layout as the dynamic model does, and not as it does with compact."""
     from conftest import drawn_scene
 
     images = [drawn_scene(), drawn_scene().rotate(90)]
     questions = ["What is this?", "Describe it in detail."]
-    dep = build_predictor(deploy_dir=deploy_rc, positions="full")
-    assert (dep.compression.method, dep.compression.budget, dep.compression.positions) == ("rc", 6, "full")
-    full = build_predictor(checkpoint, method="rc", budget=6, positions="full")
+    dep = build_predictor(deploy_dir=deploy_rc, positions=layout)
+    assert (dep.compression.method, dep.compression.budget, dep.compression.positions) == ("rc", 6, layout)
+    full = build_predictor(checkpoint, method="rc", budget=6, positions=layout)
     compact = build_predictor(checkpoint, method="rc", budget=6)
     want = [r["text"] for r in full.answer_batch(images, questions, max_new_tokens=24)]
     assert want != [r["text"] for r in compact.answer_batch(images, questions, max_new_tokens=24)]

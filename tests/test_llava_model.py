@@ -235,10 +235,56 @@ def test_full_positions_give_the_text_its_uncompressed_positions(tiny_model):
     assert np.abs(logits[0].numpy()[:, -1] - logits[1].numpy()[:, -1]).max() > 1e-4
 
 
+@pytest.mark.parametrize("method", ["rc", "pooling", "random"])
+def test_source_positions_put_each_kept_token_at_its_own_patch(tiny_model, method):
+    """positions=source: each visual token at the position its patch has with all N tokens (its slot's
+    source patch; the extra token of merged patches at the last patch's), the text as with full; the
+    same tokens and mask as compact. For `none` every layout is the same sequence."""
+    from paddle_rc.positions import POSITIONS
+
+    rng = np.random.default_rng(12)
+    rows = [_prompt(rng, 2, 3), _prompt(rng, 5, 2)]
+    ids, mask = _batch(rows)
+    px = _pixels(rng, 2)
+    t = paddle.to_tensor(rng.standard_normal((2, 16)).astype("float32"))
+    n = tiny_model.config.vision.num_patches
+    out = {}
+    try:
+        for positions in ("compact", "full", "source"):
+            tiny_model.set_compression(method, 6, positions=positions)
+            with paddle.no_grad():
+                vis = tiny_model.encode_images(px, t, paddle.to_tensor([True, True]))
+                e, m, pos, v = tiny_model.splice(ids, mask, vis, with_visual_mask=True)
+            out[positions] = (e.numpy(), m.numpy().astype(bool), pos.numpy(), v.numpy(), vis)
+        tiny_model.set_compression("none")
+        with paddle.no_grad():
+            every = tiny_model.encode_images(px)
+        nones = []
+        for positions in POSITIONS:
+            tiny_model.compression.positions = positions
+            nones.append(tiny_model.splice(ids, mask, every)[2].numpy())
+    finally:
+        tiny_model.set_compression("none")
+    e_c, m_c, _, v_c, _ = out["compact"]
+    e_s, m_s, pos_s, v_s, vis = out["source"]
+    np.testing.assert_array_equal(e_c, e_s)
+    np.testing.assert_array_equal(m_c, m_s)
+    np.testing.assert_array_equal(v_c, v_s)
+    np.testing.assert_array_equal(pos_s[~v_s], out["full"][2][~v_s])
+    sources = vis.result.sources.numpy()
+    assert (sources >= 0).any()
+    for b, r in enumerate(rows):
+        k, start = int(vis.lengths[b]), r.index(IMG)
+        want = np.where(sources[b, :k] < 0, n - 1, sources[b, :k])
+        np.testing.assert_array_equal(pos_s[b][v_s[b]], start + want)
+    for other in nones[1:]:
+        np.testing.assert_array_equal(other, nones[0])
+
+
 def test_positions_setting_is_checked(tiny_model):
     from paddle_rc.errors import UserError
 
-    with pytest.raises(UserError, match="positions must be one of compact, full"):
+    with pytest.raises(UserError, match="positions must be one of compact, full, source"):
         tiny_model.set_compression("rc", positions="shifted")
     assert tiny_model.compression.positions == "compact"
 

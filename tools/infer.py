@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from paddle_rc.cli import ToolParser, add_config_args, parse_key_values, parse_with_config, run  # noqa: E402
 
 from paddle_rc.demo import DEFAULT_MODEL_NOTE as DEMO_NOTE, demo_question  # noqa: E402
+from paddle_rc.positions import POSITIONS  # noqa: E402
 
 GENERIC_QUESTION = "What is in this image?"  # the default question about an image you give
 
@@ -48,9 +49,10 @@ def build_parser():
     p.add_argument("--budget", type=int, help="exact visual tokens per image (default: adaptive)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --option topk=16 (repeatable; defaults in configs/methods/)")
-    p.add_argument("--positions", choices=("compact", "full"),
-                   help="position ids of the text after a compressed image: compact (default, as LLaVA) or full "
-                        "(as if every visual token were there; docs/positions.md)")
+    p.add_argument("--positions", choices=POSITIONS,
+                   help="position ids after a compressed image: compact (default, as LLaVA), full (the text as if "
+                        "every visual token were there) or source (also each kept token at its patch's position; "
+                        "docs/positions.md)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
     method = args.method if args.method or args.deploy else "rc"
     options = parse_key_values(args.option)
     if "positions" in options:
-        raise UserError("positions is not a method option: use --positions compact|full")
+        raise UserError("positions is not a method option: use --positions compact|full|source")
     if args.positions:
         options["positions"] = args.positions
     predictor = build_predictor(args.model, args.deploy, method=method, budget=args.budget,

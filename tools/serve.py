@@ -15,6 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paddle_rc.cli import add_threads_arg, apply_threads, parse_key_values, run  # noqa: E402
+from paddle_rc.positions import POSITIONS  # noqa: E402
 
 
 def _size(text: str) -> int:
@@ -38,7 +39,7 @@ def build_parser():
                                     "with --deploy: the exported one)")
     p.add_argument("--budget", type=int, help="default visual-token budget")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="default method option")
-    p.add_argument("--positions", choices=("compact", "full"), default="compact",
+    p.add_argument("--positions", choices=POSITIONS, default="compact",
                    help="position ids of the text after a compressed image, for every request (docs/positions.md)")
     p.add_argument("--conv-mode", help="vicuna_v1 | llava_v1 | llava_hf (default: the checkpoint's)")
     p.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together (1: no batching)")

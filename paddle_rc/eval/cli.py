@@ -10,6 +10,7 @@ import sys
 
 from paddle_rc.cli import ToolParser, add_config_args, apply_threads, read_overrides
 from paddle_rc.errors import UserError
+from paddle_rc.positions import POSITIONS, check_positions
 
 from . import benchmarks as B
 from .report import partial_reason, rebuild_report
@@ -39,9 +40,10 @@ def build_parser():
                    help="LLaVA's playground/data/eval layout (docs/eval-data.md)")
     p.add_argument("--method", help="comma list of compression methods (default rc)")
     p.add_argument("--budget", help="visual-token budget, or a comma list of budgets")
-    p.add_argument("--positions", choices=("compact", "full"),
-                   help="position ids of the text after a compressed image: compact (default, as LLaVA) or "
-                        "full (as if every visual token were there; docs/positions.md)")
+    p.add_argument("--positions", choices=POSITIONS,
+                   help="position ids after a compressed image: compact (default, as LLaVA), full (the text as if "
+                        "every visual token were there) or source (also each kept token at its patch's position; "
+                        "docs/positions.md)")
     p.add_argument("--limit", type=int, help="only the first N items of each benchmark")
     p.add_argument("--conv-mode", dest="conv_mode", help="conversation template (vicuna_v1)")
     p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int)
@@ -207,8 +209,6 @@ def _main(argv, predictor, image_loader):
     methods = _as_list(cfg["method"]) or ["rc"]
     runs = plan_runs(methods, _budgets(cfg["budget"]))
     positions = cfg["positions"]
-    from paddle_rc.models.llava import check_positions
-
     check_positions(positions)
     out = cfg["out"]
     limit = int(cfg["limit"]) if cfg["limit"] else None

@@ -33,11 +33,11 @@ DEMO_NOTE = ("built-in demo model (a small LLaVA trained on the synthetic task):
 
 def run_tag(method, budget=None, positions="compact"):
     """File-name tag of a (method, budget) run; ``none`` keeps every token so has no budget (and no
-    position layout); a run with ``positions: full`` ends in ``-fullpos``."""
+    position layout); a run with ``positions: full`` ends in ``-fullpos``, with ``source`` in ``-srcpos``."""
     if method == "none":
         return method
     tag = method if budget is None else f"{method}-b{budget}"
-    return tag + ("-fullpos" if positions == "full" else "")
+    return tag + {"full": "-fullpos", "source": "-srcpos"}.get(positions, "")
 
 
 def bench_dir(out_dir, bench_name):

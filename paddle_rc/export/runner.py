@@ -226,7 +226,7 @@ class DeployedLlava:
                         **options) -> None:
         """The method is baked into the vision graph: asking for another one is an error, not a switch.
         The position layout is not: the LLM graph takes position ids as an input."""
-        from paddle_rc.models.llava import check_positions
+        from paddle_rc.positions import check_positions
 
         check_positions(positions)
         spec = self.compression

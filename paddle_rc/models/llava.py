@@ -21,6 +21,7 @@ from paddle_rc.models.generation import SplitCache, generate_loop
 from paddle_rc.models.llama import LlamaModel, positions_from_mask
 from paddle_rc.models.llm_pruning import pruned_step
 from paddle_rc.models.projector import MLPProjector
+from paddle_rc.positions import check_positions, full_positions, source_positions
 
 def _check_dtype(dtype: str) -> None:
     from paddle_rc.errors import UserError
@@ -42,22 +43,6 @@ def check_context(prompt_len: int, max_new_tokens: int, context: int) -> None:
         raise UserError(f"the prompt is {prompt_len} tokens (text and visual) and the LLM's context is "
                         f"{context}: " + (f"at most {room} new tokens fit (max_new_tokens is {max_new_tokens})"
                                           if room > 0 else "shorten the question"))
-
-
-# How the LLM numbers the text after a compressed image (rotary positions):
-#   compact  the sequence as it is: text follows the kept visual tokens (LLaVA and every released
-#            compression method)
-#   full     the text keeps the positions it would have had with all N visual tokens; the kept visual
-#            tokens stay consecutive. A model trained only on full images then sees its prompt's text
-#            where it always saw it (docs/positions.md).
-POSITIONS = ("compact", "full")
-
-
-def check_positions(positions) -> None:
-    from paddle_rc.errors import UserError
-
-    if positions not in POSITIONS:
-        raise UserError(f"positions must be one of {', '.join(POSITIONS)}, got {positions!r}")
 
 
 @dataclass
@@ -89,16 +74,6 @@ class GenerateOutput:
     tokens: np.ndarray  # [B, n] new tokens, pad after EOS
     visual: Optional[VisualTokens]
     timings: dict
-
-
-def full_positions(mask: np.ndarray, is_visual: np.ndarray, n_visual: int) -> np.ndarray:
-    """Position ids [B,L] for `positions: full`: as positions_from_mask, then every token after a row's
-    visual tokens moved on by the tokens compression removed (n_visual - kept), as if all n_visual
-    tokens were there. mask, is_visual: [B,L] (left-padded rows)."""
-    pos = np.maximum(np.cumsum(mask.astype(np.int64), axis=1) - 1, 0)
-    kept = is_visual.sum(axis=1, keepdims=True)
-    after = (np.cumsum(is_visual, axis=1) == kept) & ~is_visual & (kept > 0) & mask.astype(bool)
-    return pos + after * (n_visual - kept)
 
 
 # The three functions below are the model's own steps, written at module level so that the exported
@@ -313,7 +288,7 @@ class LlavaForConditionalGeneration(nn.Layer):
         Returns (inputs_embeds [B,L,H], attention_mask [B,L], position_ids [B,L]), left-padded so
         that every sample's last token is at the end (what batched decoding needs); with
         `with_visual_mask` also [B,L] bool marking the visual positions (for in-LLM pruning).
-        Position ids follow self.compression.positions (POSITIONS).
+        Position ids follow self.compression.positions (paddle_rc.positions).
         """
         ids = input_ids.numpy()
         batch, seq = ids.shape
@@ -348,8 +323,15 @@ class LlavaForConditionalGeneration(nn.Layer):
         embeds = paddle.gather(table, paddle.to_tensor(index.reshape(-1))).reshape([batch, length, -1])
         mask_t = paddle.to_tensor(new_mask)
         is_visual = (index >= batch * seq) & (index < zero_row)
-        if visual is not None and getattr(self.compression, "positions", "compact") == "full":
+        layout = getattr(self.compression, "positions", "compact")
+        if visual is not None and layout == "full":
             pos = paddle.to_tensor(full_positions(new_mask, is_visual, int(visual.before)))
+        elif visual is not None and layout == "source":
+            slot = np.where(is_visual, index - batch * seq - np.arange(batch)[:, None] * tmax, 0)
+            sources = (np.broadcast_to(np.arange(tmax), (batch, tmax)) if visual.result is None
+                       else visual.result.sources.numpy())
+            pos = paddle.to_tensor(source_positions(new_mask, is_visual,
+                                                    np.take_along_axis(sources, slot, axis=1), int(visual.before)))
         else:
             pos = positions_from_mask(mask_t)
         if with_visual_mask:
