@@ -2,10 +2,10 @@
 
     python docs/results/synthvqa_readme.py [--plot docs/images/synthvqa_accuracy.png]
 
-Reads synthvqa-{adaptive,budgets,fullpos-adaptive,fullpos-budgets}.json (`tools/eval.py`'s report.json),
+Reads synthvqa-{adaptive,budgets}.json and their fullpos- and srcpos- runs (`tools/eval.py`'s report.json),
 coverage-synth3-{adaptive,32}.json (`tools/benchmark.py coverage --json`) and the newest
 quant-accuracy-synth3-*.json (`tools/benchmark.py quant --json`), and prints Markdown: the per-type
-tables, the compact/full comparison, the coverage tables and the quantization accuracy table. The
+tables, the three position layouts side by side, the coverage tables and the quantization accuracy table. The
 tables are the tools' own (paddle_rc.eval.report, paddle_rc.benchmark); this script only joins them.
 """
 import argparse
@@ -32,26 +32,29 @@ def _by_tag(summaries) -> dict:
     return {s["tag"]: s for s in summaries}
 
 
-def fullpos_table(compact: dict, full: dict, none: dict) -> str:
-    """Overall accuracy per method and budget, compact / full (bold where full is higher)."""
+def layout_table(compact: dict, full: dict, source: dict, none: dict) -> str:
+    """Overall accuracy per method and budget in the three position layouts (bold: the best of the three),
+    and how often `full` and `source` beat `compact`."""
     def cell(tag):
-        c, f = compact.get(tag), full.get(tag + "-fullpos") or full.get(tag)
-        if not c or not f:
+        runs = [compact.get(tag), full.get(tag + "-fullpos"), source.get(tag + "-srcpos")]
+        if not all(runs):
             return ""
-        fs = f"**{f['score']:.1f}**" if f["score"] > c["score"] else f"{f['score']:.1f}"
-        return f"{c['score']:.1f} / {fs}"
+        best = max(r["score"] for r in runs)
+        return " / ".join(f"**{r['score']:.1f}**" if r["score"] == best else f"{r['score']:.1f}" for r in runs)
 
-    methods = sorted({s["method"] for s in full.values()})
-    lines = [f"`none`: {none['score']:.1f} (count {none['per_question_type']['count']:.1f}).", "",
-             "| method | own compact / full | 16 compact / full | 32 compact / full | 64 compact / full |",
-             "|---|---|---|---|---|"]
+    methods = sorted({s["method"] for s in full.values()} & {s["method"] for s in source.values()})
+    lines = [f"`none`: {none['score']:.1f} (spatial {none['per_question_type']['spatial']:.1f}).", "",
+             "| method | own count | 16 | 32 | 64 |", "|---|---|---|---|---|"]
     for m in methods:
         lines.append(f"| {m} | {cell(m)} | {cell(m + '-b16')} | {cell(m + '-b32')} | {cell(m + '-b64')} |")
-    diffs = [f["score"] - compact[t.replace("-fullpos", "")]["score"] for t, f in full.items()
-             if t.replace("-fullpos", "") in compact]
-    up, down = [d for d in diffs if d > 0], [d for d in diffs if d < 0]
-    lines += ["", f"{len(up)} of {len(diffs)} runs higher with `full` (by {min(up, default=0):.1f}-"
-              f"{max(up, default=0):.1f}), {len(down)} lower (by up to {-min(down, default=0):.1f})."]
+    lines.append("")
+    for name, runs, suffix in (("full", full, "-fullpos"), ("source", source, "-srcpos")):
+        diffs = [r["score"] - compact[t[:-len(suffix)]]["score"] for t, r in runs.items()
+                 if t.endswith(suffix) and t[:-len(suffix)] in compact]
+        up, down = [d for d in diffs if d > 0], [d for d in diffs if d < 0]
+        lines.append(f"- `{name}`: {len(up)} of {len(diffs)} runs higher than `compact` (by "
+                     f"{min(up, default=0):.1f}-{max(up, default=0):.1f}), {len(down)} lower (by up to "
+                     f"{-min(down, default=0):.1f}); mean change {sum(diffs) / max(len(diffs), 1):+.1f}.")
     return "\n".join(lines)
 
 
@@ -73,12 +76,14 @@ def main():
     args = ap.parse_args()
     adaptive = _load("synthvqa-adaptive.json")["summaries"]
     budgets = _load("synthvqa-budgets.json")["summaries"]
-    full_a = _load("synthvqa-fullpos-adaptive.json")["summaries"]
-    full_b = _load("synthvqa-fullpos-budgets.json")["summaries"]
+    full = _load("synthvqa-fullpos-adaptive.json")["summaries"] + _load("synthvqa-fullpos-budgets.json")["summaries"]
+    source = _load("synthvqa-srcpos-adaptive.json")["summaries"] + _load("synthvqa-srcpos-budgets.json")["summaries"]
     none = _by_tag(adaptive)["none"]
     print("## Each method's own count\n\n" + _type_table(adaptive))
     print("\n## Budgets 16 / 32 / 64\n\n" + _type_table(budgets))
-    print("\n## compact / full\n\n" + fullpos_table(_by_tag(adaptive + budgets), _by_tag(full_a + full_b), none))
+    print("\n## compact / full / source\n\n" + layout_table(_by_tag(adaptive + budgets), _by_tag(full),
+                                                            _by_tag(source), none))
+    print("\n## source, per question type\n\n" + _type_table(source))
     for name in ("coverage-synth3-adaptive.json", "coverage-synth3-32.json"):
         print(f"\n## {name}\n\n" + format_coverage_table(_load(name)))
     quant = sorted(glob.glob(os.path.join(HERE, "quant-accuracy-synth3-*.json")))[-1]
